@@ -1,0 +1,62 @@
+"""Request-scoped dependencies: the session (committed at the request boundary) and the caller."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends
+from fastapi.security import OAuth2PasswordBearer
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from core.db import get_sessionmaker
+from core.errors import Forbidden, Unauthorized
+from core.security import read_token
+from warehouses.models import User
+
+oauth2 = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/token", auto_error=False)
+
+
+def get_session() -> Iterator[Session]:
+    session = get_sessionmaker()()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+@dataclass(frozen=True)
+class Caller:
+    id: int
+    username: str
+    role: str
+
+
+def current_caller(session: SessionDep, token: Annotated[str | None, Depends(oauth2)]) -> Caller:
+    if not token:
+        raise Unauthorized("not authenticated", headers={"WWW-Authenticate": "Bearer"})
+    claims = read_token(token)
+    user = session.scalar(select(User).where(User.username == claims["sub"]))
+    if user is None or not user.active:
+        raise Unauthorized("unknown or disabled user")
+    return Caller(user.id, user.username, user.role)
+
+
+def require(*roles: str) -> Callable[..., Caller]:
+    """A dependency that lets through only the given roles (admin always passes)."""
+
+    def _check(caller: Annotated[Caller, Depends(current_caller)]) -> Caller:
+        if caller.role not in roles and caller.role != "admin":
+            raise Forbidden(f"this needs the role {' or '.join(roles)}; you are {caller.role}")
+        return caller
+
+    return _check

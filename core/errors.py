@@ -1,0 +1,39 @@
+"""Domain errors that carry their own HTTP status, so the API maps them without a lookup table."""
+
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    status_code = 400
+    title = "Bad request"
+
+    def __init__(self, detail: str, headers: dict[str, str] | None = None, **extra: object) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.headers = headers
+        self.extra = extra
+
+
+class NotFound(DomainError):
+    status_code = 404
+    title = "Not found"
+
+
+class Conflict(DomainError):
+    status_code = 409
+    title = "Conflict"
+
+
+class Invalid(DomainError):
+    status_code = 422
+    title = "Unprocessable content"
+
+
+class Forbidden(DomainError):
+    status_code = 403
+    title = "Forbidden"
+
+
+class Unauthorized(DomainError):
+    status_code = 401
+    title = "Unauthorized"

@@ -1,0 +1,83 @@
+"""Configuration read from COLDCHAIN_* environment variables and an optional .env file.
+
+One settings object for the whole process; every room reads it through
+`get_settings()` so tests can swap it by clearing the cache.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import urlparse
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob an operator may turn (CONTRACTS.md sections 0 and 1)."""
+
+    model_config = SettingsConfigDict(env_prefix="COLDCHAIN_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(default=Path("var"), description="where embedded defaults keep their files")
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; unset: a SQLite file")
+    mqtt_url: str | None = Field(default=None, description="mqtt://host:port; unset: an embedded broker")
+    broker_url: str | None = Field(default=None, description="Celery broker; unset: SQLite transport")
+    secret_key: str = Field(default="change-me-in-production-coldchain-secret", min_length=16)
+    timezone: str = "Asia/Shanghai"
+    token_minutes: int = Field(default=30, ge=1, le=24 * 60)
+    order_cutoff: str = Field(default="20:00", pattern=r"^\d{2}:\d{2}$")
+    default_service_radius_km: float = 5.0
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown IANA time zone {value!r}") from exc
+        return value
+
+    @field_validator("mqtt_url")
+    @classmethod
+    def _mqtt_scheme(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        parsed = urlparse(value)
+        if parsed.scheme not in ("mqtt", "tcp") or not parsed.hostname:
+            raise ValueError("COLDCHAIN_MQTT_URL must look like mqtt://host:port")
+        return value
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'coldchain.db').resolve()}"
+
+    @property
+    def celery_broker(self) -> str:
+        if self.broker_url:
+            return self.broker_url
+        return f"sqla+sqlite:///{(self.data_dir / 'celery-broker.db').resolve()}"
+
+    @property
+    def celery_backend(self) -> str:
+        if self.broker_url and self.broker_url.startswith(("redis://", "rediss://")):
+            return self.broker_url
+        return f"db+sqlite:///{(self.data_dir / 'celery-results.db').resolve()}"
+
+    def ensure_data_dir(self) -> Path:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        return self.data_dir
+
+
+@lru_cache
+def get_settings() -> Settings:
+    settings = Settings()
+    settings.ensure_data_dir()
+    return settings

@@ -1,0 +1,161 @@
+"""The `coldchain` command line (CONTRACTS.md section 1)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from scripts.console import err, print_json, progress_bar
+
+app = typer.Typer(help="coldchain: cold-chain fulfillment, routing, telemetry and traceability.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+scenario_app = typer.Typer(help="Scenario folders (CONTRACTS.md section 4).", no_args_is_help=True)
+user_app = typer.Typer(help="Logins and roles.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
+app.add_typer(scenario_app, name="scenario")
+app.add_typer(user_app, name="user")
+app.add_typer(db_app, name="db")
+
+
+def ensure_schema() -> None:
+    """Migrations run before any command that touches the database (full-stack template habit)."""
+    from core import migrate
+    from core.db import get_engine
+
+    migrate.upgrade(get_engine())
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = "head") -> None:
+    """Apply migrations up to REVISION."""
+    from core import migrate
+    from core.db import get_engine
+
+    migrate.upgrade(get_engine(), revision)
+    err.print(f"database at {migrate.current(get_engine())}")
+
+
+@db_app.command("downgrade")
+def db_downgrade(revision: str = typer.Argument(..., help="target revision, or 'base'")) -> None:
+    """Revert migrations down to REVISION."""
+    from core import migrate
+    from core.db import get_engine
+
+    migrate.downgrade(get_engine(), revision)
+    err.print(f"database at {migrate.current(get_engine())}")
+
+
+def load_with_progress(directory: Path):  # noqa: ANN201
+    """Load a scenario folder in one transaction, with a progress bar on stderr."""
+    from core.db import session_scope
+    from fulfillment.scenario import count_rows, load_scenario
+
+    total = count_rows(directory)
+    with progress_bar() as bar, session_scope() as session:
+        task = bar.add_task(f"loading {directory.name}", total=total)
+        report = load_scenario(session, directory, lambda _name, n: bar.advance(task, n))
+        bar.update(task, completed=total)
+    return report
+
+
+@scenario_app.command("load")
+def scenario_load(
+    directory: Annotated[Path, typer.Argument(help="folder with nodes.csv, products.csv, ...")],
+    json_out: Annotated[bool, typer.Option("--json", help="print the load report as JSON")] = False,
+) -> None:
+    """Load a scenario; print each refused row as FILE:LINE: FIELD: REASON; exit 1 if any."""
+    if not directory.is_dir():
+        err.print(f"[red]{directory}: not a directory")
+        raise typer.Exit(2)
+    ensure_schema()
+    report = load_with_progress(directory)
+    for error in report.errors:
+        typer.echo(str(error))
+    if json_out:
+        print_json(report.as_dict())
+    table = Table("file", "inserted", "updated", "unchanged", "rejected", title="scenario load")
+    for name, c in report.counts.items():
+        table.add_row(name, str(c.inserted), str(c.updated), str(c.unchanged), str(c.rejected))
+    err.print(table)
+    raise typer.Exit(0 if report.ok else 1)
+
+
+@user_app.command("add")
+def user_add(
+    username: str,
+    role: Annotated[str, typer.Option(help="dispatcher, driver, quality or admin")],
+    password_stdin: Annotated[bool, typer.Option("--password-stdin", help="read the password from stdin")] = False,
+) -> None:
+    """Create or update a login."""
+    from core.db import session_scope
+    from warehouses.service import upsert_user
+
+    if not password_stdin:
+        err.print("[red]give the password on standard input with --password-stdin")
+        raise typer.Exit(2)
+    password = sys.stdin.readline().rstrip("\r\n")
+    ensure_schema()
+    try:
+        with session_scope() as session:
+            _user, created = upsert_user(session, username, role, password)
+    except ValueError as exc:
+        err.print(f"[red]{exc}")
+        raise typer.Exit(2) from exc
+    err.print(f"{'created' if created else 'updated'} user {username} ({role})")
+
+
+@app.command()
+def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
+    """Run the HTTP API with uvicorn (migrations first)."""
+    import uvicorn
+
+    ensure_schema()
+    uvicorn.run("api.app:app", host=host, port=port, workers=workers, log_level="info")
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[int, typer.Option(help="worker processes")] = 2,
+    queues: Annotated[str, typer.Option(help="comma-separated queues")] = "celery",
+    beat: Annotated[bool, typer.Option(help="also run the periodic scheduler in this worker")] = False,
+) -> None:
+    """Start a Celery worker on the configured broker (embedded SQLite transport when unset)."""
+    from core.celery_app import celery_app
+
+    ensure_schema()
+    argv = ["worker", f"--concurrency={concurrency}", f"--queues={queues}", "--loglevel=INFO",
+            "--without-gossip", "--without-mingle"]
+    if beat:
+        argv.append("--beat")
+    celery_app.worker_main(argv)
+
+
+@app.command()
+def demo(
+    output: Annotated[Path, typer.Option(help="where the demo writes its files")] = Path("demo-output"),
+    orders: Annotated[int, typer.Option(help="orders to generate for tomorrow")] = 300,
+) -> None:
+    """The whole day on embedded defaults; writes its files under ./demo-output/."""
+    from scripts.demo import run_demo
+
+    run_demo(output, orders)
+
+
+def main() -> None:
+    os.environ.setdefault("PYTHONIOENCODING", "utf-8")
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except subprocess.CalledProcessError as exc:
+        sys.exit(exc.returncode)
+
+
+if __name__ == "__main__":
+    main()
