@@ -32,7 +32,8 @@ def make_celery() -> Celery:
         result_extended=True,
         result_expires=7 * 24 * 3600,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"polling_interval": 0.2, "visibility_timeout": 3600},
+        broker_polling_interval=0.2,
+        broker_transport_options={} if settings.celery_broker.startswith("sqla+") else {"visibility_timeout": 3600},
         imports=[m for m in TASK_MODULES if _exists(m)],
     )
     return app

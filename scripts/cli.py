@@ -137,6 +137,16 @@ def worker(
 
 
 @app.command()
+def beat() -> None:
+    """Run Celery beat, the clock for periodic jobs (telemetry rules on a timer)."""
+    from core.celery_app import celery_app
+    from core.settings import get_settings
+
+    schedule = get_settings().ensure_data_dir() / "celerybeat-schedule"
+    celery_app.start(["beat", "--loglevel=INFO", f"--schedule={schedule}"])
+
+
+@app.command()
 def demo(
     output: Annotated[Path, typer.Option(help="where the demo writes its files")] = Path("demo-output"),
     orders: Annotated[int, typer.Option(help="orders to generate for tomorrow")] = 300,

@@ -53,10 +53,8 @@ def ready() -> JSONResponse:
         checks["mqtt"] = {"ok": ok, "detail": detail}
     else:
         checks["mqtt"] = {"ok": True, "detail": "embedded broker (started by coldchain ingest / demo)"}
-    ok = all(c["ok"] for c in checks.values())
-    body = {"status": "ready" if ok else "not ready", "checks": checks}
-    if ok:
-        return JSONResponse(body)
+    if all(c["ok"] for c in checks.values()):
+        return JSONResponse({"status": "ready", "checks": checks})
     return JSONResponse({"type": "about:blank", "title": "Service Unavailable", "status": 503,
                          "detail": "; ".join(f"{k}: {v.get('detail')}" for k, v in checks.items() if not v["ok"]),
-                         **body}, status_code=503, media_type="application/problem+json")
+                         "checks": checks}, status_code=503, media_type="application/problem+json")

@@ -1,0 +1,28 @@
+"""Lists answer {"items": [...], "next": URL or null} (CONTRACTS.md section 3), keyset-paged by id."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Query, Request
+from sqlalchemy import Select
+from sqlalchemy.orm import Session
+
+Limit = Annotated[int, Query(ge=1, le=1000, description="items per page (at most 1000)")]
+After = Annotated[int | None, Query(ge=0, description="cursor from the previous page's next link")]
+
+
+def page(session: Session, request: Request, query: Select, id_column: Any, limit: int, after: int | None,
+         render: Any) -> dict[str, Any]:
+    """Run `query` filtered after the cursor; render each row; build the next link from the request URL."""
+    if after is not None:
+        query = query.where(id_column > after)
+    rows = session.execute(query.order_by(id_column).limit(limit + 1)).all()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    items = [render(r[0] if len(r) == 1 else r) for r in rows]
+    next_url = None
+    if more:
+        last = rows[-1][0] if len(rows[-1]) == 1 else rows[-1]
+        next_url = str(request.url.include_query_params(after=getattr(last, "id", last), limit=limit))
+    return {"items": items, "next": next_url}

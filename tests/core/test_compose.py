@@ -1,0 +1,50 @@
+"""docker-compose.yml cannot be run here (no Docker engine): check its shape and that every
+service runs a command the installed `coldchain` really has."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import ROOT, coldchain_cmd
+
+APP_SERVICES = {"api": "serve", "worker": "worker", "beat": "beat", "ingestor": "ingest"}
+
+
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def test_every_service_is_there_with_a_health_check() -> None:
+    services = compose()["services"]
+    assert set(services) == {"postgres", "redis", "mosquitto", *APP_SERVICES}
+    for name, service in services.items():
+        assert "healthcheck" in service and service["healthcheck"]["test"], name
+    images = {services[n].get("image") for n in APP_SERVICES}
+    assert images == {"coldchain:latest"} and all(services[n]["build"] == "." for n in APP_SERVICES)
+    assert (ROOT / "Dockerfile").exists()
+
+
+def test_app_services_run_real_coldchain_commands() -> None:
+    services = compose()["services"]
+    help_text = subprocess.run([*coldchain_cmd(), "--help"], capture_output=True, text=True, timeout=60).stdout
+    for name, sub in APP_SERVICES.items():
+        command = services[name]["command"]
+        assert command[:2] == ["coldchain", sub], name
+        assert f" {sub} " in help_text or f"│ {sub}" in help_text, f"{sub} missing from coldchain --help"
+        env = services[name]["environment"]
+        assert env["COLDCHAIN_DATABASE_URL"].startswith("postgresql://")
+        assert env["COLDCHAIN_MQTT_URL"] == "mqtt://mosquitto:1883"
+        assert env["COLDCHAIN_BROKER_URL"].startswith("redis://")
+
+
+def test_mosquitto_is_configured_not_to_drop_a_burst() -> None:
+    mosquitto = compose()["services"]["mosquitto"]
+    assert any("deploy/mosquitto.conf" in v for v in mosquitto["volumes"])
+    conf = dict(line.split(None, 1) for line in (ROOT / "deploy" / "mosquitto.conf").read_text().splitlines()
+                if line.strip() and not line.startswith("#"))
+    assert int(conf["max_queued_messages"]) >= 100_000
+    assert int(conf["max_inflight_messages"]) >= 100
+    assert Path(ROOT / "deploy" / "mosquitto.conf").read_text().count("persistence true") == 1
