@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from core.csvio import CsvFileError, RowError, read_rows, validate_row
-from core.timeutil import utcnow
-from fulfillment.models import Order, OrderEvent, OrderLine
+from core.errors import Conflict
+from core.settings import get_settings
+from core.timeutil import parse_hhmm, utcnow
+from fulfillment.models import Order, OrderEvent, OrderLine, Reservation
 from fulfillment.schemas import ORDER_OPTIONAL, ORDER_REQUIRED, OrderRow
-from warehouses.models import Node, Product
+from warehouses.models import TEMP_CLASSES, Node, Product, StockLot, Vehicle
 from warehouses.service import LoadReport
 
 EDITABLE = ("received", "unallocated")
@@ -31,8 +35,12 @@ def record_event(session: Session, order: Order, type_: str, actor: str, to_stat
 
 
 def load_orders_csv(session: Session, path: Path, report: LoadReport, *, actor: str = "scenario",
-                    source: str = "scenario", placed_at: datetime | None = None) -> list[str]:
+                    source: str = "scenario", placed_at: datetime | None = None,
+                    apply_cutoff: bool = False) -> list[str]:
     """Load orders.csv; rows with the same order_ref are one order.
+
+    Scenario files are taken for the date they name; imports (`apply_cutoff`) are orders
+    being placed now, so the cut-off moves a late one to the next day and says so.
 
     An order with any bad row is refused whole (a partial order would ship the wrong
     goods) and each of its rows is named, so nothing is lost silently. Returns the refs loaded.
@@ -101,6 +109,11 @@ def load_orders_csv(session: Session, path: Path, report: LoadReport, *, actor: 
         order_values["pickup_node_id"] = nodes[pickup].id if pickup else None
         lines = [(rec.sku, rec.qty) for _, rec in group]
         current = existing.get(ref)
+        if apply_cutoff and current is None:
+            order_values["delivery_date"], moved = delivery_date_for(now, order_values["delivery_date"])
+            if moved:
+                report.notes.append(f"{name}:{first_line}: {ref}: {moved}")
+                order_values["note"] = "; ".join(filter(None, [order_values.get("note"), moved]))
         if current is None:
             order = Order(ref=ref, placed_at=now, source=source, status="received", **order_values)
             order.lines = [OrderLine(line_no=i + 1, product_id=products[s].id, qty=q) for i, (s, q) in enumerate(lines)]
@@ -131,3 +144,211 @@ def load_orders_csv(session: Session, path: Path, report: LoadReport, *, actor: 
         loaded.append(ref)
     session.flush()
     return loaded
+
+
+# ---------------------------------------------------------------------------------------------
+# ordering ahead (订单前置)
+
+
+def delivery_date_for(placed_at: datetime, requested: date | None) -> tuple[date, str | None]:
+    """The day an order placed at `placed_at` can be delivered; a note when it had to move.
+
+    Orders for day D close at the cut-off (default 20:00 local) on D-1: buying only what was
+    ordered the evening before is how the business cuts spoilage.
+    """
+    settings = get_settings()
+    local = placed_at.astimezone(settings.tz)
+    cutoff = parse_hhmm(settings.order_cutoff)
+    earliest = local.date() + timedelta(days=1 if local.time() < cutoff else 2)
+    if requested is None:
+        return earliest, None
+    if requested < earliest:
+        return earliest, (f"placed {local:%Y-%m-%d %H:%M} after the {settings.order_cutoff} cut-off for "
+                          f"{requested}; moved to {earliest}")
+    return requested, None
+
+
+# ---------------------------------------------------------------------------------------------
+# allocation
+
+
+def _lock_for_allocation(session: Session, day: date) -> list[Order]:
+    """Claim the day's orders to allocate and lock the stock they may draw on.
+
+    PostgreSQL: orders FOR UPDATE SKIP LOCKED (two allocators split the work), then every
+    stock lot and node row FOR UPDATE in id order (no deadlocks); the second allocator waits
+    and then reads what the first committed. SQLite: a write statement first takes the
+    database's single write lock for the whole transaction. The CHECK reserved <= qty is the
+    last line of defence either way.
+    """
+    dialect = session.get_bind().dialect.name
+    query = (select(Order).where(Order.delivery_date == day, Order.status.in_(("received", "unallocated")))
+             .order_by(Order.placed_at, Order.ref))
+    if dialect == "postgresql":
+        orders = list(session.scalars(query.with_for_update(skip_locked=True, of=Order)))
+        session.execute(select(Node.id).order_by(Node.id).with_for_update())
+        session.execute(select(StockLot.id).order_by(StockLot.id).with_for_update())
+    else:
+        session.execute(update(Node).where(Node.id == -1).values(code=Node.code))
+        orders = list(session.scalars(query))
+    return orders
+
+
+def capacity_used(session: Session, day: date) -> dict[int, dict[str, float]]:
+    """Litres per class already staged for `day` at each node by earlier allocations."""
+    rows = session.execute(
+        select(Reservation.node_id, Product.temp_class, func.sum(Reservation.qty * Product.unit_l))
+        .join(OrderLine, Reservation.line_id == OrderLine.id)
+        .join(Order, OrderLine.order_id == Order.id)
+        .join(Product, OrderLine.product_id == Product.id)
+        .where(Order.delivery_date == day, Order.status != "cancelled")
+        .group_by(Reservation.node_id, Product.temp_class)
+    )
+    used: dict[int, dict[str, float]] = defaultdict(lambda: dict.fromkeys(TEMP_CLASSES, 0.0))
+    for node_id, temp_class, litres in rows:
+        used[node_id][temp_class] = float(litres or 0)
+    return used
+
+
+def _areas(nodes: list[Node]) -> dict[int, object]:
+    from shapely import wkt
+
+    return {n.id: wkt.loads(n.service_area_wkt) if n.service_area_wkt else None for n in nodes}
+
+
+def network_inputs(session: Session, day: date) -> tuple[list, list, list, dict]:
+    """The pure allocator's view of the network for `day`: nodes with capacity left, products, lots."""
+    from fulfillment import allocation as alg
+
+    nodes = list(session.scalars(select(Node)))
+    with_van = set(session.scalars(select(Vehicle.depot_id).distinct()))
+    used = capacity_used(session, day)
+    areas = _areas(nodes)
+    by_id = {n.id: n for n in nodes}
+    a_nodes = [
+        alg.Node(code=n.code, kind=n.kind, lat=n.lat, lon=n.lon,
+                 parent=by_id[n.parent_id].code if n.parent_id else None, area=areas[n.id],
+                 has_van=n.id in with_van,
+                 **{f"{c}_l": max(n.capacity_l(c) - used.get(n.id, {}).get(c, 0.0), 0.0) for c in TEMP_CLASSES})
+        for n in nodes
+    ]
+    products = list(session.scalars(select(Product)))
+    a_products = [alg.Product(sku=p.sku, temp_class=p.temp_class, unit_l=p.unit_l) for p in products]
+    sku_of = {p.id: p.sku for p in products}
+    lots = list(session.scalars(select(StockLot)))
+    a_lots = [alg.Lot(node=by_id[lt.node_id].code, sku=sku_of[lt.product_id], lot=lt.lot, qty=lt.qty - lt.reserved,
+                      expires=lt.expires, on_hold=lt.on_hold) for lt in lots]
+    index = {"node": {n.code: n for n in nodes}, "lot": {(by_id[lt.node_id].code, sku_of[lt.product_id], lt.lot): lt
+                                                         for lt in lots}}
+    return a_nodes, a_products, a_lots, index
+
+
+def _pure_order(order: Order, sku_of: dict[int, str], code_of: dict[int, str]):  # noqa: ANN202
+    from fulfillment import allocation as alg
+
+    return alg.Order(ref=order.ref, mode=order.mode, delivery_date=order.delivery_date, lat=order.lat, lon=order.lon,
+                     lines=tuple((sku_of[ln.product_id], ln.qty) for ln in order.lines),
+                     pickup_node=code_of.get(order.pickup_node_id), allow_split=order.allow_split)
+
+
+@dataclass
+class DayAllocation:
+    day: date
+    allocated: int
+    unallocated: int
+    seconds: float
+    result: object  # fulfillment.allocation.AllocationResult
+
+
+def allocate_day(session: Session, day: date, actor: str = "system") -> DayAllocation:
+    """Allocate every open order of `day`, reserve lots FEFO, record events. The caller commits."""
+    from fulfillment import allocation as alg
+
+    started = time.perf_counter()
+    orders = _lock_for_allocation(session, day)
+    a_nodes, a_products, a_lots, index = network_inputs(session, day)
+    sku_of = {p.id: p.sku for p in session.scalars(select(Product))}
+    code_of = {n.id: n.code for n in index["node"].values()}
+    result = alg.allocate(a_nodes, a_products, a_lots, [_pure_order(o, sku_of, code_of) for o in orders])
+    by_ref = {o.ref: o for o in orders}
+    lines_of = {o.ref: {sku_of[ln.product_id]: ln for ln in o.lines} for o in orders}
+    reserved: dict[int, int] = defaultdict(int)
+    for alloc in result.allocations:
+        order = by_ref[alloc.order_ref]
+        node = index["node"][alloc.node]
+        for sku, lot_code, qty in alloc.lines:
+            lot = index["lot"][(alloc.node, sku, lot_code)]
+            session.add(Reservation(line_id=lines_of[order.ref][sku].id, lot_id=lot.id, node_id=node.id, qty=qty))
+            reserved[lot.id] += qty
+        if order.status != "allocated":
+            record_event(session, order, "allocated", actor, to_status="allocated", data={"node": alloc.node})
+        order.node_id = node.id if order.node_id in (None, node.id) else order.node_id
+        order.status_reason = None
+    for lot_id, qty in reserved.items():
+        done = session.execute(update(StockLot).where(StockLot.id == lot_id, StockLot.qty - StockLot.reserved >= qty)
+                               .values(reserved=StockLot.reserved + qty))
+        if done.rowcount != 1:
+            raise Conflict(f"stock lot {lot_id} changed during allocation; run it again")
+    for miss in result.unallocated:
+        order = by_ref[miss.order_ref]
+        if order.status != "unallocated" or order.status_reason != miss.reason:
+            record_event(session, order, "unallocated", actor, to_status="unallocated", data={"reason": miss.reason})
+        order.status_reason = miss.reason
+    session.flush()
+    return DayAllocation(day, len({a.order_ref for a in result.allocations}), len(result.unallocated),
+                         time.perf_counter() - started, result)
+
+
+def suggest_transfers_for(session: Session, day: date) -> list[dict]:
+    """Flagship → hub transfer proposals for the day's unallocated orders (proposals only)."""
+    from fulfillment import allocation as alg
+
+    a_nodes, a_products, a_lots, _index = network_inputs(session, day)
+    sku_of = {p.id: p.sku for p in session.scalars(select(Product))}
+    code_of = {n.id: n.code for n in session.scalars(select(Node))}
+    orders = list(session.scalars(select(Order).where(Order.delivery_date == day, Order.status == "unallocated")
+                                  .order_by(Order.placed_at, Order.ref)))
+    pure = [_pure_order(o, sku_of, code_of) for o in orders]
+    result = alg.AllocationResult(unallocated=[alg.Unallocated(o.ref, o.status_reason or "") for o in orders],
+                                  lots_left={(lt.node, lt.sku, lt.lot): lt.qty for lt in a_lots},
+                                  capacity_left={n.code: {c: getattr(n, f"{c}_l") for c in TEMP_CLASSES}
+                                                 for n in a_nodes})
+    return [t.to_dict() for t in alg.suggest_transfers(a_nodes, a_products, a_lots, pure, result)]
+
+
+def day_allocations(session: Session, day: date) -> dict:
+    """CONTRACTS.md section 5's allocations and unallocated, read back from the database."""
+    rows = session.execute(
+        select(Order.ref, Node.code, Product.sku, StockLot.lot, Reservation.qty)
+        .join(OrderLine, OrderLine.order_id == Order.id)
+        .join(Reservation, Reservation.line_id == OrderLine.id)
+        .join(StockLot, Reservation.lot_id == StockLot.id)
+        .join(Node, Reservation.node_id == Node.id)
+        .join(Product, OrderLine.product_id == Product.id)
+        .where(Order.delivery_date == day, Order.status != "cancelled")
+        .order_by(Order.ref, Node.code, OrderLine.line_no, StockLot.expires, StockLot.lot)
+    )
+    grouped: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for ref, node, sku, lot, qty in rows:
+        grouped[(ref, node)].append({"sku": sku, "lot": lot, "qty": qty})
+    unallocated = session.execute(select(Order.ref, Order.status_reason)
+                                  .where(Order.delivery_date == day, Order.status == "unallocated")
+                                  .order_by(Order.ref))
+    return {
+        "allocations": [{"order_ref": ref, "node": node, "lines": lines} for (ref, node), lines in grouped.items()],
+        "unallocated": [{"order_ref": ref, "reason": reason or "not allocated"} for ref, reason in unallocated],
+    }
+
+
+def cancel_order(session: Session, order: Order, actor: str, reason: str | None = None) -> Order:
+    """Cancel an order and give its reserved stock back."""
+    if order.status in ("delivered", "cancelled", "out_for_delivery"):
+        raise Conflict(f"order {order.ref} is {order.status} and cannot be cancelled")
+    for line in order.lines:
+        for res in list(line.reservations):
+            session.execute(update(StockLot).where(StockLot.id == res.lot_id)
+                            .values(reserved=StockLot.reserved - res.qty))
+            session.delete(res)
+    record_event(session, order, "cancelled", actor, to_status="cancelled", data={"reason": reason})
+    session.flush()
+    return order

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -134,6 +135,97 @@ def worker(
     if beat:
         argv.append("--beat")
     celery_app.worker_main(argv)
+
+
+orders_app = typer.Typer(help="Orders.", no_args_is_help=True)
+transfers_app = typer.Typer(help="Stock transfers between flagships and hubs.", no_args_is_help=True)
+export_app = typer.Typer(help="Exports for machines and people.", no_args_is_help=True)
+app.add_typer(orders_app, name="orders")
+app.add_typer(transfers_app, name="transfers")
+app.add_typer(export_app, name="export")
+DateOpt = Annotated[datetime, typer.Option("--date", formats=["%Y-%m-%d"], help="local day, YYYY-MM-DD")]
+
+
+@orders_app.command("import")
+def orders_import(file: Annotated[Path, typer.Argument(help="orders CSV (CONTRACTS.md section 4 columns)")]) -> None:
+    """Import orders placed now: the cut-off moves late ones to the next day; bad rows are named."""
+    from core.db import session_scope
+    from fulfillment.service import load_orders_csv
+    from warehouses.service import LoadReport
+
+    if not file.is_file():
+        err.print(f"[red]{file}: no such file")
+        raise typer.Exit(2)
+    ensure_schema()
+    report = LoadReport()
+    with session_scope() as session:
+        load_orders_csv(session, file, report, actor="import", source="import", apply_cutoff=True)
+    for error in report.errors:
+        typer.echo(str(error))
+    for note in report.notes:
+        err.print(f"[yellow]{note}")
+    c = report.file(file.name)
+    err.print(f"order lines: {c.inserted} new, {c.updated} updated, {c.unchanged} unchanged, {c.rejected} refused")
+    raise typer.Exit(0 if report.ok else 1)
+
+
+@app.command()
+def allocate(
+    day: DateOpt,
+    json_out: Annotated[bool, typer.Option("--json", help="print allocations as JSON")] = False,
+) -> None:
+    """Allocate the day's orders to the nearest node that can serve them, reserving lots FEFO."""
+    from core.db import session_scope
+    from fulfillment.service import allocate_day, day_allocations
+
+    ensure_schema()
+    with session_scope() as session:
+        outcome = allocate_day(session, day.date(), actor="cli")
+    err.print(f"{day:%Y-%m-%d}: {outcome.allocated} orders allocated, {outcome.unallocated} unallocated "
+              f"in {outcome.seconds:.2f} s")
+    with session_scope() as session:
+        plan = day_allocations(session, day.date())
+    if json_out:
+        print_json({"date": f"{day:%Y-%m-%d}", **plan})
+    else:
+        for miss in plan["unallocated"][:50]:
+            err.print(f"  [yellow]{miss['order_ref']}[/]: {miss['reason']}")
+
+
+@transfers_app.command("suggest")
+def transfers_suggest(day: DateOpt, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Propose flagship → hub transfers for orders the nearest hub could not serve (proposals only)."""
+    from core.db import session_scope
+    from fulfillment.service import suggest_transfers_for
+
+    ensure_schema()
+    with session_scope() as session:
+        proposals = suggest_transfers_for(session, day.date())
+    if json_out:
+        print_json({"date": f"{day:%Y-%m-%d}", "transfers": proposals})
+        return
+    table = Table("from", "to", "sku", "lot", "qty", "expires", "orders", title=f"transfer proposals {day:%Y-%m-%d}")
+    for t in proposals:
+        table.add_row(t["from"], t["to"], t["sku"], t["lot"], str(t["qty"]), t["expires"], ", ".join(t["order_refs"]))
+    err.print(table)
+
+
+@export_app.command("plan")
+def export_plan(day: DateOpt, json_out: Annotated[bool, typer.Option("--json")] = True) -> None:
+    """The day's allocations and routes (CONTRACTS.md section 5) as JSON on stdout."""
+    from core.db import session_scope
+    from fulfillment.service import day_allocations
+
+    ensure_schema()
+    with session_scope() as session:
+        plan = {"date": f"{day:%Y-%m-%d}", **day_allocations(session, day.date()), "routes": [], "unserved": []}
+        try:
+            from routing.service import day_routes
+        except ImportError:
+            day_routes = None
+        if day_routes is not None:
+            plan.update(day_routes(session, day.date()))
+    print_json(plan)
 
 
 @app.command()

@@ -58,6 +58,7 @@ class LoadReport:
 
     counts: dict[str, FileCounts] = field(default_factory=dict)
     errors: list[RowError] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def file(self, name: str) -> FileCounts:
         return self.counts.setdefault(name, FileCounts())
@@ -75,6 +76,7 @@ class LoadReport:
         return {
             "counts": {k: v.as_dict() for k, v in self.counts.items()},
             "rejected": [e.as_dict() for e in self.errors],
+            "notes": self.notes,
         }
 
 

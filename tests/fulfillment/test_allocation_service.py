@@ -1,0 +1,124 @@
+"""Allocation against the database: reservations, reasons, cut-off, cancel, and no oversell
+with two allocator processes at once (PostgreSQL row locks / SQLite's write lock)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from core.db import make_engine
+from fulfillment.models import Order, OrderEvent, Reservation
+from fulfillment.scenario import load_scenario
+from fulfillment.service import allocate_day, cancel_order, day_allocations, delivery_date_for
+from tests import scenario_files
+from tests.conftest import SHARED, coldchain_cmd
+from warehouses.models import StockLot
+
+DAY = date(2026, 11, 24)
+
+
+def test_allocation_reserves_lots_and_records_events(session, tmp_path: Path) -> None:
+    load_scenario(session, scenario_files.write(tmp_path))
+    outcome = allocate_day(session, DAY, actor="tester")
+    assert (outcome.allocated, outcome.unallocated) == (2, 0)
+    plan = day_allocations(session, DAY)
+    assert plan["allocations"] == [
+        {"order_ref": "A1", "node": "FS-01", "lines": [{"sku": "EGG-30", "lot": "L-E1", "qty": 2},
+                                                      {"sku": "DUMP-1", "lot": "L-D1", "qty": 1}]},
+        {"order_ref": "A2", "node": "HUB-01", "lines": [{"sku": "STRAW-1", "lot": "L-S1", "qty": 1}]},
+    ]
+    assert session.scalar(select(StockLot.reserved).where(StockLot.lot == "L-E1")) == 2
+    a1 = session.scalar(select(Order).where(Order.ref == "A1"))
+    assert a1.status == "allocated" and a1.node.code == "FS-01"
+    events = session.scalars(select(OrderEvent.type).where(OrderEvent.order_id == a1.id).order_by(OrderEvent.id))
+    assert list(events) == ["received", "allocated"]
+    # a second run does not allocate twice
+    again = allocate_day(session, DAY)
+    assert (again.allocated, again.unallocated) == (0, 0)
+    assert session.scalar(select(func.count()).select_from(Reservation)) == 3
+
+
+def test_cancel_releases_the_reservation(session, tmp_path: Path) -> None:
+    load_scenario(session, scenario_files.write(tmp_path))
+    allocate_day(session, DAY)
+    order = session.scalar(select(Order).where(Order.ref == "A1"))
+    cancel_order(session, order, "tester", "customer called")
+    assert order.status == "cancelled"
+    assert session.scalar(select(StockLot.reserved).where(StockLot.lot == "L-E1")) == 0
+    assert [a["order_ref"] for a in day_allocations(session, DAY)["allocations"]] == ["A2"]
+
+
+def test_unallocated_orders_keep_a_reason(session, tmp_path: Path) -> None:
+    far = "Z1,2026-11-24,delivery,31.50,105.50,09:00,11:00,EGG-30,1,,,,\n"
+    greedy = "Z2,2026-11-24,delivery,30.650,104.070,09:00,11:00,EGG-30,500,,,,\n"
+    load_scenario(session, scenario_files.write(tmp_path, append={"orders.csv": far + greedy}))
+    allocate_day(session, DAY)
+    reasons = {u["order_ref"]: u["reason"] for u in day_allocations(session, DAY)["unallocated"]}
+    assert reasons["Z1"] == "outside every service area"
+    assert "EGG-30" in reasons["Z2"]
+
+
+def test_cutoff_moves_late_orders_to_the_next_day() -> None:
+    # 19:59 local (Asia/Shanghai) on the 23rd still makes the 24th; 20:00 does not.
+    on_time = datetime(2026, 11, 23, 11, 59, tzinfo=UTC)
+    late = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+    assert delivery_date_for(on_time, DAY) == (DAY, None)
+    moved, note = delivery_date_for(late, DAY)
+    assert moved == date(2026, 11, 25) and "after the 20:00 cut-off" in note
+    assert delivery_date_for(late, None) == (date(2026, 11, 25), None)
+
+
+def _scarce_scenario(folder: Path) -> Path:
+    """One lot of 60 eggs and 120 one-egg orders over two days: every allocator wants the same rows."""
+    orders = "order_ref,delivery_date,mode,lat,lon,window_start,window_end,sku,qty,pickup_node\n" + "".join(
+        f"S{i:03d},{'2026-11-24' if i % 2 else '2026-11-25'},delivery,30.650,104.070,09:00,11:00,EGG-30,1,\n"
+        for i in range(120))
+    stock = "node,sku,lot,qty,expires\nFS-01,EGG-30,L-E1,60,2026-12-10\n"
+    return scenario_files.write(folder, {"orders.csv": orders, "stock.csv": stock})
+
+
+def test_parallel_allocators_never_oversell(databases, tmp_path: Path) -> None:  # noqa: ANN001
+    env = {**os.environ, "COLDCHAIN_DATABASE_URL": databases.new("oversell"), "COLDCHAIN_DATA_DIR": str(tmp_path)}
+    folder = _scarce_scenario(tmp_path / "scarce")
+    assert subprocess.run([*coldchain_cmd(), "scenario", "load", str(folder)], env=env, capture_output=True,
+                          timeout=120).returncode == 0
+    runs = [subprocess.Popen([*coldchain_cmd(), "allocate", "--date", d], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+            for d in ("2026-11-24", "2026-11-25", "2026-11-24", "2026-11-25")]
+    for proc in runs:
+        _out, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, err
+    engine = make_engine(env["COLDCHAIN_DATABASE_URL"])
+    with engine.connect() as conn:
+        lot = conn.execute(select(StockLot.qty, StockLot.reserved)).one()
+        reserved = conn.scalar(select(func.sum(Reservation.qty)))
+        statuses = dict(conn.execute(select(Order.status, func.count()).group_by(Order.status)).all())
+        per_order = conn.execute(select(func.count()).select_from(Reservation).group_by(Reservation.line_id)).all()
+    engine.dispose()
+    assert lot == (60, 60) and reserved == 60
+    assert statuses == {"allocated": 60, "unallocated": 60}
+    assert all(n == (1,) for n in per_order)
+
+
+def test_export_passes_the_independent_checker(databases, tmp_path: Path) -> None:  # noqa: ANN001
+    checker = SHARED / "tools" / "check_plan.py"
+    env = {**os.environ, "COLDCHAIN_DATABASE_URL": databases.new("export"), "COLDCHAIN_DATA_DIR": str(tmp_path)}
+    folder = scenario_files.write(tmp_path / "scen")
+    for args in (["scenario", "load", str(folder)], ["allocate", "--date", "2026-11-24"]):
+        assert subprocess.run([*coldchain_cmd(), *args], env=env, capture_output=True, timeout=120).returncode == 0
+    run = subprocess.run([*coldchain_cmd(), "export", "plan", "--date", "2026-11-24", "--json"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    plan = json.loads(run.stdout)
+    assert {a["order_ref"] for a in plan["allocations"]} == {"A1", "A2"}
+    (tmp_path / "plan.json").write_text(run.stdout)
+    if checker.exists():
+        import sys
+
+        check = subprocess.run([sys.executable, str(checker), str(folder), str(tmp_path / "plan.json"),
+                                "--alloc-only"], capture_output=True, text=True, timeout=120)
+        assert check.returncode == 0, check.stdout
