@@ -12,7 +12,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from core.csvio import CsvFileError, RowError, read_rows, validate_row
-from core.errors import Conflict
+from core.errors import Conflict, Invalid
 from core.settings import get_settings
 from core.timeutil import parse_hhmm, utcnow
 from fulfillment.models import Order, OrderEvent, OrderLine, Reservation
@@ -352,3 +352,49 @@ def cancel_order(session: Session, order: Order, actor: str, reason: str | None 
     record_event(session, order, "cancelled", actor, to_status="cancelled", data={"reason": reason})
     session.flush()
     return order
+
+
+def create_order(session: Session, data, actor: str, source: str = "api",  # noqa: ANN001
+                 placed_at: datetime | None = None) -> tuple[Order, str | None]:
+    """Place one order (fulfillment.schemas.OrderIn). Unknown SKUs or nodes raise Invalid with a pointer."""
+    now = placed_at or utcnow()
+    if session.scalar(select(Order.id).where(Order.ref == data.order_ref)) is not None:
+        raise Conflict(f"order {data.order_ref} already exists", pointer="/order_ref")
+    skus = [ln.sku for ln in data.lines]
+    products = {p.sku: p for p in session.scalars(select(Product).where(Product.sku.in_(skus)))}
+    for i, line in enumerate(data.lines):
+        if line.sku not in products:
+            raise Invalid(f"unknown sku {line.sku}", pointer=f"/lines/{i}/sku")
+    pickup_id = None
+    if data.pickup_node:
+        pickup_id = session.scalar(select(Node.id).where(Node.code == data.pickup_node))
+        if pickup_id is None:
+            raise Invalid(f"unknown node {data.pickup_node}", pointer="/pickup_node")
+    day, moved = delivery_date_for(now, data.delivery_date)
+    order = Order(ref=data.order_ref, delivery_date=day, mode=data.mode, lat=data.lat, lon=data.lon,
+                  window_start=data.window_start, window_end=data.window_end, pickup_node_id=pickup_id,
+                  customer=data.customer, phone=data.phone, address=data.address, allow_split=data.allow_split,
+                  note="; ".join(filter(None, [data.note, moved])) or None, placed_at=now, source=source,
+                  status="received")
+    order.lines = [OrderLine(line_no=i + 1, product_id=products[ln.sku].id, qty=ln.qty)
+                   for i, ln in enumerate(data.lines)]
+    session.add(order)
+    session.flush()
+    record_event(session, order, "received", actor, data={"source": source, "moved": moved})
+    return order, moved
+
+
+def order_view(order: Order) -> dict:
+    """An order as the API shows it."""
+    return {
+        "order_ref": order.ref, "status": order.status, "reason": order.status_reason,
+        "delivery_date": order.delivery_date.isoformat(), "mode": order.mode, "lat": order.lat, "lon": order.lon,
+        "window": [f"{order.window_start:%H:%M}", f"{order.window_end:%H:%M}"],
+        "node": order.node.code if order.node else None,
+        "pickup_node": order.pickup_node.code if order.pickup_node else None,
+        "customer": order.customer, "phone": order.phone, "address": order.address, "note": order.note,
+        "allow_split": order.allow_split, "placed_at": order.placed_at.isoformat(),
+        "lines": [{"sku": ln.product.sku, "qty": ln.qty,
+                   "lots": [{"lot": r.lot.lot, "node": r.lot.node.code, "qty": r.qty} for r in ln.reservations]}
+                  for ln in order.lines],
+    }

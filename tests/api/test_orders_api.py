@@ -1,0 +1,69 @@
+"""Dispatchers place, import, allocate and cancel orders over HTTP."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fulfillment.scenario import load_scenario
+from tests import scenario_files
+from tests.api.test_foundation_api import assert_problem
+
+ORDER = {"order_ref": "W1", "delivery_date": "2030-01-10", "lat": 30.65, "lon": 104.07, "window_start": "09:00",
+         "window_end": "11:00", "lines": [{"sku": "EGG-30", "qty": 2}], "customer": "周六"}
+
+
+def test_place_allocate_and_cancel(api, token, session, tmp_path: Path) -> None:  # noqa: ANN001
+    fresh = {"stock.csv": "FS-01,EGG-30,L-E9,50,2099-12-31\n"}  # the file's own lots expire before 2030
+    load_scenario(session, scenario_files.write(tmp_path, append=fresh))
+    headers = token("dispatcher")
+    created = api.post("/api/v1/orders", json=ORDER, headers=headers)
+    assert created.status_code == 201, created.text
+    assert created.json()["status"] == "received" and created.json()["moved"] is None
+    assert_problem(api.post("/api/v1/orders", json=ORDER, headers=headers), 409)
+    done = api.post("/api/v1/allocations", json={"date": "2030-01-10"}, headers=headers).json()
+    assert done["allocated"] == 1
+    assert done["allocations"] == [{"order_ref": "W1", "node": "FS-01",
+                                    "lines": [{"sku": "EGG-30", "lot": "L-E9", "qty": 2}]}]
+    order = api.get("/api/v1/orders/W1", headers=headers).json()
+    assert order["status"] == "allocated" and order["lines"][0]["lots"] == [{"lot": "L-E9", "node": "FS-01", "qty": 2}]
+    cancelled = api.post("/api/v1/orders/W1/cancel", json={"reason": "changed mind"}, headers=headers).json()
+    assert cancelled["status"] == "cancelled"
+    assert_problem(api.post("/api/v1/orders/W1/cancel", json={}, headers=headers), 409)
+    assert_problem(api.get("/api/v1/orders/NOPE", headers=headers), 404)
+
+
+def test_bad_orders_name_the_field(api, token, session, tmp_path: Path) -> None:  # noqa: ANN001
+    load_scenario(session, scenario_files.write(tmp_path))
+    headers = token("dispatcher")
+    body = assert_problem(api.post("/api/v1/orders", json={**ORDER, "lines": [{"sku": "NOPE", "qty": 1}]},
+                                   headers=headers), 422)
+    assert body["pointer"] == "/lines/0/sku" and "unknown sku NOPE" in body["detail"]
+    body = assert_problem(api.post("/api/v1/orders", json={**ORDER, "lat": 123}, headers=headers), 422)
+    assert body["errors"][0]["pointer"] == "/lat"
+    body = assert_problem(api.post("/api/v1/orders", json={**ORDER, "window_end": "08:00"}, headers=headers), 422)
+    assert "window_end must be after window_start" in body["detail"]
+    assert_problem(api.post("/api/v1/orders", json=ORDER, headers=token("driver")), 403)
+
+
+def test_late_order_moves_to_next_day_and_says_so(api, token, session, tmp_path: Path) -> None:  # noqa: ANN001
+    load_scenario(session, scenario_files.write(tmp_path))
+    resp = api.post("/api/v1/orders", json={**ORDER, "order_ref": "W2", "delivery_date": "2020-01-01"},
+                    headers=token("dispatcher"))
+    assert resp.status_code == 201
+    assert "cut-off" in resp.json()["moved"] and resp.json()["delivery_date"] > "2020-01-01"
+
+
+def test_csv_upload_keeps_good_rows_and_names_bad_ones(api, token, session, tmp_path: Path) -> None:  # noqa: ANN001
+    load_scenario(session, scenario_files.write(tmp_path))
+    csv = ("order_ref,delivery_date,mode,lat,lon,window_start,window_end,sku,qty,pickup_node\n"
+           "U1,2030-01-10,delivery,30.65,104.07,09:00,11:00,EGG-30,1,\n"
+           "U2,2030-01-10,delivery,30.65,104.07,09:00,11:00,EGG-30,many,\n"
+           "U3,2030-01-10,delivery,30.65,104.07,09:00,11:00,DUMP-1,1,\n")
+    resp = api.post("/api/v1/orders/import", files={"file": ("day.csv", csv.encode(), "text/csv")},
+                    headers=token("dispatcher"))
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["orders"] == 2
+    assert [(r["file"], r["line"], r["field"]) for r in body["rejected"]] == [("day.csv", 3, "qty")]
+    listed = api.get("/api/v1/orders", params={"date": "2030-01-10"}, headers=token("dispatcher")).json()
+    assert sorted(o["order_ref"] for o in listed["items"]) == ["U1", "U3"]
