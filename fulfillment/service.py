@@ -15,6 +15,7 @@ from core.csvio import CsvFileError, RowError, read_rows, validate_row
 from core.errors import Conflict, Invalid
 from core.settings import get_settings
 from core.timeutil import parse_hhmm, utcnow
+from fulfillment.lifecycle import check_move
 from fulfillment.models import Order, OrderEvent, OrderLine, Reservation
 from fulfillment.schemas import ORDER_OPTIONAL, ORDER_REQUIRED, OrderRow
 from warehouses.models import TEMP_CLASSES, Node, Product, StockLot, Vehicle
@@ -25,7 +26,12 @@ EDITABLE = ("received", "unallocated")
 
 def record_event(session: Session, order: Order, type_: str, actor: str, to_status: str | None = None,
                  data: dict | None = None, at: datetime | None = None) -> OrderEvent:
-    """Change an order's status (if given) and keep the change as an event."""
+    """Change an order's status (if given, and only along the lifecycle) and keep the change as an event."""
+    if to_status and order.status and to_status != order.status:
+        try:
+            check_move(order.ref, order.status, to_status)
+        except ValueError as exc:
+            raise Conflict(str(exc)) from exc
     event = OrderEvent(order_id=order.id, at=at or utcnow(), actor=actor, type=type_,
                        from_status=order.status, to_status=to_status or order.status, data=data)
     if to_status:

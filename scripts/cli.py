@@ -192,6 +192,33 @@ def allocate(
             err.print(f"  [yellow]{miss['order_ref']}[/]: {miss['reason']}")
 
 
+@app.command()
+def picklists(
+    day: DateOpt,
+    node: Annotated[str | None, typer.Option(help="one node's list only")] = None,
+    out: Annotated[Path, typer.Option(help="folder for the PDF")] = Path("."),
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Each node's pick list (PDF, grouped by temperature class) and the consolidated demand per SKU."""
+    from core.db import session_scope
+    from fulfillment.picklists import demand, pick_lists, render_pdf
+
+    ensure_schema()
+    with session_scope() as session:
+        lists = pick_lists(session, day.date(), node)
+        needs = demand(session, day.date())
+    pdf = render_pdf(lists, out / f"picklists-{day:%Y-%m-%d}{'-' + node if node else ''}.pdf")
+    err.print(f"{len(lists)} pick lists written to {pdf}")
+    if json_out:
+        print_json({"date": f"{day:%Y-%m-%d}", "pick_lists": lists, "demand": needs})
+        return
+    table = Table("sku", "name", "ordered", "reserved", "free on hand", "to buy", title="demand")
+    for r in needs:
+        table.add_row(r["sku"], r["name"] or "", str(r["ordered"]), str(r["reserved"]), str(r["free_on_hand"]),
+                      str(r["to_buy"]))
+    err.print(table)
+
+
 @transfers_app.command("suggest")
 def transfers_suggest(day: DateOpt, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Propose flagship → hub transfers for orders the nearest hub could not serve (proposals only)."""
