@@ -1,0 +1,109 @@
+"""Storing telemetry in the database: the shared contract cases, dedup, rejects, alerts from a batch."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from fulfillment.scenario import load_scenario
+from telemetry.models import Alert, TelemetryReading, TelemetryReject, TelemetrySample
+from telemetry.service import Fleet, Message, default_engine, store_batch, tick_all
+from tests import scenario_files
+from tests.conftest import SHARED
+
+NOW = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
+
+
+def _when(token: str, now: datetime) -> str:
+    m = re.fullmatch(r"NOW([+-])(\d+)([dhms])(?:(\d+)s)?", token)
+    if not m:
+        return token
+    unit = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}[m.group(3)]
+    delta = timedelta(**{unit: int(m.group(2))}) + timedelta(seconds=int(m.group(4) or 0))
+    moment = now + delta if m.group(1) == "+" else now - delta
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def _materialise(payload, now: datetime):  # noqa: ANN001, ANN202
+    if isinstance(payload, str):
+        return payload.encode("latin-1").decode("unicode_escape").encode("latin-1")
+    text = json.dumps(payload)
+    text = re.sub(r'"(NOW[+-][0-9a-z]+)"', lambda m: json.dumps(_when(m.group(1), now)), text)
+    return text.encode()
+
+
+def contract_cases() -> list[dict]:
+    path = SHARED / "examples" / "telemetry-cases.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_contract_cases_end_to_end_in_the_database(session, tmp_path: Path) -> None:
+    load_scenario(session, scenario_files.write(tmp_path))
+    fleet = Fleet()
+    fleet.load(session)
+    engine = default_engine()
+    seen = []
+    for case in contract_cases():
+        msg = Message(case["topic"], _materialise(case["payload"], NOW), NOW)
+        outcome = store_batch(session, [msg], fleet, engine, now=NOW)
+        seen.append((case["case"], outcome.stored, outcome.duplicates, outcome.rejected))
+    by_case = {c: (s, d, r) for c, s, d, r in seen}
+    assert by_case["one sample"] == (1, 0, 0)
+    assert by_case["the same sample again (QoS 1 redelivery)"] == (0, 1, 0)
+    assert by_case["a backlog burst, out of order"] == (2, 0, 0)
+    assert by_case["a batch with one bad sample"] == (1, 0, 1)
+    assert by_case["the same garbage twice"] == (0, 0, 1)
+    assert by_case["not UTF-8"] == (0, 0, 1)
+    stored = session.scalars(select(TelemetrySample.seq).where(TelemetrySample.device == "TL-0001")
+                             .order_by(TelemetrySample.seq)).all()
+    assert stored == [1, 2, 3, 4, 9]
+    reasons = session.scalars(select(TelemetryReject.reason).order_by(TelemetryReject.id)).all()
+    expected_rejects = sum(1 for c in contract_cases() if c["expect"].startswith("rejected"))
+    assert len(reasons) == expected_rejects + 1  # + the bad element of the batch
+    assert "missing field: seq" in reasons and "unknown vehicle: VAN-99" in reasons
+    readings = dict(session.execute(select(TelemetryReading.kind, func.count()).group_by(TelemetryReading.kind)).all())
+    assert readings["temperature"] == 5 and readings["position"] == 1 and readings["door"] == 2
+
+
+def test_a_long_excursion_in_one_backlog_raises_one_late_alert(session, tmp_path: Path) -> None:
+    load_scenario(session, scenario_files.write(tmp_path))
+    fleet = Fleet()
+    fleet.load(session)
+    start = NOW - timedelta(hours=1)
+    backlog = [{"device": "TL-0001", "seq": 100 + i, "ts": (start + timedelta(minutes=i)).isoformat(),
+                "temp_c": {"chilled": 11.5 if 5 <= i < 25 else 4.0}} for i in range(40)]
+    msg = Message("coldchain/v1/vehicles/VAN-01/telemetry", json.dumps(backlog[::-1]).encode(), NOW)
+    outcome = store_batch(session, [msg, msg], fleet, default_engine(), now=NOW)
+    assert (outcome.stored, outcome.duplicates) == (40, 40)
+    alerts = session.scalars(select(Alert)).all()
+    assert len(alerts) == 1
+    alert = alerts[0]
+    assert (alert.kind, alert.compartment, alert.status, alert.late) == ("temperature", "chilled", "closed", True)
+    assert alert.peak == 11.5 and alert.started_at == start + timedelta(minutes=5)
+    assert 19 <= alert.minutes_out <= 21
+    # the same backlog again changes nothing
+    again = store_batch(session, [msg], fleet, default_engine(), now=NOW)
+    assert again.stored == 0 and again.alerts == []
+    assert session.scalar(select(func.count()).select_from(Alert)) == 1
+
+
+def test_tick_raises_silence_for_an_active_van(session, tmp_path: Path) -> None:
+    from telemetry.service import set_active
+
+    load_scenario(session, scenario_files.write(tmp_path))
+    fleet = Fleet()
+    fleet.load(session)
+    engine = default_engine()
+    one = {"device": "TL-0002", "seq": 1, "ts": (NOW - timedelta(minutes=1)).isoformat(), "temp_c": {"chilled": 3.0}}
+    store_batch(session, [Message("coldchain/v1/vehicles/VAN-02/telemetry", json.dumps(one).encode(), NOW)],
+                fleet, engine, now=NOW)
+    set_active(session, "VAN-02", True, now=NOW)
+    # the first tick sees the route active; ten quiet minutes later the van is reported silent
+    assert tick_all(session, engine, now=NOW + timedelta(minutes=1)) == []
+    assert tick_all(session, engine, now=NOW + timedelta(minutes=10)) == []
+    raised = tick_all(session, engine, now=NOW + timedelta(minutes=11, seconds=1))
+    assert [(a["vehicle"], a["kind"], a["status"]) for a in raised] == [("VAN-02", "silence", "open")]
