@@ -255,6 +255,53 @@ def export_plan(day: DateOpt, json_out: Annotated[bool, typer.Option("--json")] 
     print_json(plan)
 
 
+def mqtt_url_or_embedded(stack):  # noqa: ANN001, ANN201
+    """The configured broker, or an embedded one started for this process (its URL printed)."""
+    from core.settings import get_settings
+
+    url = get_settings().mqtt_url
+    if url:
+        return url
+    from telemetry.broker import start_embedded_broker
+
+    broker = stack.enter_context(start_embedded_broker())
+    err.print(f"embedded MQTT broker at [bold]{broker.url}[/] (MQTT 5; 3.1.1 at {broker.url_v311})")
+    return broker.url
+
+
+@app.command()
+def ingest(
+    client_id: Annotated[str, typer.Option(help="fixed MQTT client id: the persistent session's name")] =
+    "coldchain-ingest",
+    shared_group: Annotated[str | None, typer.Option(help="MQTT 5 shared subscription group ($share/GROUP/...)")]
+    = None,
+    batch_size: Annotated[int, typer.Option(help="messages per database transaction at most")] = 2000,
+    tick_every: Annotated[float, typer.Option(help="seconds between rule evaluations against the clock")] = 30.0,
+) -> None:
+    """Ingest van telemetry from MQTT into the database and raise alerts."""
+    import contextlib
+    import logging
+    import signal
+    import threading
+
+    from telemetry.ingest import Ingestor
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    ensure_schema()
+    with contextlib.ExitStack() as stack:
+        url = mqtt_url_or_embedded(stack)
+        ingestor = Ingestor(url, client_id=client_id, shared_group=shared_group, batch_size=batch_size,
+                            tick_every=tick_every)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_a: ingestor.stop_event.set())
+        worker = threading.Thread(target=ingestor.run, name="ingest", daemon=True)
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.5)
+        err.print(f"ingestor stopped: {ingestor.stats.as_dict()}")
+
+
 @app.command()
 def beat() -> None:
     """Run Celery beat, the clock for periodic jobs (telemetry rules on a timer)."""

@@ -11,6 +11,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 err = Console(stderr=True)
 out = Console(highlight=False)
+for _console in (err, out):
+    if not _console.is_terminal:  # logs and CI: do not squeeze tables into 80 columns
+        _console.width = max(_console.width, 140)
 
 
 def print_json(data: Any) -> None:

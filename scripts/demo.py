@@ -29,13 +29,15 @@ def _embedded_environment(output: Path) -> None:
 
 
 def network_table(summary: dict) -> Table:
-    table = Table(title="network", title_justify="left")
-    for col in ("code", "kind", "name", "parent", "hours", "frozen_l", "chilled_l", "ambient_l", "area", "vans",
-                "skus", "units"):
-        table.add_column(col, justify="right" if col.endswith("_l") or col in ("vans", "skus", "units") else "left")
+    table = Table(title="network", title_justify="left", pad_edge=False)
+    for col, justify in (("code", "left"), ("name", "left"), ("parent", "left"), ("hours", "left"),
+                         ("F/C/A litres", "right"), ("area", "left"), ("vans", "right"), ("skus", "right"),
+                         ("units", "right")):
+        table.add_column(col, justify=justify, no_wrap=True)
     for n in summary["nodes"]:
-        table.add_row(n["code"], n["kind"], n["name"], n["parent"] or "", n["hours"], f"{n['frozen_l']:.0f}",
-                      f"{n['chilled_l']:.0f}", f"{n['ambient_l']:.0f}", n["area"], str(n["vans"]), str(n["skus"]),
+        table.add_row(n["code"], n["name"].split(" (")[0][:10], n["parent"] or "—", n["hours"],
+                      f"{n['frozen_l']:.0f}/{n['chilled_l']:.0f}/{n['ambient_l']:.0f}",
+                      "polygon" if n["area"] == "polygon" else "5 km", str(n["vans"]), str(n["skus"]),
                       str(n["units"]))
     return table
 
@@ -63,10 +65,49 @@ def run_demo(output: Path, n_orders: int = 300) -> None:
     out.print(network_table(summary))
     totals = summary["totals"]
     orders = report.file("orders.csv")
-    out.print(Panel.fit(
+    lines = [
         f"{totals['flagships']} flagship stores, {totals['hubs']} community hubs, {totals['products']} products, "
-        f"{totals['lots']} stock lots, {totals['vehicles']} vans, {totals['drivers']} drivers\n"
+        f"{totals['lots']} stock lots, {totals['vehicles']} vans, {totals['drivers']} drivers",
         f"order lines loaded for {day}: {orders.inserted + orders.unchanged + orders.updated} "
-        f"(refused: {orders.rejected})\n"
-        f"files under {output}/  —  {time.perf_counter() - started:.1f} s",
-        title="coldchain demo"))
+        f"(refused: {orders.rejected})",
+    ]
+    lines += allocate_stage(day, output)
+    lines.append(f"files under {output}/  —  {time.perf_counter() - started:.1f} s")
+    out.print(Panel.fit("\n".join(lines), title="coldchain demo"))
+
+
+def allocate_stage(day, output: Path) -> list[str]:  # noqa: ANN001
+    """Allocate, propose transfers, print pick lists (PDF) and the demand sheet."""
+    import json
+    from collections import Counter
+
+    from core.db import session_scope
+    from fulfillment.picklists import demand, pick_lists, render_pdf
+    from fulfillment.service import allocate_day, day_allocations, suggest_transfers_for
+
+    with session_scope() as session:
+        outcome = allocate_day(session, day, actor="demo")
+    with session_scope() as session:
+        plan = day_allocations(session, day)
+        transfers = suggest_transfers_for(session, day)
+        lists = pick_lists(session, day)
+        needs = demand(session, day)
+    err.print(f"[bold]2. allocation[/] {outcome.allocated} orders allocated, {outcome.unallocated} not "
+              f"({outcome.seconds:.2f} s)")
+    reasons = Counter(u["reason"].split(" (")[0] for u in plan["unallocated"])
+    table = Table("reason", "orders", title="unallocated orders", title_justify="left")
+    for reason, n in reasons.most_common():
+        table.add_row(reason, str(n))
+    out.print(table)
+    pdf = render_pdf(lists, output / "picklists.pdf")
+    (output / "allocations.json").write_text(json.dumps({"date": day.isoformat(), **plan}, ensure_ascii=False,
+                                                        indent=1))
+    (output / "transfers.json").write_text(json.dumps(transfers, ensure_ascii=False, indent=1))
+    (output / "demand.json").write_text(json.dumps(needs, ensure_ascii=False, indent=1))
+    return [
+        f"allocated {outcome.allocated} orders to {len({a['node'] for a in plan['allocations']})} nodes; "
+        f"{outcome.unallocated} unallocated, each with a reason (allocations.json)",
+        f"{len(transfers)} transfer proposals flagship → hub (transfers.json); "
+        f"pick lists for {len(lists)} nodes ({pdf.name}); to buy: "
+        f"{sum(r['to_buy'] for r in needs)} units (demand.json)",
+    ]

@@ -1,0 +1,226 @@
+"""The MQTT ingestor (`coldchain ingest`).
+
+paho's network thread only enqueues; a writer thread stores batches and acknowledges
+each message to the broker after its batch has committed (paho manual_ack), so a crash
+at any point loses nothing: unacknowledged QoS 1 messages come back when the ingestor
+reconnects with its persistent session (fixed client id, clean start off, session expiry).
+Every paho callback is guarded: an exception inside one would kill paho's thread.
+A timer evaluates open conditions against the clock (durations, silence), so a van that
+went quiet mid-excursion still alerts; rule state lives in the database, so several
+ingestors can share the stream through an MQTT 5 shared subscription.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from urllib.parse import urlparse
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from core.db import session_scope
+from core.timeutil import utcnow
+from telemetry.service import Fleet, Message, default_engine, ensure_partitions, store_batch, tick_all
+
+log = logging.getLogger("coldchain.ingest")
+TELEMETRY_FILTER = "coldchain/v1/vehicles/+/telemetry"
+ALERT_TOPIC = "coldchain/v1/alerts/{vehicle}"
+
+
+@dataclass
+class IngestStats:
+    received: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    batches: int = 0
+    alerts: int = 0
+    db_retries: int = 0
+    connects: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def as_dict(self) -> dict:
+        d = {k: v for k, v in self.__dict__.items() if k != "started"}
+        d["seconds"] = round(time.monotonic() - self.started, 1)
+        return d
+
+
+@dataclass
+class _Pending:
+    message: Message
+    qos: int
+
+
+class Ingestor:
+    def __init__(self, mqtt_url: str, *, client_id: str = "coldchain-ingest", shared_group: str | None = None,
+                 batch_size: int = 2000, batch_wait: float = 0.05, tick_every: float = 30.0,
+                 session_expiry: int = 7 * 24 * 3600, receive_maximum: int = 10000) -> None:
+        parsed = urlparse(mqtt_url)
+        self.host, self.port = parsed.hostname or "127.0.0.1", parsed.port or 1883
+        self.client_id = client_id
+        self.topic = f"$share/{shared_group}/{TELEMETRY_FILTER}" if shared_group else TELEMETRY_FILTER
+        self.batch_size, self.batch_wait, self.tick_every = batch_size, batch_wait, tick_every
+        self.session_expiry, self.receive_maximum = session_expiry, receive_maximum
+        self.inbox: queue.Queue[_Pending] = queue.Queue()
+        self.stats = IngestStats()
+        self.stop_event = threading.Event()
+        self.connected = threading.Event()
+        self.fleet = Fleet()
+        self.engine = default_engine()
+        self.client = self._make_client()
+
+    # -- MQTT ------------------------------------------------------------------------------
+    def _make_client(self) -> mqtt.Client:
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5,
+                             manual_ack=True)
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.max_queued_messages_set(0)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    def _on_connect(self, client, _userdata, _flags, reason_code, _props) -> None:  # noqa: ANN001
+        try:
+            if reason_code.is_failure:
+                log.error("broker refused the connection: %s", reason_code)
+                return
+            self.stats.connects += 1
+            client.subscribe(self.topic, qos=1)
+            self.connected.set()
+            log.info("connected to %s:%s, subscribed to %s", self.host, self.port, self.topic)
+        except Exception:  # never let an exception reach paho's thread
+            log.exception("on_connect failed")
+
+    def _on_disconnect(self, _client, _userdata, _flags, reason_code, _props) -> None:  # noqa: ANN001
+        try:
+            self.connected.clear()
+            if not self.stop_event.is_set():
+                log.warning("disconnected (%s); paho reconnects with backoff", reason_code)
+        except Exception:
+            log.exception("on_disconnect failed")
+
+    def _on_message(self, _client, _userdata, msg) -> None:  # noqa: ANN001
+        try:
+            self.stats.received += 1
+            self.inbox.put(_Pending(Message(msg.topic, bytes(msg.payload), utcnow(), msg.mid), msg.qos))
+        except Exception:
+            log.exception("on_message failed")
+
+    def connect(self) -> None:
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self.session_expiry
+        props.ReceiveMaximum = self.receive_maximum
+        self.client.connect_async(self.host, self.port, keepalive=30, clean_start=False, properties=props)
+        self.client.loop_start()
+
+    # -- storing ---------------------------------------------------------------------------
+    def _next_batch(self) -> list[_Pending]:
+        try:
+            first = self.inbox.get(timeout=0.2)
+        except queue.Empty:
+            return []
+        batch = [first]
+        deadline = time.monotonic() + self.batch_wait
+        while len(batch) < self.batch_size:
+            remaining = deadline - time.monotonic()
+            try:
+                batch.append(self.inbox.get(timeout=max(remaining, 0)) if remaining > 0 else self.inbox.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    def _store(self, batch: list[_Pending]) -> None:
+        """Commit the batch (retrying while the database is away), then ack every message of it."""
+        delay = 0.5
+        while True:
+            try:
+                with session_scope() as session:
+                    outcome = store_batch(session, [p.message for p in batch], self.fleet, self.engine)
+                break
+            except (OperationalError, DBAPIError) as exc:
+                if self.stop_event.is_set():
+                    raise
+                self.stats.db_retries += 1
+                log.warning("database unavailable (%s); retrying the batch in %.1f s",
+                            str(exc).splitlines()[0], delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 10)
+        for p in batch:
+            if p.qos > 0 and p.message.mid is not None:
+                self.client.ack(p.message.mid, p.qos)
+        self.stats.batches += 1
+        self.stats.stored += outcome.stored
+        self.stats.duplicates += outcome.duplicates
+        self.stats.rejected += outcome.rejected
+        self._publish(outcome.alerts)
+
+    def _store_one_by_one(self, batch: list[_Pending]) -> None:
+        """Isolate a message that breaks a batch: the others are stored; it is kept as a reject, never lost."""
+        from telemetry.models import TelemetryReject
+
+        for p in batch:
+            try:
+                self._store([p])
+            except Exception as exc:
+                log.exception("message %s could not be stored; keeping it as a reject", p.message.mid)
+                try:
+                    with session_scope() as session:
+                        session.add(TelemetryReject(received_at=p.message.received_at, topic=p.message.topic,
+                                                    payload=p.message.payload,
+                                                    reason=f"internal error: {type(exc).__name__}: {exc}"[:500]))
+                except Exception:
+                    log.exception("could not keep message %s; it stays unacknowledged", p.message.mid)
+                    continue
+                if p.qos > 0 and p.message.mid is not None:
+                    self.client.ack(p.message.mid, p.qos)
+
+    def _publish(self, alerts: list[dict]) -> None:
+        for alert in alerts:
+            self.stats.alerts += 1
+            self.client.publish(ALERT_TOPIC.format(vehicle=alert["vehicle"]), json.dumps(alert), qos=1)
+
+    def _tick(self) -> None:
+        with session_scope() as session:
+            ensure_partitions(session, [utcnow(), utcnow() + timedelta(days=1)])
+            alerts = tick_all(session, self.engine)
+        self._publish(alerts)
+
+    def writer(self) -> None:
+        last_tick = 0.0
+        while not self.stop_event.is_set() or not self.inbox.empty():
+            batch = self._next_batch()
+            if batch:
+                try:
+                    self._store(batch)
+                except Exception:
+                    log.exception("batch of %d messages failed; storing them one by one", len(batch))
+                    self._store_one_by_one(batch)
+            if self.tick_every and time.monotonic() - last_tick >= self.tick_every:
+                last_tick = time.monotonic()
+                try:
+                    self._tick()
+                except Exception:
+                    log.exception("rule timer failed; it runs again on the next tick")
+
+    def run(self, ready: threading.Event | None = None) -> None:
+        """Run until stop_event is set (SIGTERM/SIGINT in the CLI)."""
+        with session_scope() as session:
+            self.fleet.load(session)
+        self.connect()
+        if ready is not None:
+            ready.set()
+        try:
+            self.writer()
+        finally:
+            self.client.disconnect()
+            self.client.loop_stop()

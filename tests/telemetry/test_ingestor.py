@@ -1,0 +1,187 @@
+"""The ingestor as a real process against a real broker: the machine's Mosquitto when
+COLDCHAIN_MQTT_URL is set (CI's second run), else the embedded broker. Killed with SIGKILL
+mid-stream and restarted, it loses no sample and stores none twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from sqlalchemy import func, select
+
+from core.db import make_engine
+from telemetry.models import Alert, TelemetryReject, TelemetrySample
+from tests import scenario_files
+from tests.conftest import coldchain_cmd
+
+
+@pytest.fixture(scope="module")
+def mqtt_url() -> Iterator[str]:
+    url = os.environ.get("COLDCHAIN_MQTT_URL")
+    if url:
+        yield url
+        return
+    from telemetry.broker import start_embedded_broker
+
+    with start_embedded_broker() as broker:
+        yield broker.url
+
+
+class Run:
+    """A database, vehicle codes and a client id of this test's own: nothing shared with other runs."""
+
+    def __init__(self, databases, tmp_path: Path, mqtt_url: str) -> None:  # noqa: ANN001
+        self.tag = uuid.uuid4().hex[:6].upper()
+        self.vans = [f"VAN-{self.tag}-1", f"VAN-{self.tag}-2"]
+        self.devices = [f"TL-{self.tag}-1", f"TL-{self.tag}-2"]
+        self.env = {**os.environ, "COLDCHAIN_DATABASE_URL": databases.new("ingest"),
+                    "COLDCHAIN_DATA_DIR": str(tmp_path), "COLDCHAIN_MQTT_URL": mqtt_url}
+        self.mqtt_url = mqtt_url
+        self.client_id = f"coldchain-ingest-test-{self.tag}"
+        vehicles = scenario_files.FILES["vehicles.csv"]
+        for old, new in (("VAN-01", self.vans[0]), ("VAN-02", self.vans[1]), ("TL-0001", self.devices[0]),
+                         ("TL-0002", self.devices[1])):
+            vehicles = vehicles.replace(old, new)
+        drivers = "username,name,vehicle\n"
+        folder = scenario_files.write(tmp_path / "scen", {"vehicles.csv": vehicles, "drivers.csv": drivers})
+        load = subprocess.run([*coldchain_cmd(), "scenario", "load", str(folder)], env=self.env,
+                              capture_output=True, text=True, timeout=120)
+        assert load.returncode == 0, load.stdout + load.stderr
+        self.engine = make_engine(self.env["COLDCHAIN_DATABASE_URL"])
+
+    def start(self) -> subprocess.Popen:
+        proc = subprocess.Popen([*coldchain_cmd(), "ingest", "--client-id", self.client_id, "--tick-every", "1"],
+                                env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        return proc
+
+    def count(self, model=TelemetrySample) -> int:  # noqa: ANN001
+        with self.engine.connect() as conn:
+            return conn.scalar(select(func.count()).select_from(model))
+
+    def wait_for(self, n: int, timeout: float = 60, model=TelemetrySample) -> int:  # noqa: ANN001
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = self.count(model)
+            if got >= n:
+                return got
+            time.sleep(0.2)
+        return self.count(model)
+
+    def wait_subscribed(self, proc: subprocess.Popen) -> None:
+        """Give the ingestor time to connect and subscribe (a persistent session keeps what comes after)."""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with self.engine.connect() as conn:
+                if conn.scalar(select(func.count()).select_from(TelemetrySample)) is not None:
+                    break
+        time.sleep(3)
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+
+
+def publisher(url: str) -> mqtt.Client:
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:8]}",
+                         protocol=mqtt.MQTTv5)
+    client.connect(u.hostname, u.port or 1883)
+    client.loop_start()
+    return client
+
+
+def samples(device: str, start_seq: int, n: int, base: datetime, chilled=4.0) -> list[dict]:  # noqa: ANN001
+    return [{"device": device, "seq": start_seq + i, "ts": (base + timedelta(seconds=10 * i)).isoformat(),
+             "temp_c": {"chilled": chilled}} for i in range(n)]
+
+
+def stop(proc: subprocess.Popen) -> str:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.communicate(timeout=30)[1]
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.communicate()[1]
+
+
+def test_ingest_stores_once_keeps_rejects_and_raises_alerts(databases, tmp_path: Path, mqtt_url: str) -> None:  # noqa: ANN001
+    run = Run(databases, tmp_path, mqtt_url)
+    proc = run.start()
+    try:
+        run.wait_subscribed(proc)
+        pub = publisher(mqtt_url)
+        topic = f"coldchain/v1/vehicles/{run.vans[0]}/telemetry"
+        base = datetime.now(UTC) - timedelta(hours=2)
+        # a 20-minute excursion inside 40 minutes of samples, sent as a shuffled backlog, twice
+        backlog = [{"device": run.devices[0], "seq": i, "ts": (base + timedelta(minutes=i)).isoformat(),
+                    "temp_c": {"chilled": 12.0 if 5 <= i < 25 else 4.0}} for i in range(40)]
+        infos = [pub.publish(topic, json.dumps(backlog[::-1]), qos=1) for _ in range(2)]
+        infos += [pub.publish(topic, b"\xff\xfe", qos=1), pub.publish(topic, b"not json", qos=1)]
+        for info in infos:
+            info.wait_for_publish(10)
+        assert run.wait_for(40) == 40
+        assert run.wait_for(2, model=TelemetryReject) == 2
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and run.count(Alert) == 0:
+            time.sleep(0.2)
+        with run.engine.connect() as conn:
+            alerts = conn.execute(select(Alert.kind, Alert.compartment, Alert.late, Alert.peak)).all()
+            reasons = sorted(conn.scalars(select(TelemetryReject.reason)))
+        assert alerts == [("temperature", "chilled", True, 12.0)]
+        assert reasons == ["not JSON", "not UTF-8"]
+        pub.loop_stop()
+        pub.disconnect()
+    finally:
+        log = stop(proc)
+    assert "Traceback" not in log, log
+    time.sleep(0.5)
+    assert run.count() == 40
+
+
+def test_sigkill_mid_stream_loses_nothing_and_stores_nothing_twice(databases, tmp_path: Path,  # noqa: ANN001
+                                                                  mqtt_url: str) -> None:
+    run = Run(databases, tmp_path, mqtt_url)
+    proc = run.start()
+    run.wait_subscribed(proc)
+    pub = publisher(mqtt_url)
+    base = datetime.now(UTC) - timedelta(hours=8)  # 400 minutes of history, all in the past
+    per_message, messages = 10, 400
+    infos = []
+    try:
+        for m in range(messages):
+            van, device = (run.vans[m % 2], run.devices[m % 2])
+            batch = samples(device, (m // 2) * per_message, per_message, base + timedelta(minutes=m))
+            infos.append(pub.publish(f"coldchain/v1/vehicles/{van}/telemetry", json.dumps(batch), qos=1))
+            if m == messages // 3:
+                while run.count() == 0:
+                    time.sleep(0.01)
+                proc.kill()  # SIGKILL: no chance to flush or ack anything
+                proc.wait(10)
+        for info in infos:
+            info.wait_for_publish(20)
+        stored_while_down = run.count()
+        proc = run.start()
+        total = messages * per_message
+        assert run.wait_for(total, timeout=90) == total
+        time.sleep(2)  # anything redelivered twice would show up now
+        assert run.count() == total
+        assert stored_while_down < total
+        with run.engine.connect() as conn:
+            per_device = dict(conn.execute(select(TelemetrySample.device, func.count())
+                                           .group_by(TelemetrySample.device)).all())
+            assert conn.scalar(select(func.count()).select_from(TelemetryReject)) == 0
+        assert per_device == {run.devices[0]: total // 2, run.devices[1]: total // 2}
+    finally:
+        pub.loop_stop()
+        pub.disconnect()
+        if proc.poll() is None:
+            stop(proc)
