@@ -55,7 +55,9 @@ def _sqlite_pragmas(engine: Engine) -> None:
     """WAL and a busy timeout let the API, workers and the ingestor share one SQLite file.
 
     pysqlite's own transaction handling breaks SAVEPOINT (SQLAlchemy's documented
-    recipe): we let SQLAlchemy emit BEGIN itself.
+    recipe): we let SQLAlchemy emit BEGIN itself, and make it BEGIN IMMEDIATE so that a
+    transaction that reads and then writes waits for the write lock up front instead of
+    failing with "database is locked" when another process committed in between.
     """
 
     @event.listens_for(engine, "connect")
@@ -70,7 +72,7 @@ def _sqlite_pragmas(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn):  # noqa: ANN001
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get("immediate") else "BEGIN")
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def make_engine(url: str, **kwargs: object) -> Engine:

@@ -193,6 +193,32 @@ def allocate(
 
 
 @app.command()
+def plan(
+    day: DateOpt,
+    time_limit: Annotated[float, typer.Option("--time-limit", help="seconds per depot")] = 10.0,
+    local_workers: Annotated[int | None, typer.Option(
+        help="Celery worker processes to start for this run (default: 2 on embedded defaults, 0 with a broker)")]
+    = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print the plan (CONTRACTS.md section 5)")] = False,
+) -> None:
+    """Plan routes for every depot of the day, each depot an independent Celery task."""
+    from scripts.planning import plan_day
+
+    ensure_schema()
+    results = plan_day(day.date(), time_limit, local_workers, actor="cli")
+    failed = [r for r in results if "error" in r]
+    if json_out:
+        from core.db import session_scope
+        from fulfillment.service import day_allocations
+        from routing.service import day_routes
+
+        with session_scope() as session:
+            print_json({"date": f"{day:%Y-%m-%d}", **day_allocations(session, day.date()),
+                        **day_routes(session, day.date())})
+    raise typer.Exit(1 if failed else 0)
+
+
+@app.command()
 def picklists(
     day: DateOpt,
     node: Annotated[str | None, typer.Option(help="one node's list only")] = None,

@@ -1,0 +1,214 @@
+"""Day plans: build a routing problem per depot from the database, solve it, store it, export it.
+
+The solver (routing/solver.py) knows nothing of the database; this module is the only
+bridge. A delivery order is served from the node it was allocated to, by that node's vans.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import defaultdict
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
+
+from core.settings import get_settings
+from core.timeutil import utcnow
+from fulfillment.models import Order, OrderLine, Reservation
+from fulfillment.service import record_event
+from routing import solver
+from routing.models import Plan, Route, RouteStop, UnservedOrder
+from routing.travel import CachedTravel, travel_model
+from warehouses.models import TEMP_CLASSES, Node, Product, Vehicle
+
+SERVICE_S = 5 * 60  # CONTRACTS.md section 5: 5 minutes of service per stop
+_travel: CachedTravel | None = None
+
+
+def travel() -> CachedTravel:
+    """The configured travel model (OSRM when COLDCHAIN_OSRM_URL is set), cached per day and depot."""
+    global _travel
+    if _travel is None:
+        import os
+
+        _travel = CachedTravel(travel_model(os.environ.get("COLDCHAIN_OSRM_URL") or None))
+    return _travel
+
+
+def _secs(t: time) -> float:
+    return t.hour * 3600 + t.minute * 60 + t.second
+
+
+def _at(day: date, seconds: float) -> datetime:
+    """Seconds since local midnight of `day` as an aware UTC datetime."""
+    midnight = datetime.combine(day, time(0), tzinfo=get_settings().tz)
+    return (midnight + timedelta(seconds=float(seconds))).astimezone(UTC)
+
+
+def local_hhmm(moment: datetime) -> str:
+    return moment.astimezone(get_settings().tz).strftime("%H:%M")
+
+
+@dataclass
+class DepotStops:
+    """What a depot has to deliver on a day: per order, the litres per class and kg it carries from here."""
+
+    orders: list[Order]
+    demand: dict[int, dict[str, float]]
+    weight: dict[int, float]
+    max_on_board: dict[int, float | None]
+
+
+def depot_stops(session: Session, day: date, depot: Node) -> DepotStops:
+    rows = session.execute(
+        select(Order, Reservation.qty, Product.temp_class, Product.unit_l, Product.unit_kg, Product.max_on_board_min)
+        .join(OrderLine, OrderLine.order_id == Order.id)
+        .join(Reservation, Reservation.line_id == OrderLine.id)
+        .join(Product, OrderLine.product_id == Product.id)
+        .where(Order.delivery_date == day, Order.mode == "delivery", Reservation.node_id == depot.id,
+               Order.status.in_(("allocated", "planned", "reattempt")))
+        .order_by(Order.ref)
+    ).all()
+    orders: dict[int, Order] = {}
+    demand: dict[int, dict[str, float]] = defaultdict(lambda: dict.fromkeys(TEMP_CLASSES, 0.0))
+    weight: dict[int, float] = defaultdict(float)
+    on_board: dict[int, float | None] = {}
+    for order, qty, tclass, unit_l, unit_kg, max_min in rows:
+        orders[order.id] = order
+        demand[order.id][tclass] += qty * unit_l
+        weight[order.id] += qty * unit_kg
+        if max_min:
+            current = on_board.get(order.id)
+            on_board[order.id] = min(current, max_min * 60) if current else max_min * 60
+    return DepotStops(list(orders.values()), dict(demand), dict(weight), on_board)
+
+
+def build_problem(session: Session, day: date, depot: Node, time_limit: float,
+                  exclude: set[int] | None = None) -> tuple[solver.Problem, dict[str, Order], dict[str, Vehicle]]:
+    """The depot's vans and the orders allocated to it, as a pure solver problem."""
+    vans = list(session.scalars(select(Vehicle).where(Vehicle.depot_id == depot.id).order_by(Vehicle.code)
+                                .options(selectinload(Vehicle.compartments))))
+    ds = depot_stops(session, day, depot)
+    orders = [o for o in ds.orders if not exclude or o.id not in exclude]
+    points = [(depot.lat, depot.lon)] + [(o.lat, o.lon) for o in orders]
+    speeds = sorted({v.speed_kmh for v in vans}) or [25.0]
+    matrices = {s: travel().matrix(points, s, day=day.isoformat(), depot=depot.code) for s in speeds}
+    base_seconds, metres = matrices[speeds[0]]
+    vehicles = [
+        solver.Vehicle(id=v.code, start=0, end=0, shift=(_secs(v.shift_start), _secs(v.shift_end)),
+                       capacity={c.temp_class: c.capacity_l for c in v.compartments}, max_weight=v.max_kg,
+                       cost_per_km=v.cost_per_km, fixed_cost=v.fixed_cost,
+                       travel_time=None if v.speed_kmh == speeds[0] else matrices[v.speed_kmh][0])
+        for v in vans
+    ]
+    stops = [
+        solver.Stop(id=o.ref, node=i + 1, demand={c: q for c, q in ds.demand[o.id].items() if q > 0},
+                    weight=ds.weight[o.id], window=(_secs(o.window_start), _secs(o.window_end)), service=SERVICE_S,
+                    max_on_board=ds.max_on_board.get(o.id))
+        for i, o in enumerate(orders)
+    ]
+    problem = solver.Problem(vehicles=vehicles, stops=stops, travel_time=base_seconds, distance=metres,
+                             time_limit=time_limit, depots=[0])
+    return problem, {o.ref: o for o in orders}, {v.code: v for v in vans}
+
+
+def new_stop_id() -> str:
+    return "s-" + secrets.token_hex(6)
+
+
+def store_solution(session: Session, day: date, depot: Node, solution: solver.Solution, orders: dict[str, Order],
+                   vans: dict[str, Vehicle], actor: str, time_limit: float, reason: str | None = None) -> Plan:
+    """Replace the depot's current plan for the day with this one; orders move to 'planned'."""
+    previous = session.scalars(select(Plan).where(Plan.day == day, Plan.depot_id == depot.id,
+                                                  Plan.status == "current")).all()
+    version = 1 + max((p.version for p in session.scalars(select(Plan).where(Plan.day == day,
+                                                                                  Plan.depot_id == depot.id))),
+                      default=0)
+    for p in previous:
+        p.status = "superseded"
+    plan = Plan(day=day, depot_id=depot.id, version=version, status="current", created_at=utcnow(),
+                created_by=actor, time_limit=time_limit, seconds=solution.seconds, distance_m=solution.distance,
+                cost=solution.cost, strategy=solution.strategy, reason=reason)
+    session.add(plan)
+    for r in solution.routes:
+        route = Route(vehicle_id=vans[r.vehicle_id].id, start_at=_at(day, r.start), end_at=_at(day, r.end),
+                      distance_m=r.distance, cost=r.cost, status="planned", load=r.load)
+        for i, v in enumerate(r.visits):
+            order = orders[v.stop_id]
+            route.stops.append(RouteStop(stop_id=new_stop_id(), seq=i + 1, order_id=order.id,
+                                         arrive_at=_at(day, v.arrival), service_at=_at(day, v.service_start),
+                                         depart_at=_at(day, v.departure), leg_m=v.distance))
+            if order.status != "planned":
+                record_event(session, order, "planned", actor, to_status="planned",
+                             data={"vehicle": r.vehicle_id, "depot": depot.code})
+        plan.routes.append(route)
+    for u in solution.unserved:
+        order = orders[u.stop_id]
+        plan.unserved.append(UnservedOrder(order_id=order.id, reason=u.reason))
+        if order.status == "planned":
+            record_event(session, order, "unplanned", actor, to_status="allocated", data={"reason": u.reason})
+    session.flush()
+    return plan
+
+
+def depots_of_day(session: Session, day: date) -> list[str]:
+    """Nodes that have vans and delivery orders allocated to them that day."""
+    return list(session.scalars(
+        select(Node.code).distinct()
+        .join(Reservation, Reservation.node_id == Node.id)
+        .join(OrderLine, Reservation.line_id == OrderLine.id)
+        .join(Order, OrderLine.order_id == Order.id)
+        .join(Vehicle, Vehicle.depot_id == Node.id)
+        .where(Order.delivery_date == day, Order.mode == "delivery")
+        .order_by(Node.code)))
+
+
+def plan_depot(day: date, depot_code: str, time_limit: float, actor: str = "system", workers: int = 1,
+               progress: Callable[[float], None] | None = None,
+               sessions: Callable[[], AbstractContextManager[Session]] | None = None) -> dict:
+    """Read, solve, store one depot's day: three steps, no transaction held while the solver runs."""
+    from core.db import session_scope
+
+    scope = sessions or session_scope
+    with scope() as session:
+        depot = session.scalar(select(Node).where(Node.code == depot_code))
+        if depot is None:
+            raise ValueError(f"unknown depot {depot_code}")
+        problem, orders, vans = build_problem(session, day, depot, time_limit)
+        order_ids = {ref: o.id for ref, o in orders.items()}
+    solution = solver.solve(problem, workers=workers, progress=progress)
+    with scope() as session:
+        depot = session.scalar(select(Node).where(Node.code == depot_code))
+        orders = {o.ref: o for o in session.scalars(select(Order).where(Order.id.in_(order_ids.values())))}
+        vans = {v.code: v for v in session.scalars(select(Vehicle).where(Vehicle.depot_id == depot.id))}
+        plan = store_solution(session, day, depot, solution, orders, vans, actor, time_limit)
+        return {"depot": depot_code, "plan": plan.id, "routes": len(plan.routes),
+                "stops": sum(len(r.visits) for r in solution.routes), "unserved": len(solution.unserved),
+                "distance_km": round(solution.distance / 1000, 2), "seconds": round(solution.seconds, 2)}
+
+
+def day_routes(session: Session, day: date) -> dict:
+    """CONTRACTS.md section 5's routes and unserved from the current plans of the day."""
+    plans = session.scalars(select(Plan).where(Plan.day == day, Plan.status == "current")
+                            .options(selectinload(Plan.routes).selectinload(Route.stops).selectinload(RouteStop.order),
+                                     selectinload(Plan.unserved).selectinload(UnservedOrder.order))
+                            .order_by(Plan.depot_id)).all()
+    routes, unserved = [], []
+    for plan in plans:
+        for route in plan.routes:
+            if not route.stops:
+                continue
+            routes.append({
+                "vehicle": route.vehicle.code, "depot": plan.depot.code, "start": local_hhmm(route.start_at),
+                "end": local_hhmm(route.end_at), "distance_km": round(route.distance_m / 1000, 3),
+                "stops": [{"order_ref": s.order.ref, "lat": s.order.lat, "lon": s.order.lon,
+                           "arrive": local_hhmm(s.arrive_at), "depart": local_hhmm(s.depart_at),
+                           "stop_id": s.stop_id, "status": s.status} for s in route.stops],
+            })
+        unserved += [{"order_ref": u.order.ref, "reason": u.reason, "depot": plan.depot.code}
+                     for u in plan.unserved]
+    return {"routes": routes, "unserved": sorted(unserved, key=lambda u: u["order_ref"])}
