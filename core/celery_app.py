@@ -26,6 +26,7 @@ def make_celery() -> Celery:
         timezone=settings.timezone,
         enable_utc=True,
         task_track_started=True,
+        task_default_queue=settings.celery_queue,
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,

@@ -24,6 +24,7 @@ class Settings(BaseSettings):
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; unset: a SQLite file")
     mqtt_url: str | None = Field(default=None, description="mqtt://host:port; unset: an embedded broker")
     broker_url: str | None = Field(default=None, description="Celery broker; unset: SQLite transport")
+    celery_queue: str = Field(default="celery", description="queue that tasks go to and workers listen on")
     secret_key: str = Field(default="change-me-in-production-coldchain-secret-key", min_length=32)
     timezone: str = "Asia/Shanghai"
     token_minutes: int = Field(default=30, ge=1, le=24 * 60)

@@ -123,13 +123,16 @@ def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
 @app.command()
 def worker(
     concurrency: Annotated[int, typer.Option(help="worker processes")] = 2,
-    queues: Annotated[str, typer.Option(help="comma-separated queues")] = "celery",
+    queues: Annotated[str | None, typer.Option(help="comma-separated queues (default COLDCHAIN_CELERY_QUEUE)")]
+    = None,
     beat: Annotated[bool, typer.Option(help="also run the periodic scheduler in this worker")] = False,
 ) -> None:
     """Start a Celery worker on the configured broker (embedded SQLite transport when unset)."""
     from core.celery_app import celery_app
+    from core.settings import get_settings
 
     ensure_schema()
+    queues = queues or get_settings().celery_queue
     argv = ["worker", f"--concurrency={concurrency}", f"--queues={queues}", "--loglevel=INFO",
             "--without-gossip", "--without-mingle"]
     if beat:

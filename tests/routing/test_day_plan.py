@@ -1,0 +1,94 @@
+"""Day plans from the database: routes served from the allocated node, stored, exported, independently checked;
+and `coldchain plan` running depots as Celery tasks on real worker processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from contextlib import contextmanager
+from datetime import date
+from pathlib import Path
+
+from sqlalchemy import select
+
+from fulfillment.models import Order
+from fulfillment.scenario import load_scenario
+from fulfillment.service import allocate_day, day_allocations
+from routing.models import Plan, RouteStop
+from routing.service import day_routes, plan_depot
+from tests import scenario_files
+from tests.conftest import SHARED, coldchain_cmd
+
+DAY = date(2026, 11, 24)
+CHECKER = SHARED / "tools" / "check_plan.py"
+MORE = ("B1,2026-11-24,delivery,30.660,104.060,10:00,12:00,EGG-30,1,,,,\n"
+        "B2,2026-11-24,delivery,30.640,104.085,13:00,15:00,DUMP-1,2,,,,\n"
+        "B3,2026-11-24,delivery,30.655,104.075,07:00,07:10,DUMP-1,1,,,,\n")
+
+
+def same(session):  # noqa: ANN001, ANN201
+    @contextmanager
+    def scope():  # noqa: ANN202
+        yield session
+        session.flush()
+
+    return scope
+
+
+def check(folder: Path, plan: dict, tmp_path: Path) -> subprocess.CompletedProcess:
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(plan))
+    return subprocess.run([sys.executable, str(CHECKER), str(folder), str(path)], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_plan_routes_every_servable_order_and_explains_the_rest(session, tmp_path: Path) -> None:
+    folder = scenario_files.write(tmp_path / "scen", append={"orders.csv": MORE})
+    load_scenario(session, folder)
+    allocate_day(session, DAY)
+    summary = plan_depot(DAY, "FS-01", time_limit=2, sessions=same(session))
+    assert summary["stops"] == 3 and summary["unserved"] == 1
+    routes = day_routes(session, DAY)
+    assert {r["vehicle"] for r in routes["routes"]} == {"VAN-01"}
+    assert [u["order_ref"] for u in routes["unserved"]] == ["B3"]
+    assert routes["unserved"][0]["reason"].startswith("time window 07:00-07:10 ends before the earliest arrival")
+    stops = routes["routes"][0]["stops"]
+    assert {s["order_ref"] for s in stops} == {"A1", "B1", "B2"}
+    assert all(s["stop_id"].startswith("s-") for s in stops)
+    b1 = session.scalar(select(Order).where(Order.ref == "B1"))
+    assert b1.status == "planned"
+    if CHECKER.exists():
+        result = check(folder, {"date": DAY.isoformat(), **day_allocations(session, DAY), **routes}, tmp_path)
+        assert result.returncode == 0, result.stdout
+
+
+def test_replanning_supersedes_and_keeps_one_current_plan(session, tmp_path: Path) -> None:
+    load_scenario(session, scenario_files.write(tmp_path / "scen", append={"orders.csv": MORE}))
+    allocate_day(session, DAY)
+    plan_depot(DAY, "FS-01", time_limit=1, sessions=same(session))
+    plan_depot(DAY, "FS-01", time_limit=1, sessions=same(session))
+    plans = session.scalars(select(Plan).order_by(Plan.version)).all()
+    assert [(p.version, p.status) for p in plans] == [(1, "superseded"), (2, "current")]
+    ids = session.scalars(select(RouteStop.stop_id)).all()
+    assert len(ids) == len(set(ids)) == 6
+    assert len(day_routes(session, DAY)["routes"][0]["stops"]) == 3
+
+
+def test_cli_plans_depots_on_real_workers_and_exports_json(databases, tmp_path: Path) -> None:  # noqa: ANN001
+    env = {**os.environ, "COLDCHAIN_DATABASE_URL": databases.new("plan"), "COLDCHAIN_DATA_DIR": str(tmp_path),
+           "COLDCHAIN_CELERY_QUEUE": f"test-plan-{uuid.uuid4().hex[:8]}"}
+    folder = scenario_files.write(tmp_path / "scen", append={"orders.csv": MORE})
+    for args in (["scenario", "load", str(folder)], ["allocate", "--date", "2026-11-24"]):
+        assert subprocess.run([*coldchain_cmd(), *args], env=env, capture_output=True, timeout=120).returncode == 0
+    run = subprocess.run([*coldchain_cmd(), "plan", "--date", "2026-11-24", "--time-limit", "1",
+                          "--local-workers", "2", "--json"], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    plan = json.loads(run.stdout)
+    assert [r["vehicle"] for r in plan["routes"]] == ["VAN-01"]
+    assert "FS-01" in run.stderr and "1 vans, 3 stops" in run.stderr
+    if CHECKER.exists():
+        result = check(folder, plan, tmp_path)
+        assert result.returncode == 0, result.stdout
