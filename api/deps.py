@@ -6,12 +6,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends
+from fastapi import Depends, Request
 from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from core.db import get_sessionmaker
+from core.db import get_sessionmaker, writer_session
 from core.errors import Forbidden, Unauthorized
 from core.security import read_token
 from warehouses.models import User
@@ -19,8 +19,9 @@ from warehouses.models import User
 oauth2 = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/token", auto_error=False)
 
 
-def get_session() -> Iterator[Session]:
-    session = get_sessionmaker()()
+def get_session(request: Request) -> Iterator[Session]:
+    """Reads run deferred; a request that may write takes SQLite's write lock up front."""
+    session = get_sessionmaker()() if request.method in ("GET", "HEAD", "OPTIONS") else writer_session()
     try:
         yield session
         session.commit()

@@ -55,9 +55,11 @@ def _sqlite_pragmas(engine: Engine) -> None:
     """WAL and a busy timeout let the API, workers and the ingestor share one SQLite file.
 
     pysqlite's own transaction handling breaks SAVEPOINT (SQLAlchemy's documented
-    recipe): we let SQLAlchemy emit BEGIN itself, and make it BEGIN IMMEDIATE so that a
-    transaction that reads and then writes waits for the write lock up front instead of
-    failing with "database is locked" when another process committed in between.
+    recipe): we let SQLAlchemy emit BEGIN itself. A unit of work that will write asks for
+    BEGIN IMMEDIATE (execution option "sqlite_immediate", see `session_scope`), so that
+    reading and then writing waits for the write lock up front instead of failing with
+    "database is locked" when another process committed in between; readers stay deferred
+    and never wait.
     """
 
     @event.listens_for(engine, "connect")
@@ -72,7 +74,8 @@ def _sqlite_pragmas(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn):  # noqa: ANN001
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        immediate = conn.get_execution_options().get("sqlite_immediate")
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
 def make_engine(url: str, **kwargs: object) -> Engine:
@@ -97,10 +100,18 @@ def get_sessionmaker() -> sessionmaker[Session]:
     return sessionmaker(bind=get_engine(), expire_on_commit=False)
 
 
+def writer_session() -> Session:
+    """A session whose transaction takes SQLite's write lock at BEGIN (no effect on PostgreSQL)."""
+    session = get_sessionmaker()()
+    if get_engine().dialect.name == "sqlite":
+        session.connection(execution_options={"sqlite_immediate": True})
+    return session
+
+
 @contextmanager
 def session_scope() -> Iterator[Session]:
     """One unit of work: commit on success, roll back on any error."""
-    session = get_sessionmaker()()
+    session = writer_session()
     try:
         yield session
         session.commit()

@@ -284,7 +284,7 @@ def allocate_day(session: Session, day: date, actor: str = "system") -> DayAlloc
         node = index["node"][alloc.node]
         for sku, lot_code, qty in alloc.lines:
             lot = index["lot"][(alloc.node, sku, lot_code)]
-            session.add(Reservation(line_id=lines_of[order.ref][sku].id, lot_id=lot.id, node_id=node.id, qty=qty))
+            lines_of[order.ref][sku].reservations.append(Reservation(lot_id=lot.id, node_id=node.id, qty=qty))
             reserved[lot.id] += qty
         if order.status != "allocated":
             record_event(session, order, "allocated", actor, to_status="allocated", data={"node": alloc.node})
