@@ -77,7 +77,7 @@ def configured(databases: Databases, tmp_path_factory: pytest.TempPathFactory) -
     data_dir = tmp_path_factory.mktemp("data")
     os.environ["COLDCHAIN_DATABASE_URL"] = url
     os.environ["COLDCHAIN_DATA_DIR"] = str(data_dir)
-    os.environ.setdefault("COLDCHAIN_SECRET_KEY", "test-secret-key-0123456789")
+    os.environ.setdefault("COLDCHAIN_SECRET_KEY", "test-secret-key-0123456789-abcdefghijklmnop")
     from core import migrate
     from core.db import get_engine, reset_caches
 
