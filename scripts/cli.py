@@ -221,6 +221,39 @@ def plan(
     raise typer.Exit(1 if failed else 0)
 
 
+@app.command("solve-vrplib")
+def solve_vrplib(
+    file: Annotated[Path, typer.Argument(help="a Solomon (.txt) or VRPLIB (.vrp) instance")],
+    time_limit: Annotated[float, typer.Option("--time-limit", help="seconds of wall time")] = 30.0,
+    workers: Annotated[int | None, typer.Option(help="solver processes (default: every core)")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print CONTRACTS.md section 6 JSON")] = False,
+) -> None:
+    """Solve a benchmark instance with the same routing model that plans real days."""
+    from routing.vrplib import check_solution, read_instance, solve_file
+
+    if not file.is_file():
+        err.print(f"[red]{file}: no such file")
+        raise typer.Exit(2)
+    try:
+        read_instance(str(file))
+    except (ValueError, KeyError, IndexError) as exc:
+        err.print(f"[red]{file}: not a Solomon or VRPLIB instance ({exc})")
+        raise typer.Exit(2) from exc
+    with progress_bar() as bar:
+        task = bar.add_task(f"solving {file.name}", total=100)
+        result = solve_file(str(file), time_limit, workers=workers,
+                            progress=lambda f: bar.update(task, completed=round(f * 100)))
+        bar.update(task, completed=100)
+    problems = check_solution(str(file), result["routes"])
+    if problems:
+        err.print(f"[red]infeasible: {problems[:5]}")
+    err.print(f"{result['instance']}: {result['vehicles']} vehicles, distance {result['distance']:.2f} "
+              f"in {result['seconds']:.1f} s")
+    if json_out:
+        print_json(result)
+    raise typer.Exit(1 if problems else 0)
+
+
 @app.command()
 def picklists(
     day: DateOpt,
