@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from core.csvio import CsvFileError, RowError, read_rows, validate_row
@@ -178,26 +178,57 @@ def delivery_date_for(placed_at: datetime, requested: date | None) -> tuple[date
 # allocation
 
 
-def _lock_for_allocation(session: Session, day: date) -> list[Order]:
-    """Claim the day's orders to allocate and lock the stock they may draw on.
+@dataclass
+class _OpenOrder:
+    id: int
+    ref: str
+    status: str
+    reason: str | None
+    pure: object  # fulfillment.allocation.Order
+    line_ids: dict[str, int]
 
-    PostgreSQL: orders FOR UPDATE SKIP LOCKED (two allocators split the work), then every
-    stock lot and node row FOR UPDATE in id order (no deadlocks); the second allocator waits
-    and then reads what the first committed. SQLite: a write statement first takes the
-    database's single write lock for the whole transaction. The CHECK reserved <= qty is the
+
+def _open_orders(session: Session, day: date, codes: dict[int, str], skus: dict[int, str]) -> list[_OpenOrder]:
+    """Claim the day's orders still to allocate (PostgreSQL: FOR UPDATE SKIP LOCKED, so two allocators split them)."""
+    from fulfillment import allocation as alg
+
+    query = (select(Order.id, Order.ref, Order.status, Order.status_reason, Order.mode, Order.delivery_date,
+                    Order.lat, Order.lon, Order.pickup_node_id, Order.allow_split)
+             .where(Order.delivery_date == day, Order.status.in_(("received", "unallocated")))
+             .order_by(Order.placed_at, Order.ref))
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    rows = session.execute(query).all()
+    lines: dict[int, list[tuple[int, int, int]]] = defaultdict(list)
+    ids = [r.id for r in rows]
+    for chunk in range(0, len(ids), 5000):
+        for order_id, line_id, product_id, qty in session.execute(
+                select(OrderLine.order_id, OrderLine.id, OrderLine.product_id, OrderLine.qty)
+                .where(OrderLine.order_id.in_(ids[chunk:chunk + 5000])).order_by(OrderLine.line_no)):
+            lines[order_id].append((line_id, product_id, qty))
+    out = []
+    for r in rows:
+        mine = lines[r.id]
+        pure = alg.Order(ref=r.ref, mode=r.mode, delivery_date=r.delivery_date, lat=r.lat, lon=r.lon,
+                         lines=tuple((skus[p], q) for _l, p, q in mine), pickup_node=codes.get(r.pickup_node_id),
+                         allow_split=r.allow_split)
+        out.append(_OpenOrder(r.id, r.ref, r.status, r.status_reason, pure, {skus[p]: lid for lid, p, _q in mine}))
+    return out
+
+
+def _lock_stock(session: Session) -> None:
+    """Lock what allocation draws on before reading it.
+
+    PostgreSQL: every node and stock lot row FOR UPDATE in id order (no deadlocks); a second
+    allocator waits, then reads what the first committed. SQLite: the writer session already
+    holds the database's single write lock (BEGIN IMMEDIATE). The CHECK reserved <= qty is the
     last line of defence either way.
     """
-    dialect = session.get_bind().dialect.name
-    query = (select(Order).where(Order.delivery_date == day, Order.status.in_(("received", "unallocated")))
-             .order_by(Order.placed_at, Order.ref))
-    if dialect == "postgresql":
-        orders = list(session.scalars(query.with_for_update(skip_locked=True, of=Order)))
+    if session.get_bind().dialect.name == "postgresql":
         session.execute(select(Node.id).order_by(Node.id).with_for_update())
         session.execute(select(StockLot.id).order_by(StockLot.id).with_for_update())
     else:
         session.execute(update(Node).where(Node.id == -1).values(code=Node.code))
-        orders = list(session.scalars(query))
-    return orders
 
 
 def capacity_used(session: Session, day: date) -> dict[int, dict[str, float]]:
@@ -216,45 +247,46 @@ def capacity_used(session: Session, day: date) -> dict[int, dict[str, float]]:
     return used
 
 
-def _areas(nodes: list[Node]) -> dict[int, object]:
+@dataclass
+class Network:
+    """The pure allocator's view of the network for a day, and the ids to write results back."""
+
+    nodes: list
+    products: list
+    lots: list
+    node_ids: dict[str, int]
+    codes: dict[int, str]
+    skus: dict[int, str]
+    lot_ids: dict[tuple[str, str, str], int]
+
+
+def network_inputs(session: Session, day: date) -> Network:
     from shapely import wkt
 
-    return {n.id: wkt.loads(n.service_area_wkt) if n.service_area_wkt else None for n in nodes}
-
-
-def network_inputs(session: Session, day: date) -> tuple[list, list, list, dict]:
-    """The pure allocator's view of the network for `day`: nodes with capacity left, products, lots."""
     from fulfillment import allocation as alg
 
-    nodes = list(session.scalars(select(Node)))
-    with_van = set(session.scalars(select(Vehicle.depot_id).distinct()))
     used = capacity_used(session, day)
-    areas = _areas(nodes)
-    by_id = {n.id: n for n in nodes}
-    a_nodes = [
-        alg.Node(code=n.code, kind=n.kind, lat=n.lat, lon=n.lon,
-                 parent=by_id[n.parent_id].code if n.parent_id else None, area=areas[n.id],
-                 has_van=n.id in with_van,
-                 **{f"{c}_l": max(n.capacity_l(c) - used.get(n.id, {}).get(c, 0.0), 0.0) for c in TEMP_CLASSES})
-        for n in nodes
+    with_van = set(session.scalars(select(Vehicle.depot_id).distinct()))
+    node_rows = session.execute(select(Node.id, Node.code, Node.kind, Node.lat, Node.lon, Node.parent_id,
+                                       Node.service_area_wkt, Node.frozen_l, Node.chilled_l, Node.ambient_l)).all()
+    codes = {r.id: r.code for r in node_rows}
+    nodes = [
+        alg.Node(code=r.code, kind=r.kind, lat=r.lat, lon=r.lon, parent=codes.get(r.parent_id),
+                 area=wkt.loads(r.service_area_wkt) if r.service_area_wkt else None, has_van=r.id in with_van,
+                 **{f"{c}_l": max(getattr(r, f"{c}_l") - used.get(r.id, {}).get(c, 0.0), 0.0) for c in TEMP_CLASSES})
+        for r in node_rows
     ]
-    products = list(session.scalars(select(Product)))
-    a_products = [alg.Product(sku=p.sku, temp_class=p.temp_class, unit_l=p.unit_l) for p in products]
-    sku_of = {p.id: p.sku for p in products}
-    lots = list(session.scalars(select(StockLot)))
-    a_lots = [alg.Lot(node=by_id[lt.node_id].code, sku=sku_of[lt.product_id], lot=lt.lot, qty=lt.qty - lt.reserved,
-                      expires=lt.expires, on_hold=lt.on_hold) for lt in lots]
-    index = {"node": {n.code: n for n in nodes}, "lot": {(by_id[lt.node_id].code, sku_of[lt.product_id], lt.lot): lt
-                                                         for lt in lots}}
-    return a_nodes, a_products, a_lots, index
-
-
-def _pure_order(order: Order, sku_of: dict[int, str], code_of: dict[int, str]):  # noqa: ANN202
-    from fulfillment import allocation as alg
-
-    return alg.Order(ref=order.ref, mode=order.mode, delivery_date=order.delivery_date, lat=order.lat, lon=order.lon,
-                     lines=tuple((sku_of[ln.product_id], ln.qty) for ln in order.lines),
-                     pickup_node=code_of.get(order.pickup_node_id), allow_split=order.allow_split)
+    product_rows = session.execute(select(Product.id, Product.sku, Product.temp_class, Product.unit_l)).all()
+    skus = {r.id: r.sku for r in product_rows}
+    products = [alg.Product(sku=r.sku, temp_class=r.temp_class, unit_l=r.unit_l) for r in product_rows]
+    lots, lot_ids = [], {}
+    for r in session.execute(select(StockLot.id, StockLot.node_id, StockLot.product_id, StockLot.lot, StockLot.qty,
+                                    StockLot.reserved, StockLot.expires, StockLot.on_hold)):
+        key = (codes[r.node_id], skus[r.product_id], r.lot)
+        lot_ids[key] = r.id
+        lots.append(alg.Lot(node=key[0], sku=key[1], lot=r.lot, qty=r.qty - r.reserved, expires=r.expires,
+                            on_hold=r.on_hold))
+    return Network(nodes, products, lots, {c: i for i, c in codes.items()}, codes, skus, lot_ids)
 
 
 @dataclass
@@ -267,40 +299,54 @@ class DayAllocation:
 
 
 def allocate_day(session: Session, day: date, actor: str = "system") -> DayAllocation:
-    """Allocate every open order of `day`, reserve lots FEFO, record events. The caller commits."""
+    """Allocate every open order of `day`, reserve lots FEFO, record events. The caller commits.
+
+    Reads and writes in bulk (Core statements, executemany) so that tens of thousands of
+    orders allocate in seconds; the ORM's unit of work is not used for these rows.
+    """
     from fulfillment import allocation as alg
 
     started = time.perf_counter()
-    orders = _lock_for_allocation(session, day)
-    a_nodes, a_products, a_lots, index = network_inputs(session, day)
-    sku_of = {p.id: p.sku for p in session.scalars(select(Product))}
-    code_of = {n.id: n.code for n in index["node"].values()}
-    result = alg.allocate(a_nodes, a_products, a_lots, [_pure_order(o, sku_of, code_of) for o in orders])
-    by_ref = {o.ref: o for o in orders}
-    lines_of = {o.ref: {sku_of[ln.product_id]: ln for ln in o.lines} for o in orders}
+    codes = dict(session.execute(select(Node.id, Node.code)).all())
+    skus = dict(session.execute(select(Product.id, Product.sku)).all())
+    open_orders = _open_orders(session, day, codes, skus)
+    _lock_stock(session)
+    net = network_inputs(session, day)
+    result = alg.allocate(net.nodes, net.products, net.lots, [o.pure for o in open_orders])
+    by_ref = {o.ref: o for o in open_orders}
+    now = utcnow()
+    reservations, events, order_updates = [], [], {}
     reserved: dict[int, int] = defaultdict(int)
     for alloc in result.allocations:
         order = by_ref[alloc.order_ref]
-        node = index["node"][alloc.node]
+        node_id = net.node_ids[alloc.node]
         for sku, lot_code, qty in alloc.lines:
-            lot = index["lot"][(alloc.node, sku, lot_code)]
-            lines_of[order.ref][sku].reservations.append(Reservation(lot_id=lot.id, node_id=node.id, qty=qty))
-            reserved[lot.id] += qty
-        if order.status != "allocated":
-            record_event(session, order, "allocated", actor, to_status="allocated", data={"node": alloc.node})
-        order.node_id = node.id if order.node_id in (None, node.id) else order.node_id
-        order.status_reason = None
-    for lot_id, qty in reserved.items():
-        done = session.execute(update(StockLot).where(StockLot.id == lot_id, StockLot.qty - StockLot.reserved >= qty)
-                               .values(reserved=StockLot.reserved + qty))
-        if done.rowcount != 1:
-            raise Conflict(f"stock lot {lot_id} changed during allocation; run it again")
+            lot_id = net.lot_ids[(alloc.node, sku, lot_code)]
+            reservations.append({"line_id": order.line_ids[sku], "lot_id": lot_id, "node_id": node_id, "qty": qty})
+            reserved[lot_id] += qty
+        if order.id not in order_updates:
+            order_updates[order.id] = {"oid": order.id, "status": "allocated", "node_id": node_id, "reason": None}
+            events.append({"order_id": order.id, "at": now, "actor": actor, "type": "allocated",
+                           "from_status": order.status, "to_status": "allocated", "data": {"node": alloc.node}})
     for miss in result.unallocated:
         order = by_ref[miss.order_ref]
-        if order.status != "unallocated" or order.status_reason != miss.reason:
-            record_event(session, order, "unallocated", actor, to_status="unallocated", data={"reason": miss.reason})
-        order.status_reason = miss.reason
-    session.flush()
+        order_updates[order.id] = {"oid": order.id, "status": "unallocated", "node_id": None, "reason": miss.reason}
+        if order.status != "unallocated" or order.reason != miss.reason:
+            events.append({"order_id": order.id, "at": now, "actor": actor, "type": "unallocated",
+                           "from_status": order.status, "to_status": "unallocated", "data": {"reason": miss.reason}})
+    if reservations:
+        session.execute(insert(Reservation.__table__), reservations)
+        lots = StockLot.__table__
+        session.execute(update(lots).where(lots.c.id == bindparam("lid"))
+                        .values(reserved=lots.c.reserved + bindparam("q")),
+                        [{"lid": lot_id, "q": q} for lot_id, q in reserved.items()])
+    if order_updates:
+        session.execute(update(Order.__table__).where(Order.__table__.c.id == bindparam("oid"))
+                        .values(status=bindparam("status"), node_id=bindparam("node_id"),
+                                status_reason=bindparam("reason")), list(order_updates.values()))
+    if events:
+        session.execute(insert(OrderEvent.__table__), events)
+    session.expire_all()
     return DayAllocation(day, len({a.order_ref for a in result.allocations}), len(result.unallocated),
                          time.perf_counter() - started, result)
 
@@ -309,17 +355,17 @@ def suggest_transfers_for(session: Session, day: date) -> list[dict]:
     """Flagship → hub transfer proposals for the day's unallocated orders (proposals only)."""
     from fulfillment import allocation as alg
 
-    a_nodes, a_products, a_lots, _index = network_inputs(session, day)
-    sku_of = {p.id: p.sku for p in session.scalars(select(Product))}
-    code_of = {n.id: n.code for n in session.scalars(select(Node))}
+    net = network_inputs(session, day)
     orders = list(session.scalars(select(Order).where(Order.delivery_date == day, Order.status == "unallocated")
                                   .order_by(Order.placed_at, Order.ref)))
-    pure = [_pure_order(o, sku_of, code_of) for o in orders]
+    pure = [alg.Order(ref=o.ref, mode=o.mode, delivery_date=o.delivery_date, lat=o.lat, lon=o.lon,
+                      lines=tuple((net.skus[ln.product_id], ln.qty) for ln in o.lines),
+                      pickup_node=net.codes.get(o.pickup_node_id), allow_split=o.allow_split) for o in orders]
     result = alg.AllocationResult(unallocated=[alg.Unallocated(o.ref, o.status_reason or "") for o in orders],
-                                  lots_left={(lt.node, lt.sku, lt.lot): lt.qty for lt in a_lots},
+                                  lots_left={(lt.node, lt.sku, lt.lot): lt.qty for lt in net.lots},
                                   capacity_left={n.code: {c: getattr(n, f"{c}_l") for c in TEMP_CLASSES}
-                                                 for n in a_nodes})
-    return [t.to_dict() for t in alg.suggest_transfers(a_nodes, a_products, a_lots, pure, result)]
+                                                 for n in net.nodes})
+    return [t.to_dict() for t in alg.suggest_transfers(net.nodes, net.products, net.lots, pure, result)]
 
 
 def day_allocations(session: Session, day: date) -> dict:
