@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from core.bulk import copy_rows, update_rows
 from core.csvio import CsvFileError, RowError, read_rows, validate_row
 from core.errors import Conflict, Invalid
 from core.settings import get_settings
@@ -200,12 +201,12 @@ def _open_orders(session: Session, day: date, codes: dict[int, str], skus: dict[
         query = query.with_for_update(skip_locked=True)
     rows = session.execute(query).all()
     lines: dict[int, list[tuple[int, int, int]]] = defaultdict(list)
-    ids = [r.id for r in rows]
-    for chunk in range(0, len(ids), 5000):
-        for order_id, line_id, product_id, qty in session.execute(
-                select(OrderLine.order_id, OrderLine.id, OrderLine.product_id, OrderLine.qty)
-                .where(OrderLine.order_id.in_(ids[chunk:chunk + 5000])).order_by(OrderLine.line_no)):
-            lines[order_id].append((line_id, product_id, qty))
+    for order_id, line_id, product_id, qty in session.execute(
+            select(OrderLine.order_id, OrderLine.id, OrderLine.product_id, OrderLine.qty)
+            .join(Order, OrderLine.order_id == Order.id)
+            .where(Order.delivery_date == day, Order.status.in_(("received", "unallocated")))
+            .order_by(OrderLine.order_id, OrderLine.line_no)):
+        lines[order_id].append((line_id, product_id, qty))
     out = []
     for r in rows:
         mine = lines[r.id]
@@ -334,18 +335,12 @@ def allocate_day(session: Session, day: date, actor: str = "system") -> DayAlloc
         if order.status != "unallocated" or order.reason != miss.reason:
             events.append({"order_id": order.id, "at": now, "actor": actor, "type": "unallocated",
                            "from_status": order.status, "to_status": "unallocated", "data": {"reason": miss.reason}})
-    if reservations:
-        session.execute(insert(Reservation.__table__), reservations)
-        lots = StockLot.__table__
-        session.execute(update(lots).where(lots.c.id == bindparam("lid"))
-                        .values(reserved=lots.c.reserved + bindparam("q")),
-                        [{"lid": lot_id, "q": q} for lot_id, q in reserved.items()])
-    if order_updates:
-        session.execute(update(Order.__table__).where(Order.__table__.c.id == bindparam("oid"))
-                        .values(status=bindparam("status"), node_id=bindparam("node_id"),
-                                status_reason=bindparam("reason")), list(order_updates.values()))
-    if events:
-        session.execute(insert(OrderEvent.__table__), events)
+    copy_rows(session, Reservation.__table__, reservations)
+    update_rows(session, StockLot.__table__, "id", [{"id": i, "reserved": q} for i, q in reserved.items()],
+                increment=("reserved",))
+    update_rows(session, Order.__table__, "id", [{"id": u["oid"], "status": u["status"], "node_id": u["node_id"],
+                                                  "status_reason": u["reason"]} for u in order_updates.values()])
+    copy_rows(session, OrderEvent.__table__, events)
     session.expire_all()
     return DayAllocation(day, len({a.order_ref for a in result.allocations}), len(result.unallocated),
                          time.perf_counter() - started, result)
