@@ -15,10 +15,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select, text
+from sqlalchemy import Column, MetaData, Table, select, text
 from sqlalchemy.exc import IntegrityError, ProgrammingError
 from sqlalchemy.orm import Session
 
+from core.bulk import copy_rows
 from core.timeutil import utcnow
 from telemetry.decoding import Sample, decode_message, readings_of
 from telemetry.models import Alert, TelemetryReading, TelemetryReject, TelemetrySample, VehicleRuleState
@@ -117,6 +118,29 @@ def _insert(session: Session, model, rows: list[dict], conflict_nothing: bool = 
     return None
 
 
+_INCOMING = Table("incoming_samples", MetaData(), *(Column(c.name, c.type) for c in TelemetrySample.__table__.columns))
+
+
+def insert_new_samples(session: Session, rows: list[dict]) -> set[tuple[str, int]]:
+    """Insert samples not seen before; return the (device, seq) keys that were new.
+
+    PostgreSQL: COPY into a temporary table, then one INSERT ... SELECT ... ON CONFLICT DO
+    NOTHING RETURNING (one round trip for the whole batch). SQLite: INSERT OR IGNORE ... RETURNING.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return set(_insert(session, TelemetrySample.__table__, rows, conflict_nothing=True,
+                           returning=(TelemetrySample.device, TelemetrySample.seq)))
+    session.execute(text("CREATE TEMP TABLE IF NOT EXISTS incoming_samples (LIKE telemetry_samples "
+                         "INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"))
+    copy_rows(session, _INCOMING, rows)
+    result = session.execute(text(
+        "INSERT INTO telemetry_samples SELECT DISTINCT ON (device, seq) * FROM incoming_samples "
+        "ON CONFLICT DO NOTHING RETURNING device, seq"))
+    keys = {(d, q) for d, q in result}
+    session.execute(text("TRUNCATE incoming_samples"))
+    return keys
+
+
 def store_batch(session: Session, messages: Sequence[Message], fleet: Fleet, engine: RuleEngine,
                 now: datetime | None = None) -> BatchOutcome:
     """Decode, store once, keep rejects, apply the rules. The caller commits, then acks."""
@@ -134,7 +158,7 @@ def store_batch(session: Session, messages: Sequence[Message], fleet: Fleet, eng
             out.samples += 1
             samples.setdefault((sample.device, sample.seq), (sample, msg.received_at))
     if rejects:
-        session.execute(TelemetryReject.__table__.insert(), rejects)
+        copy_rows(session, TelemetryReject.__table__, rejects)
         out.rejected = len(rejects)
     if not samples:
         out.duplicates = out.samples
@@ -142,8 +166,7 @@ def store_batch(session: Session, messages: Sequence[Message], fleet: Fleet, eng
 
     rows = [{"device": s.device, "seq": s.seq, "vehicle_id": fleet.vehicle_id(s.vehicle), "ts": s.ts,
              "received_at": received} for s, received in samples.values()]
-    new_keys = set(_insert(session, TelemetrySample, rows, conflict_nothing=True,
-                           returning=(TelemetrySample.device, TelemetrySample.seq)))
+    new_keys = insert_new_samples(session, rows)
     out.stored = len(new_keys)
     out.duplicates = out.samples - out.stored
     fresh = [(s, received) for key, (s, received) in samples.items() if key in new_keys]
@@ -157,7 +180,7 @@ def store_batch(session: Session, messages: Sequence[Message], fleet: Fleet, eng
             readings.append({"ts": r.ts, "device": r.device, "seq": r.seq, "kind": r.kind,
                              "compartment": r.compartment or "", "vehicle_id": vid, "value": r.value,
                              "value2": getattr(r, "value2", None)})
-    session.execute(TelemetryReading.__table__.insert(), readings)
+    copy_rows(session, TelemetryReading.__table__, readings)
 
     by_vehicle: dict[str, list[tuple[Sample, datetime]]] = defaultdict(list)
     for s, received in fresh:
@@ -174,7 +197,8 @@ def store_batch(session: Session, messages: Sequence[Message], fleet: Fleet, eng
         row.updated_at = now
         latest = max(s.ts for s, _r in group)
         row.last_sample_at = max(latest, row.last_sample_at) if row.last_sample_at else latest
-        out.alerts.extend(apply_alert_events(session, events, {code: vid}, now))
+        if events:
+            out.alerts.extend(apply_alert_events(session, events, {code: vid}, now))
     session.flush()
     return out
 

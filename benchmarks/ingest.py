@@ -1,0 +1,266 @@
+"""Ingestion benchmark: samples/s stored end to end, and the time from publish to alert.
+
+    python -m benchmarks.ingest [--samples 200000] [--per-message 10] [--database URL] [--mqtt URL]
+
+A publisher in a separate process sends N samples (QoS 1) for 60 vans to the broker;
+`coldchain ingest` (a separate process, as in production) stores them; this process
+counts what is stored in the database until every sample is there, then checks that
+none was lost or stored twice. Then 100 probes each publish a 16-minute chilled
+excursion for one van and time the alert's arrival on coldchain/v1/alerts/{van}.
+
+Without --mqtt it starts Mosquitto with the repository's deploy/mosquitto.conf on a free
+port (the machine's default configuration drops QoS 1 messages beyond 1000 queued).
+Without --database it uses $COLDCHAIN_BENCH_DATABASE_URL, else the machine's PostgreSQL.
+A database is made for the run and dropped after it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_mosquitto(workdir: Path) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    conf = (ROOT / "deploy" / "mosquitto.conf").read_text()
+    conf = conf.replace("listener 1883 0.0.0.0", f"listener {port} 127.0.0.1").replace(
+        "persistence_location /mosquitto/data/", f"persistence_location {workdir}/")
+    path = workdir / "mosquitto.conf"
+    path.write_text(conf)
+    proc = subprocess.Popen(["mosquitto", "-c", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc, f"mqtt://127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("mosquitto did not start")
+
+
+def _client(url: str, name: str):  # noqa: ANN202
+    from urllib.parse import urlparse
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    u = urlparse(url)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{name}-{uuid.uuid4().hex[:6]}",
+                         protocol=mqtt.MQTTv5)
+    client.max_inflight_messages_set(200)
+    client.max_queued_messages_set(0)
+    client.connect(u.hostname, u.port or 1883)
+    client.loop_start()
+    return client
+
+
+def publisher(url: str, vans: list[tuple[str, str]], samples: int, per_message: int, start: str,
+              done: mp.Queue) -> None:
+    """Send `samples` samples for the vans, round robin, `per_message` per MQTT message."""
+    client = _client(url, "bench-pub")
+    base = datetime.fromisoformat(start)
+    seq = dict.fromkeys((d for _v, d in vans), 0)
+    sent, infos, t0 = 0, [], time.perf_counter()
+    i = 0
+    while sent < samples:
+        van, device = vans[i % len(vans)]
+        i += 1
+        n = min(per_message, samples - sent)
+        batch = []
+        for _ in range(n):
+            s = seq[device]
+            seq[device] += 1
+            ts = base + timedelta(seconds=5 * s)
+            batch.append({"device": device, "seq": s, "ts": ts.isoformat(), "temp_c": {"chilled": 3.5, "frozen": -19.0},
+                          "door": {"chilled": "closed"}, "pos": [30.65, 104.06], "battery": 0.9})
+        infos.append(client.publish(f"coldchain/v1/vehicles/{van}/telemetry",
+                                    json.dumps(batch if per_message > 1 else batch[0]), qos=1))
+        sent += n
+        if len(infos) >= 500:
+            for info in infos:
+                info.wait_for_publish(60)
+            infos = []
+    for info in infos:
+        info.wait_for_publish(60)
+    done.put(time.perf_counter() - t0)
+    client.loop_stop()
+    client.disconnect()
+
+
+def main(argv: list[str] | None = None) -> int:
+    from rich.console import Console
+    from rich.table import Table
+    from sqlalchemy import create_engine, func, select, text
+    from sqlalchemy.engine import make_url
+
+    from core import migrate
+    from core.db import make_engine
+    from fulfillment.scenario import load_scenario
+    from telemetry.models import TelemetrySample
+    from warehouses import samplegen
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--samples", type=int, default=200_000)
+    ap.add_argument("--per-message", type=int, default=10)
+    ap.add_argument("--probes", type=int, default=100)
+    ap.add_argument("--database", default=os.environ.get("COLDCHAIN_BENCH_DATABASE_URL",
+                                                          "postgresql://postgres@127.0.0.1:5432/test"))
+    ap.add_argument("--mqtt", default=None)
+    args = ap.parse_args(argv)
+    con = Console(stderr=True)
+
+    work = Path(tempfile.mkdtemp(prefix="coldchain-ingest-bench-"))
+    broker = None
+    url = args.mqtt
+    if url is None:
+        if not shutil.which("mosquitto"):
+            con.print("[red]no mosquitto binary; pass --mqtt URL")
+            return 2
+        broker, url = start_mosquitto(work)
+    name = f"coldchain_bench_{uuid.uuid4().hex[:8]}"
+    server = make_url(args.database).set(drivername="postgresql+psycopg")
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    db_url = server.set(database=name).render_as_string(hide_password=False)
+    engine = make_engine(db_url)
+    ingest = None
+    try:
+        migrate.upgrade(engine)
+        scenario = samplegen.synthetic(60, 10, date(2026, 11, 24), seed=3)
+        samplegen.write_scenario(scenario, work / "scenario")
+        from sqlalchemy.orm import Session
+
+        with Session(engine) as session:
+            load_scenario(session, work / "scenario")
+            session.commit()
+        vans = [(v["code"], v["device"]) for v in scenario.vehicles if v["device"]][:60]
+        env = {**os.environ, "COLDCHAIN_DATABASE_URL": db_url, "COLDCHAIN_MQTT_URL": url,
+               "COLDCHAIN_DATA_DIR": str(work)}
+        ingest = subprocess.Popen([sys.executable, "-m", "scripts.cli", "ingest", "--client-id", f"bench-{name}",
+                                   "--tick-every", "5"], env=env, stdout=subprocess.DEVNULL,
+                                  stderr=open(work / "ingest.log", "w"), cwd=ROOT)  # noqa: SIM115
+        time.sleep(4)
+        con.print(f"broker {url}; database {name}; {len(vans)} vans; publishing {args.samples:,} samples, "
+                  f"{args.per_message} per message")
+        # the load's samples end an hour ago, so the probes' excursions are not mixed with them
+        start = (datetime.now(UTC) - timedelta(hours=1, seconds=5 * (args.samples // len(vans) + 10))).isoformat()
+        done: mp.Queue = mp.get_context("spawn").Queue()
+        pub = mp.get_context("spawn").Process(target=publisher, args=(url, vans, args.samples, args.per_message,
+                                                                      start, done))
+        t0 = time.perf_counter()
+        pub.start()
+        stored, first_at = 0, None
+        deadline = time.monotonic() + 600
+        while stored < args.samples and time.monotonic() < deadline:
+            time.sleep(0.25)
+            with engine.connect() as conn:
+                stored = conn.scalar(select(func.count()).select_from(TelemetrySample))
+            if stored and first_at is None:
+                first_at = time.perf_counter()
+        elapsed = time.perf_counter() - t0
+        pub.join(60)
+        publish_s = done.get(timeout=10) if not done.empty() else float("nan")
+        time.sleep(1)
+        with engine.connect() as conn:
+            final = conn.scalar(select(func.count()).select_from(TelemetrySample))
+            per_key = conn.scalar(text("SELECT count(*) FROM (SELECT device, seq FROM telemetry_samples "
+                                       "GROUP BY device, seq HAVING count(*) > 1) d"))
+            readings = conn.scalar(text("SELECT count(*) FROM telemetry_readings"))
+        latencies = probe_alerts(url, vans, args.probes)
+        table = Table(title="ingestion, end to end", title_justify="left")
+        table.add_column("figure")
+        table.add_column("value", justify="right")
+        table.add_row("samples published", f"{args.samples:,} ({args.per_message} per message)")
+        table.add_row("publisher finished after", f"{publish_s:.1f} s")
+        table.add_row("samples stored", f"{final:,}")
+        table.add_row("readings stored", f"{readings:,}")
+        table.add_row("lost", f"{args.samples - final:,}")
+        table.add_row("stored twice", f"{per_key:,}")
+        table.add_row("[bold]samples/s stored (first publish to last stored)", f"[bold]{final / elapsed:,.0f}")
+        if latencies:
+            q = statistics.quantiles(latencies, n=100, method="inclusive")
+            table.add_row("alert latency p50 / p99 / max (ms)",
+                          f"{q[49] * 1000:.0f} / {q[98] * 1000:.0f} / {max(latencies) * 1000:.0f}")
+        table.add_row("alerts received", f"{len(latencies)} of {min(args.probes, len(vans))} probes")
+        con.print(table)
+        return 0 if final == args.samples and per_key == 0 else 1
+    finally:
+        if ingest is not None:
+            ingest.send_signal(signal.SIGTERM)
+            try:
+                ingest.wait(30)
+            except subprocess.TimeoutExpired:
+                ingest.kill()
+        engine.dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+        if broker is not None:
+            broker.terminate()
+        if os.environ.get("BENCH_KEEP"):
+            con.print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def probe_alerts(url: str, vans: list[tuple[str, str]], probes: int) -> list[float]:
+    """Publish a 16-minute excursion per probe and time its alert (publish → alert message received)."""
+    sub = _client(url, "bench-alerts")
+    got: dict[str, float] = {}
+    lock = threading.Lock()
+
+    def on_message(_c, _u, msg) -> None:  # noqa: ANN001
+        alert = json.loads(msg.payload)
+        if alert.get("kind") == "temperature":
+            with lock:
+                got.setdefault(alert["vehicle"], time.perf_counter())
+
+    sub.on_message = on_message
+    sub.subscribe("coldchain/v1/alerts/+", qos=1)
+    time.sleep(1)
+    pub = _client(url, "bench-probe")
+    sent: dict[str, float] = {}
+    now = datetime.now(UTC)
+    for k in range(min(probes, len(vans))):
+        van, device = vans[k % len(vans)]
+        if van in sent:
+            break
+        start = now - timedelta(minutes=20)
+        batch = [{"device": device, "seq": 10_000_000 + k * 100 + i, "ts": (start + timedelta(minutes=i)).isoformat(),
+                  "temp_c": {"chilled": 12.0}} for i in range(17)]
+        sent[van] = time.perf_counter()
+        pub.publish(f"coldchain/v1/vehicles/{van}/telemetry", json.dumps(batch), qos=1).wait_for_publish(10)
+        time.sleep(0.05)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and len(got) < len(sent):
+        time.sleep(0.1)
+    for c in (pub, sub):
+        c.loop_stop()
+        c.disconnect()
+    return [got[v] - t for v, t in sent.items() if v in got]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
