@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from api import problems
-from api.routers import auth, health, jobs, network, orders
+from api.routers import auth, health, jobs, network, orders, plans
 
 
 def create_app() -> FastAPI:
@@ -16,7 +16,7 @@ def create_app() -> FastAPI:
         openapi_url="/openapi.json",
     )
     problems.install(app)
-    for router in (health.router, auth.router, network.router, jobs.router, orders.router):
+    for router in (health.router, auth.router, network.router, jobs.router, orders.router, plans.router):
         app.include_router(router, prefix="/api/v1")
     return app
 
