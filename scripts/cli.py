@@ -378,11 +378,12 @@ def beat() -> None:
 def demo(
     output: Annotated[Path, typer.Option(help="where the demo writes its files")] = Path("demo-output"),
     orders: Annotated[int, typer.Option(help="orders to generate for tomorrow")] = 300,
+    time_limit: Annotated[float, typer.Option("--time-limit", help="routing seconds per depot")] = 3.0,
 ) -> None:
     """The whole day on embedded defaults; writes its files under ./demo-output/."""
     from scripts.demo import run_demo
 
-    run_demo(output, orders)
+    run_demo(output, orders, time_limit)
 
 
 def main() -> None:

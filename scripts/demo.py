@@ -21,8 +21,9 @@ def _embedded_environment(output: Path) -> None:
     output.mkdir(parents=True, exist_ok=True)
     os.environ["COLDCHAIN_DATA_DIR"] = str(output.resolve())
     if not os.environ.get("COLDCHAIN_DATABASE_URL"):
-        for name in ("coldchain.db", "coldchain.db-wal", "coldchain.db-shm"):
-            (output / name).unlink(missing_ok=True)
+        for name in ("coldchain.db", "celery-broker.db", "celery-results.db"):
+            for suffix in ("", "-wal", "-shm"):
+                (output / f"{name}{suffix}").unlink(missing_ok=True)
     from core.db import reset_caches
 
     reset_caches()
@@ -42,7 +43,28 @@ def network_table(summary: dict) -> Table:
     return table
 
 
-def run_demo(output: Path, n_orders: int = 300) -> None:
+def plan_stage(day, output: Path, time_limit: float) -> list[str]:  # noqa: ANN001
+    """Plan every depot as Celery tasks on two local worker processes (the embedded transport)."""
+    import json
+
+    from core.db import session_scope
+    from fulfillment.service import day_allocations
+    from routing.service import day_routes
+    from scripts.planning import plan_day
+
+    err.print(f"[bold]3. routes[/] planning each depot as a Celery task, {time_limit:.0f} s per depot")
+    results = plan_day(day, time_limit, workers=2, actor="demo")
+    with session_scope() as session:
+        plan = {"date": day.isoformat(), **day_allocations(session, day), **day_routes(session, day)}
+    (output / "plan.json").write_text(json.dumps(plan, ensure_ascii=False, indent=1))
+    stops = sum(len(r["stops"]) for r in plan["routes"])
+    km = sum(r["distance_km"] for r in plan["routes"])
+    failed = [r["depot"] for r in results if "error" in r]
+    return [f"{len(plan['routes'])} van routes, {stops} stops, {km:.0f} km; {len(plan['unserved'])} orders "
+            f"unserved with a reason (plan.json)" + (f"; planning failed at {', '.join(failed)}" if failed else "")]
+
+
+def run_demo(output: Path, n_orders: int = 300, time_limit: float = 3.0) -> None:
     from core.timeutil import local_tomorrow
     from warehouses import samplegen
 
@@ -72,6 +94,7 @@ def run_demo(output: Path, n_orders: int = 300) -> None:
         f"(refused: {orders.rejected})",
     ]
     lines += allocate_stage(day, output)
+    lines += plan_stage(day, output, time_limit)
     lines.append(f"files under {output}/  —  {time.perf_counter() - started:.1f} s")
     out.print(Panel.fit("\n".join(lines), title="coldchain demo"))
 
