@@ -38,7 +38,7 @@ def _flag(value: Any) -> bool:
 def _code(value: str) -> str:
     if not value:
         raise ValueError("must not be empty")
-    if any(c.isspace() for c in value):
+    if len(value.split()) != 1:
         raise ValueError("must not contain spaces")
     return value
 

@@ -63,6 +63,8 @@ class Order(Base):
     lines: Mapped[list[OrderLine]] = relationship(
         back_populates="order", cascade="all, delete-orphan", order_by="OrderLine.line_no"
     )
+    # appended to only while the order is new (no load then); existing orders' events are added by order_id
+    events: Mapped[list[OrderEvent]] = relationship(cascade="all, delete-orphan", order_by="OrderEvent.id")
     pickup_node: Mapped[Node | None] = relationship(foreign_keys=[pickup_node_id])
     node: Mapped[Node | None] = relationship(foreign_keys=[node_id])
 

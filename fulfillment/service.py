@@ -33,11 +33,15 @@ def record_event(session: Session, order: Order, type_: str, actor: str, to_stat
             check_move(order.ref, order.status, to_status)
         except ValueError as exc:
             raise Conflict(str(exc)) from exc
-    event = OrderEvent(order_id=order.id, at=at or utcnow(), actor=actor, type=type_,
-                       from_status=order.status, to_status=to_status or order.status, data=data)
+    event = OrderEvent(at=at or utcnow(), actor=actor, type=type_, from_status=order.status,
+                       to_status=to_status or order.status, data=data)
+    if order.id is None:  # a new order: the event rides along in the same flush (no flush per order)
+        order.events.append(event)
+    else:
+        event.order_id = order.id
+        session.add(event)
     if to_status:
         order.status = to_status
-    session.add(event)
     return event
 
 
@@ -125,7 +129,6 @@ def load_orders_csv(session: Session, path: Path, report: LoadReport, *, actor: 
             order = Order(ref=ref, placed_at=now, source=source, status="received", **order_values)
             order.lines = [OrderLine(line_no=i + 1, product_id=products[s].id, qty=q) for i, (s, q) in enumerate(lines)]
             session.add(order)
-            session.flush()
             record_event(session, order, "received", actor, data={"source": source})
             counts.inserted += len(group)
             loaded.append(ref)
