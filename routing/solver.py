@@ -1,0 +1,758 @@
+"""Pure vehicle-routing engine: plain dataclasses in, plain dataclasses out.
+
+The model is OR-Tools routing (pywrapcp) with integer transit matrices:
+
+* travel times are scaled by ``Problem.time_scale`` and rounded **up**, windows are
+  rounded inwards, so every integer schedule is feasible in exact arithmetic;
+* one capacity dimension per compartment class (litres), one weight dimension;
+* a time dimension with waiting (slack), vehicle shift windows on the start and end
+  cumuls, optional per-stop "max time on board" measured from the van leaving its
+  start;
+* arc cost = distance x cost per km (per-vehicle evaluators when costs differ), plus a
+  fixed cost per used vehicle;
+* every stop is optional with a large penalty, so one impossible order never sinks the
+  plan; the obviously impossible ones are filtered out beforehand with a human reason.
+
+Search: a portfolio of first-solution strategies followed by guided local search, run on
+several processes (each builds its own model), then the best plan is refined from a warm
+start. With ``workers=1`` everything runs in-process.
+
+This module knows nothing of the database, HTTP or MQTT.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import os
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+
+import numpy as np
+
+CLASSES: tuple[str, ...] = ("frozen", "chilled", "ambient")
+INF = math.inf
+
+_DEMAND_SCALE = 1000  # litres and kilograms are modelled in thousandths
+_EPS = 1e-9
+
+
+# --------------------------------------------------------------------------- data in
+
+
+@dataclass
+class Vehicle:
+    """A van. Times are seconds since local midnight; capacities are litres per class."""
+
+    id: str
+    start: int  # node index (matrix row) where the van starts
+    end: int  # node index where the van must end
+    shift: tuple[float, float] = (0.0, 86400.0)
+    capacity: dict[str, float] = field(default_factory=dict)  # {"frozen": 120, "chilled": 400, ...}
+    max_weight: float | None = None  # kg; None = unlimited
+    cost_per_km: float = 1.0
+    fixed_cost: float = 0.0
+    travel_time: np.ndarray | None = None  # optional own seconds matrix (e.g. another speed)
+
+
+@dataclass
+class Stop:
+    """A delivery. ``demand`` is litres per temperature class."""
+
+    id: str
+    node: int  # node index (matrix row)
+    demand: dict[str, float] = field(default_factory=dict)
+    weight: float = 0.0
+    window: tuple[float, float] = (0.0, INF)  # service must start within it
+    service: float = 0.0  # seconds
+    max_on_board: float | None = None  # seconds from the van leaving its start to the stop
+    allowed_vehicles: list[str] | None = None  # None = any van
+
+
+@dataclass
+class InitialRoute:
+    """A route known before solving (warm start or re-planning).
+
+    ``stops`` is the order to start the search from. The first ``locked`` stops were
+    already visited: they stay first on this vehicle, in this order. With ``pinned``
+    every stop listed stays on this vehicle (its order may still change).
+    """
+
+    vehicle: str
+    stops: list[str]
+    locked: int = 0
+    pinned: bool = False
+
+
+@dataclass
+class Problem:
+    vehicles: list[Vehicle]
+    stops: list[Stop]
+    travel_time: np.ndarray  # seconds, float, [from][to] over node indices
+    distance: np.ndarray  # metres, float
+    time_limit: float = 10.0  # seconds of wall time for the whole solve
+    depots: list[int] = field(default_factory=list)  # node indices of depots (informative)
+    initial_routes: list[InitialRoute] = field(default_factory=list)
+    time_scale: float = 1.0  # integer model units per second
+    cost_scale: float = 1000.0  # integer model units per currency unit
+
+
+# -------------------------------------------------------------------------- data out
+
+
+@dataclass
+class Visit:
+    stop_id: str
+    arrival: float  # seconds since midnight
+    service_start: float
+    departure: float
+    distance: float  # metres of the leg that leads to this stop
+
+
+@dataclass
+class Route:
+    vehicle_id: str
+    start: float  # departure from the start node
+    end: float  # arrival at the end node
+    distance: float  # metres, whole route including the way back
+    cost: float
+    visits: list[Visit]
+    load: dict[str, float] = field(default_factory=dict)
+    weight: float = 0.0
+
+
+@dataclass
+class Unserved:
+    stop_id: str
+    reason: str
+
+
+@dataclass
+class Solution:
+    routes: list[Route]  # only vehicles that leave their depot
+    unserved: list[Unserved]
+    distance: float  # metres, all routes
+    cost: float
+    seconds: float  # wall time of the solve
+    strategy: str = ""  # the search configuration that produced the plan
+
+    @property
+    def vehicles_used(self) -> int:
+        return len(self.routes)
+
+
+def hhmm(seconds: float) -> str:
+    """Seconds since local midnight as ``HH:MM`` (rounded to the nearest minute)."""
+    total = int(round(seconds / 60.0))
+    return f"{total // 60:02d}:{total % 60:02d}"
+
+
+def _hhmm_down(seconds: float) -> str:
+    total = int(math.floor(seconds / 60.0 + 1e-9))
+    return f"{total // 60:02d}:{total % 60:02d}"
+
+
+def _hhmm_up(seconds: float) -> str:
+    total = int(math.ceil(seconds / 60.0 - 1e-9))
+    return f"{total // 60:02d}:{total % 60:02d}"
+
+
+# ----------------------------------------------------------------- pre-filtering
+
+
+def _tt(problem: Problem, v: Vehicle) -> np.ndarray:
+    return problem.travel_time if v.travel_time is None else v.travel_time
+
+
+def _allowed(problem: Problem, stop: Stop) -> list[int]:
+    if stop.allowed_vehicles is None:
+        return list(range(len(problem.vehicles)))
+    wanted = set(stop.allowed_vehicles)
+    return [k for k, v in enumerate(problem.vehicles) if v.id in wanted]
+
+
+def _fits(v: Vehicle, stop: Stop) -> bool:
+    for cls, q in stop.demand.items():
+        if q > _EPS and q > v.capacity.get(cls, 0.0) + _EPS:
+            return False
+    return not (v.max_weight is not None and stop.weight > v.max_weight + _EPS)
+
+
+def prefilter(problem: Problem, locked: set[str] | None = None) -> tuple[list[int], list[Unserved]]:
+    """Split stops into those worth modelling and those that cannot be served at all."""
+    locked = locked or set()
+    keep: list[int] = []
+    out: list[Unserved] = []
+    for i, s in enumerate(problem.stops):
+        if s.id in locked:
+            keep.append(i)
+            continue
+        reason = _impossible_reason(problem, s)
+        if reason is None:
+            keep.append(i)
+        else:
+            out.append(Unserved(s.id, reason))
+    return keep, out
+
+
+def _impossible_reason(problem: Problem, s: Stop) -> str | None:
+    vans = _allowed(problem, s)
+    if not vans:
+        return "no van at the depot"
+    # compartments / weight
+    fitting = [k for k in vans if _fits(problem.vehicles[k], s)]
+    if not fitting:
+        for cls in sorted(s.demand, key=lambda c: CLASSES.index(c) if c in CLASSES else 99):
+            q = s.demand[cls]
+            best = max(problem.vehicles[k].capacity.get(cls, 0.0) for k in vans)
+            if q > best + _EPS:
+                return f"demand exceeds every van's compartment ({cls} {q:g} l > {best:g} l)"
+        limits = [problem.vehicles[k].max_weight for k in vans if problem.vehicles[k].max_weight is not None]
+        best = max(limits) if limits else 0.0
+        return f"weight exceeds every van's limit ({s.weight:g} kg > {best:g} kg)"
+    # time window against the earliest possible arrival
+    arrivals = []
+    for k in fitting:
+        v = problem.vehicles[k]
+        arrivals.append(v.shift[0] + float(_tt(problem, v)[v.start, s.node]))
+    earliest = min(arrivals)
+    if s.window[1] + _EPS < earliest or s.window[1] < s.window[0]:
+        return (f"time window {_hhmm_down(s.window[0])}-{_hhmm_down(s.window[1])} ends before "
+                f"the earliest arrival {_hhmm_up(earliest)}")
+    # max time on board: even the direct drive is too long
+    if s.max_on_board is not None:
+        direct = min(float(_tt(problem, problem.vehicles[k])[problem.vehicles[k].start, s.node])
+                     for k in fitting)
+        if direct > s.max_on_board + _EPS:
+            return (f"time on board would exceed the product's limit "
+                    f"({direct / 60:.0f} min > {s.max_on_board / 60:.0f} min)")
+    # serve and come back within some shift
+    for k in fitting:
+        v = problem.vehicles[k]
+        tt = _tt(problem, v)
+        arrive = v.shift[0] + float(tt[v.start, s.node])
+        begin = max(arrive, s.window[0])
+        if begin <= s.window[1] + _EPS and begin + s.service + float(tt[s.node, v.end]) <= v.shift[1] + _EPS:
+            return None
+    return "shift time exhausted (no van can serve it and return before its shift ends)"
+
+
+# --------------------------------------------------------------------- the model
+
+
+@dataclass
+class SearchConfig:
+    first_solution: str = "PARALLEL_CHEAPEST_INSERTION"
+    metaheuristic: str = "GUIDED_LOCAL_SEARCH"
+    gls_lambda: float = 0.1
+    operators: dict[str, bool] = field(default_factory=dict)  # local_search_operators switches
+    neighbors_ratio: float | None = None  # restrict LS operators to the nearest fraction of nodes
+    min_neighbors: int = 10
+
+    @property
+    def label(self) -> str:
+        return f"{self.first_solution}+{self.metaheuristic}(lambda={self.gls_lambda:g})"
+
+
+def _ceil_int(x: np.ndarray) -> np.ndarray:
+    return np.ceil(np.asarray(x, dtype=float)).astype(np.int64)
+
+
+class _Model:
+    """Builds the OR-Tools model for the stops in ``active`` (indices into problem.stops)."""
+
+    def __init__(self, problem: Problem, active: Sequence[int]):
+        from ortools.constraint_solver import pywrapcp
+
+        self.problem = problem
+        self.active = list(active)
+        P = problem
+        S = P.time_scale
+        vehicles = P.vehicles
+        nv = len(vehicles)
+        depot_nodes: list[int] = []
+        for v in vehicles:
+            for n in (v.start, v.end):
+                if n not in depot_nodes:
+                    depot_nodes.append(n)
+        self.depot_nodes = depot_nodes
+        # routing node r -> matrix node
+        mat_nodes = depot_nodes + [P.stops[i].node for i in self.active]
+        self.mat_nodes = mat_nodes
+        nd = len(depot_nodes)
+        self.nd = nd
+        nr = len(mat_nodes)
+        idx = np.asarray(mat_nodes, dtype=np.int64)
+        starts = [depot_nodes.index(v.start) for v in vehicles]
+        ends = [depot_nodes.index(v.end) for v in vehicles]
+        self.manager = pywrapcp.RoutingIndexManager(nr, nv, starts, ends)
+        self.routing = routing = pywrapcp.RoutingModel(self.manager)
+        manager = self.manager
+        stops = [P.stops[i] for i in self.active]
+        known = {v.id for v in vehicles}
+        self.locked_ids: set[str] = {sid for ir in P.initial_routes if ir.locked and ir.vehicle in known
+                                     for sid in ir.stops[: ir.locked]}
+
+        service = np.zeros(nr, dtype=np.int64)
+        for r, s in enumerate(stops, start=nd):
+            service[r] = int(math.ceil(s.service * S - _EPS)) if s.service > 0 else 0
+
+        # distance / cost evaluators, one per distinct cost per km
+        dist = np.asarray(P.distance, dtype=float)[np.ix_(idx, idx)]
+        self.cost_evals: dict[float, int] = {}
+        max_arc = 1
+        for k, v in enumerate(vehicles):
+            if v.cost_per_km not in self.cost_evals:
+                cm = np.rint(dist / 1000.0 * v.cost_per_km * P.cost_scale).astype(np.int64)
+                np.fill_diagonal(cm, 0)
+                max_arc = max(max_arc, int(cm.max()))
+                self.cost_evals[v.cost_per_km] = routing.RegisterTransitMatrix(cm.tolist())
+            if len({x.cost_per_km for x in vehicles}) > 1:
+                routing.SetArcCostEvaluatorOfVehicle(self.cost_evals[v.cost_per_km], k)
+            else:
+                routing.SetArcCostEvaluatorOfAllVehicles(self.cost_evals[v.cost_per_km])
+            if v.fixed_cost:
+                routing.SetFixedCostOfVehicle(int(round(v.fixed_cost * P.cost_scale)), k)
+
+        # time: ceil(travel * scale) + service of the origin, one evaluator per distinct matrix
+        horizon = 0
+        for v in vehicles:
+            horizon = max(horizon, int(math.floor(v.shift[1] * S + _EPS)))
+        for s in stops:
+            if s.window[1] < INF:
+                horizon = max(horizon, int(math.floor(s.window[1] * S + _EPS)))
+        self.horizon = horizon
+        time_evals: dict[int, int] = {}
+        per_vehicle_time = []
+        for v in vehicles:
+            m = _tt(P, v)
+            key = id(m)
+            if key not in time_evals:
+                tm = _ceil_int(np.asarray(m, dtype=float)[np.ix_(idx, idx)] * S)
+                np.fill_diagonal(tm, 0)
+                tm = tm + service[:, None]
+                time_evals[key] = routing.RegisterTransitMatrix(tm.tolist())
+            per_vehicle_time.append(time_evals[key])
+        routing.AddDimensionWithVehicleTransits(per_vehicle_time, horizon, horizon, False, "time")
+        self.time = time = routing.GetDimensionOrDie("time")
+        for r, s in enumerate(stops, start=nd):
+            ix = manager.NodeToIndex(r)
+            lo = max(0, int(math.ceil(s.window[0] * S - _EPS)))
+            hi = horizon if s.window[1] == INF else min(horizon, int(math.floor(s.window[1] * S + _EPS)))
+            if hi >= lo:
+                time.CumulVar(ix).SetRange(lo, hi)
+            elif s.id not in self.locked_ids:
+                routing.ActiveVar(ix).SetValue(0)  # window narrower than the model's time step
+        for k, v in enumerate(vehicles):
+            lo = max(0, int(math.ceil(v.shift[0] * S - _EPS)))
+            hi = int(math.floor(v.shift[1] * S + _EPS))
+            time.CumulVar(routing.Start(k)).SetRange(lo, hi)
+            time.CumulVar(routing.End(k)).SetRange(lo, hi)
+
+        # schedules: come back as early as possible, then leave as late as that allows
+        # (no van waits at a customer for nothing, nor leaves hours before it needs to)
+        for k in range(nv):
+            routing.AddVariableMinimizedByFinalizer(time.CumulVar(routing.End(k)))
+        for k in range(nv):
+            routing.AddVariableMaximizedByFinalizer(time.CumulVar(routing.Start(k)))
+
+        # capacities: one dimension per compartment class in use, plus weight
+        classes = [c for c in CLASSES if any(s.demand.get(c, 0) > 0 for s in stops)]
+        classes += sorted({c for s in stops for c in s.demand if c not in CLASSES and s.demand[c] > 0})
+        self.classes = classes
+        for c in classes:
+            dem = [0] * nr
+            for r, s in enumerate(stops, start=nd):
+                dem[r] = int(math.ceil(s.demand.get(c, 0.0) * _DEMAND_SCALE - 1e-6))
+            cb = routing.RegisterUnaryTransitVector(dem)
+            caps = [int(math.floor(v.capacity.get(c, 0.0) * _DEMAND_SCALE + 1e-6)) for v in vehicles]
+            routing.AddDimensionWithVehicleCapacity(cb, 0, caps, True, f"cap_{c}")
+        if any(s.weight > 0 for s in stops) and any(v.max_weight is not None for v in vehicles):
+            dem = [0] * nr
+            for r, s in enumerate(stops, start=nd):
+                dem[r] = int(math.ceil(s.weight * _DEMAND_SCALE - 1e-6))
+            cb = routing.RegisterUnaryTransitVector(dem)
+            big = sum(dem) + 1
+            caps = [big if v.max_weight is None else int(math.floor(v.max_weight * _DEMAND_SCALE + 1e-6))
+                    for v in vehicles]
+            routing.AddDimensionWithVehicleCapacity(cb, 0, caps, True, "weight")
+
+        # allowed vehicles, pinning and locks
+        vid = {v.id: k for k, v in enumerate(vehicles)}
+        row_of = {s.id: r for r, s in enumerate(stops, start=nd)}
+        pinned: dict[str, int] = {}
+        locks: list[tuple[int, list[int]]] = []
+        for ir in P.initial_routes:
+            if ir.vehicle not in vid:
+                continue
+            k = vid[ir.vehicle]
+            if ir.pinned:
+                for sid in ir.stops:
+                    pinned[sid] = k
+            if ir.locked:
+                chain = [row_of[sid] for sid in ir.stops[: ir.locked] if sid in row_of]
+                locks.append((k, chain))
+                for sid in ir.stops[: ir.locked]:
+                    self.locked_ids.add(sid)
+                    pinned[sid] = k
+        for r, s in enumerate(stops, start=nd):
+            ix = manager.NodeToIndex(r)
+            # (SetAllowedVehiclesForIndex takes an absl::Span the 9.15 Python wrapper cannot pass)
+            if s.id in pinned:
+                routing.VehicleVar(ix).SetValues([-1, pinned[s.id]])
+            elif s.allowed_vehicles is not None:
+                allowed = sorted({vid[x] for x in s.allowed_vehicles if x in vid})
+                routing.VehicleVar(ix).SetValues([-1] + allowed)
+
+        # max time on board: service start <= departure of the serving van + limit
+        solver = routing.solver()
+        for r, s in enumerate(stops, start=nd):
+            if s.max_on_board is None:
+                continue
+            ix = manager.NodeToIndex(r)
+            limit = int(math.floor(s.max_on_board * S + _EPS))
+            cumul = time.CumulVar(ix)
+            vv = routing.VehicleVar(ix)
+            cand = ([pinned[s.id]] if s.id in pinned else
+                    [vid[x] for x in s.allowed_vehicles if x in vid] if s.allowed_vehicles is not None
+                    else range(nv))
+            for k in cand:
+                is_k = solver.IsEqualCstVar(vv, k)
+                solver.Add(cumul <= time.CumulVar(routing.Start(k)) + limit + horizon * (1 - is_k))
+
+        # optional stops
+        fixed_max = max([int(round(v.fixed_cost * P.cost_scale)) for v in vehicles] + [0])
+        self.penalty = penalty = min(100 * (2 * max_arc + fixed_max) + 1, 2**52 // max(1, nr))
+        for r, s in enumerate(stops, start=nd):
+            if s.id in self.locked_ids:
+                continue  # already visited: mandatory
+            routing.AddDisjunction([manager.NodeToIndex(r)], penalty)
+
+        self.locks = locks
+        self.vid = vid
+        self.row_of = row_of
+
+    # ------------------------------------------------------------------ search
+    def params(self, cfg: SearchConfig, seconds: float):
+        from ortools.constraint_solver import pywrapcp, routing_enums_pb2
+
+        p = pywrapcp.DefaultRoutingSearchParameters()
+        p.first_solution_strategy = getattr(routing_enums_pb2.FirstSolutionStrategy, cfg.first_solution)
+        p.local_search_metaheuristic = getattr(routing_enums_pb2.LocalSearchMetaheuristic, cfg.metaheuristic)
+        p.guided_local_search_lambda_coefficient = cfg.gls_lambda
+        for name, on in cfg.operators.items():
+            setattr(p.local_search_operators, name, 3 if on else 2)  # BOOL_TRUE / BOOL_FALSE
+        if cfg.neighbors_ratio is not None:
+            p.ls_operator_neighbors_ratio = cfg.neighbors_ratio
+            p.ls_operator_min_neighbors = cfg.min_neighbors
+        ms = max(10, int(seconds * 1000))
+        p.time_limit.seconds = ms // 1000
+        p.time_limit.nanos = (ms % 1000) * 1_000_000
+        return p
+
+    def close(self, params) -> None:
+        routing = self.routing
+        for k, chain in self.locks:
+            prev = routing.Start(k)
+            for r in chain:
+                ix = self.manager.NodeToIndex(r)
+                routing.solver().Add(routing.NextVar(prev) == ix)
+                prev = ix
+        routing.CloseModelWithParameters(params)
+
+    def routes_to_indices(self, routes: dict[int, list[str]]) -> list[list[int]]:
+        out = []
+        for k in range(len(self.problem.vehicles)):
+            out.append([self.manager.NodeToIndex(self.row_of[sid]) for sid in routes.get(k, [])
+                        if sid in self.row_of])
+        return out
+
+    def extract(self, assignment) -> dict:
+        routing, manager, time = self.routing, self.manager, self.time
+        routes: list[list[int]] = []
+        starts: list[int] = []
+        for k in range(len(self.problem.vehicles)):
+            ix = routing.Start(k)
+            starts.append(assignment.Value(time.CumulVar(ix)))
+            seq = []
+            ix = assignment.Value(routing.NextVar(ix))
+            while not routing.IsEnd(ix):
+                seq.append(self.active[manager.IndexToNode(ix) - self.nd])
+                ix = assignment.Value(routing.NextVar(ix))
+            routes.append(seq)
+        served = sum(len(r) for r in routes)
+        return {"routes": routes, "starts": starts, "objective": assignment.ObjectiveValue(),
+                "served": served}
+
+
+def _search(problem: Problem, active: list[int], cfg: SearchConfig, seconds: float,
+            initial: dict[int, list[int]] | None = None, label: str | None = None) -> dict | None:
+    """Build a model, search, return plain routes (stop indices) or None."""
+    t0 = time.monotonic()
+    m = _Model(problem, active)
+    remaining = max(0.05, seconds - (time.monotonic() - t0))
+    params = m.params(cfg, remaining)
+    m.close(params)
+    sol = None
+    if initial:
+        ids = {k: [problem.stops[i].id for i in seq] for k, seq in initial.items()}
+        init = m.routing.ReadAssignmentFromRoutes(m.routes_to_indices(ids), True)
+        if init is not None:
+            sol = m.routing.SolveFromAssignmentWithParameters(init, params)
+    if sol is None:
+        sol = m.routing.SolveWithParameters(params)
+    if sol is None:
+        return None
+    out = m.extract(sol)
+    out["config"] = label or cfg.label
+    return out
+
+
+def _better(a: dict | None, b: dict | None) -> bool:
+    """True when a is a better result than b."""
+    if a is None:
+        return False
+    if b is None:
+        return True
+    return (-a["served"], a["objective"]) < (-b["served"], b["objective"])
+
+
+# --------------------------------------------------------------------- the portfolio
+
+# Measured on the Solomon R/RC instances (10 s runs): the first solution decides where
+# guided local search ends up. Insertion heuristics win on tight windows (PCI on R1, LCI on
+# RC1), arc-based ones on long horizons (GLOBAL_CHEAPEST_ARC on R2/RC2), so we run all of
+# them for a slice of the budget and then refine the best one.
+PORTFOLIO: list[SearchConfig] = [
+    SearchConfig("PARALLEL_CHEAPEST_INSERTION"),
+    SearchConfig("GLOBAL_CHEAPEST_ARC"),
+    SearchConfig("LOCAL_CHEAPEST_INSERTION"),
+    SearchConfig("PATH_CHEAPEST_ARC"),
+]
+REFINE_LAMBDAS = [0.1, 0.3, 0.2, 0.05]  # GLS lambda of each refining worker
+PORTFOLIO_SHARE = 0.5  # share of the budget spent on the portfolio before refining
+REFINE_ROUND_SECONDS = 7.0  # length of one refining round (GLS stalls after a while)
+MIN_PORTFOLIO_SECONDS = 4.0  # below this, one configuration per worker for the whole budget
+
+
+def _pool_context():
+    if mp.current_process().daemon:
+        return None  # e.g. inside a Celery prefork child: no grandchildren allowed
+    try:
+        return mp.get_context("fork")
+    except ValueError:  # pragma: no cover - platforms without fork
+        return mp.get_context("spawn")
+
+
+def solve(problem: Problem, workers: int | None = None,
+          progress: Callable[[float], None] | None = None,
+          portfolio: Sequence[SearchConfig] | None = None) -> Solution:
+    """Plan routes within ``problem.time_limit`` seconds of wall time.
+
+    ``workers``: processes to use (default: the CPU count); 1 runs everything in-process.
+    ``progress`` is called now and then with the elapsed fraction of the time limit.
+    ``portfolio``: the search configurations to try (default :data:`PORTFOLIO`).
+    """
+    t0 = time.monotonic()
+    limit = max(0.1, float(problem.time_limit))
+    locked = {sid for ir in problem.initial_routes if ir.locked for sid in ir.stops[: ir.locked]}
+    active, unserved = prefilter(problem, locked)
+    configs = list(portfolio or PORTFOLIO)
+    if workers is None:
+        workers = os.cpu_count() or 1
+    workers = max(1, int(workers))
+    ctx = _pool_context() if workers > 1 else None
+    if ctx is None:
+        workers = 1
+
+    initial = _initial_routes(problem, active)
+    best: dict | None = None
+    if not active or not problem.vehicles:
+        best = {"routes": [[] for _ in problem.vehicles], "starts": None, "objective": 0, "served": 0,
+                "config": "empty"}
+    else:
+        best = _portfolio(problem, active, configs, workers, limit, t0, initial, ctx, progress)
+    if progress:
+        progress(1.0)
+    if best is None:
+        # no plan at all (e.g. locks that cannot be honoured): report every stop
+        for i in active:
+            unserved.append(Unserved(problem.stops[i].id, "no feasible plan found within the time limit"))
+        best = {"routes": [[] for _ in problem.vehicles], "starts": None, "objective": 0, "served": 0,
+                "config": "none"}
+    return _build_solution(problem, best, active, unserved, time.monotonic() - t0)
+
+
+def _initial_routes(problem: Problem, active: list[int]) -> dict[int, list[int]] | None:
+    if not problem.initial_routes:
+        return None
+    vid = {v.id: k for k, v in enumerate(problem.vehicles)}
+    pos = {problem.stops[i].id: i for i in active}
+    out: dict[int, list[int]] = {}
+    for ir in problem.initial_routes:
+        if ir.vehicle in vid:
+            out[vid[ir.vehicle]] = [pos[s] for s in ir.stops if s in pos]
+    return out
+
+
+class _Inline:
+    """Runs tasks in-process with the interface of an executor (workers=1)."""
+
+    class _Done:
+        def __init__(self, value):
+            self._value = value
+
+        def result(self):
+            return self._value
+
+    def submit(self, fn, *args):
+        return self._Done(fn(*args))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _portfolio(problem, active, configs, workers, limit, t0, initial, ctx, progress) -> dict | None:
+    """Phase 1: each configuration for a slice of the budget (``workers`` at a time);
+    phase 2: every worker refines the best plan with its own GLS lambda; keep the best."""
+    margin = 0.25
+    budget = limit - (time.monotonic() - t0) - margin
+    if budget < MIN_PORTFOLIO_SECONDS * max(1, workers) / 2 or len(configs) <= workers:
+        # short budget: one configuration per worker, for the whole budget
+        phase1_configs, rounds, per = configs[:workers], 1, budget
+        refine = False
+    else:
+        phase1_configs = configs
+        rounds = math.ceil(len(configs) / workers)
+        per = budget * PORTFOLIO_SHARE / rounds
+        refine = True
+    best = None
+    pool = _Inline() if workers == 1 else ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    with pool:
+        for r in range(rounds):
+            batch = phase1_configs[r * workers:(r + 1) * workers]
+            futs = [pool.submit(_search, problem, active, c, per - 0.05, initial) for c in batch]
+            best = _collect(futs, best, progress, t0, limit)
+        # phase 2: GLS stalls after a while, so refine in rounds, each restarting from the
+        # best plan so far with fresh penalties and another lambda ("iterated GLS")
+        left = limit - (time.monotonic() - t0) - margin
+        n_rounds = max(1, int(left // REFINE_ROUND_SECONDS))
+        for r in range(n_rounds):
+            left = limit - (time.monotonic() - t0) - margin
+            if not refine or best is None or left < 0.5:
+                break
+            slot = left / (n_rounds - r)
+            seed = {k: seq for k, seq in enumerate(best["routes"])}
+            lams = [REFINE_LAMBDAS[(r * workers + w) % len(REFINE_LAMBDAS)] for w in range(workers)]
+            futs = [pool.submit(_search, problem, active, SearchConfig(gls_lambda=lam), slot - 0.05, seed,
+                                f"{best['config'].split(' > ')[0]} > refined(lambda={lam:g})")
+                    for lam in lams]
+            best = _collect(futs, best, progress, t0, limit)
+    return best
+
+
+def _collect(futs, best, progress, t0, limit):
+    pending = set(futs)
+    while pending:
+        done = {f for f in pending if not hasattr(f, "done") or f.done()}
+        if not done:
+            done, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+        pending -= done
+        for f in done:
+            res = f.result()
+            if _better(res, best):
+                best = res
+        if progress:
+            progress(min(0.99, (time.monotonic() - t0) / limit))
+    return best
+
+
+# ------------------------------------------------------------------ building output
+
+
+def _schedule(problem: Problem, k: int, seq: list[int], start: float) -> Route:
+    v = problem.vehicles[k]
+    tt = _tt(problem, v)
+    dm = problem.distance
+    t = start
+    node = v.start
+    visits = []
+    total = 0.0
+    load: dict[str, float] = {}
+    weight = 0.0
+    for i in seq:
+        s = problem.stops[i]
+        leg = float(dm[node, s.node])
+        arrival = t + float(tt[node, s.node])
+        begin = max(arrival, s.window[0])
+        depart = begin + s.service
+        visits.append(Visit(s.id, arrival, begin, depart, leg))
+        total += leg
+        for c, q in s.demand.items():
+            load[c] = load.get(c, 0.0) + q
+        weight += s.weight
+        t, node = depart, s.node
+    total += float(dm[node, v.end])
+    end = t + float(tt[node, v.end])
+    cost = total / 1000.0 * v.cost_per_km + v.fixed_cost
+    return Route(v.id, start, end, total, cost, visits, load, weight)
+
+
+def _latest_start(problem: Problem, k: int, seq: list[int]) -> float:
+    """Latest departure that keeps every window (used when no model start time is known)."""
+    v = problem.vehicles[k]
+    tt = _tt(problem, v)
+    latest = v.shift[1]
+    node = v.end
+    for i in reversed(seq):
+        s = problem.stops[i]
+        latest = min(s.window[1], latest - float(tt[s.node, node]) - s.service)
+        node = s.node
+    return max(v.shift[0], min(v.shift[1], latest - float(tt[v.start, node])))
+
+
+def _build_solution(problem: Problem, res: dict, active: list[int], unserved: list[Unserved],
+                    seconds: float) -> Solution:
+    routes: list[Route] = []
+    served: set[int] = set()
+    for k, seq in enumerate(res["routes"]):
+        if not seq:
+            continue
+        if res.get("starts") is not None:
+            start = res["starts"][k] / problem.time_scale
+        else:
+            start = _latest_start(problem, k, seq)
+        routes.append(_schedule(problem, k, seq, start))
+        served.update(seq)
+    # stops the model dropped: say whether capacity or time ran out
+    used = {r.vehicle_id: r for r in routes}
+    for i in active:
+        if i in served:
+            continue
+        s = problem.stops[i]
+        room = False
+        for k in _allowed(problem, s):
+            v = problem.vehicles[k]
+            r = used.get(v.id)
+            load = r.load if r else {}
+            w = r.weight if r else 0.0
+            ok = all(q <= v.capacity.get(c, 0.0) - load.get(c, 0.0) + _EPS
+                     for c, q in s.demand.items() if q > 0)
+            if v.max_weight is not None and s.weight > v.max_weight - w + _EPS:
+                ok = False
+            room = room or ok
+        if not room:
+            unserved.append(Unserved(s.id, "fleet capacity exhausted"))
+        elif s.max_on_board is not None:
+            unserved.append(Unserved(s.id, "shift time exhausted (or time on board would exceed the "
+                                           f"product's limit of {s.max_on_board / 60:.0f} min)"))
+        else:
+            unserved.append(Unserved(s.id, "shift time exhausted"))
+    distance = sum(r.distance for r in routes)
+    cost = sum(r.cost for r in routes)
+    return Solution(routes, unserved, distance, cost, seconds, res.get("config", ""))
