@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--database", default=os.environ.get("COLDCHAIN_BENCH_DATABASE_URL",
                                                           "postgresql://postgres@127.0.0.1:5432/test"))
     ap.add_argument("--mqtt", default=None)
+    ap.add_argument("--ingestors", type=int, default=1, help="ingestor processes sharing the stream ($share)")
     args = ap.parse_args(argv)
     con = Console(stderr=True)
 
@@ -158,9 +159,11 @@ def main(argv: list[str] | None = None) -> int:
         vans = [(v["code"], v["device"]) for v in scenario.vehicles if v["device"]][:60]
         env = {**os.environ, "COLDCHAIN_DATABASE_URL": db_url, "COLDCHAIN_MQTT_URL": url,
                "COLDCHAIN_DATA_DIR": str(work)}
-        ingest = subprocess.Popen([sys.executable, "-m", "scripts.cli", "ingest", "--client-id", f"bench-{name}",
-                                   "--tick-every", "5"], env=env, stdout=subprocess.DEVNULL,
-                                  stderr=open(work / "ingest.log", "w"), cwd=ROOT)  # noqa: SIM115
+        shared = ["--shared-group", "ingest"] if args.ingestors > 1 else []
+        ingest = [subprocess.Popen([sys.executable, "-m", "scripts.cli", "ingest", "--client-id", f"bench-{name}-{k}",
+                                    "--tick-every", "5", *shared], env=env, stdout=subprocess.DEVNULL,
+                                   stderr=open(work / f"ingest-{k}.log", "w"), cwd=ROOT)  # noqa: SIM115
+                  for k in range(args.ingestors)]
         time.sleep(4)
         con.print(f"broker {url}; database {name}; {len(vans)} vans; publishing {args.samples:,} samples, "
                   f"{args.per_message} per message")
@@ -193,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         table.add_column("figure")
         table.add_column("value", justify="right")
         table.add_row("samples published", f"{args.samples:,} ({args.per_message} per message)")
+        table.add_row("ingestor processes", str(args.ingestors))
         table.add_row("publisher finished after", f"{publish_s:.1f} s")
         table.add_row("samples stored", f"{final:,}")
         table.add_row("readings stored", f"{readings:,}")
@@ -207,12 +211,13 @@ def main(argv: list[str] | None = None) -> int:
         con.print(table)
         return 0 if final == args.samples and per_key == 0 else 1
     finally:
-        if ingest is not None:
-            ingest.send_signal(signal.SIGTERM)
+        for proc in ingest or []:
+            proc.send_signal(signal.SIGTERM)
+        for proc in ingest or []:
             try:
-                ingest.wait(30)
+                proc.wait(30)
             except subprocess.TimeoutExpired:
-                ingest.kill()
+                proc.kill()
         engine.dispose()
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
