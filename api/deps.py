@@ -11,7 +11,7 @@ from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from core.db import get_sessionmaker, writer_session
+from core.db import session_scope
 from core.errors import Forbidden, Unauthorized
 from core.security import read_token
 from warehouses.models import User
@@ -20,16 +20,10 @@ oauth2 = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/token", auto_error=False)
 
 
 def get_session(request: Request) -> Iterator[Session]:
-    """Reads run deferred; a request that may write takes SQLite's write lock up front."""
-    session = get_sessionmaker()() if request.method in ("GET", "HEAD", "OPTIONS") else writer_session()
-    try:
+    """The request is the unit of work; reads run deferred, a request that may write takes SQLite's
+    write lock up front."""
+    with session_scope(write=request.method not in ("GET", "HEAD", "OPTIONS")) as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 SessionDep = Annotated[Session, Depends(get_session)]

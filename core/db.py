@@ -109,9 +109,9 @@ def writer_session() -> Session:
 
 
 @contextmanager
-def session_scope() -> Iterator[Session]:
+def session_scope(write: bool = True) -> Iterator[Session]:
     """One unit of work: commit on success, roll back on any error."""
-    session = writer_session()
+    session = writer_session() if write else get_sessionmaker()()
     try:
         yield session
         session.commit()

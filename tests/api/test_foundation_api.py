@@ -70,7 +70,8 @@ def test_missing_expired_and_forged_tokens_are_401(api, make_user) -> None:  # n
     expired = issue_token("q1", "quality", minutes=-1)
     assert assert_problem(api.get("/api/v1/network/nodes", headers={"Authorization": f"Bearer {expired}"}),
                           401)["detail"] == "token expired"
-    forged = jwt.encode({"sub": "q1", "role": "admin", "exp": 9999999999}, "another-secret-key-that-is-long-enough-xx", algorithm="HS256")
+    forged = jwt.encode({"sub": "q1", "role": "admin", "exp": 9999999999},
+                        "another-secret-key-that-is-long-enough-xx", algorithm="HS256")
     assert_problem(api.get("/api/v1/network/nodes", headers={"Authorization": f"Bearer {forged}"}), 401)
 
 

@@ -63,7 +63,8 @@ BAD_ROWS = [
     ("nodes.csv", 'HUB-05,hub,颠倒坐标,30.66,104.06,FS-01,08:00,21:00,1,1,1,'
      '"POLYGON((30.6 104.0, 30.7 104.0, 30.7 104.1, 30.6 104.1, 30.6 104.0))"\n',
      "service_area_wkt", "lon lat order"),
-    ("nodes.csv", "FS-01,flagship,重复,30.66,104.06,,07:00,22:00,1,1,1,\n", "code", "duplicate code FS-01 (first on line 2)"),
+    ("nodes.csv", "FS-01,flagship,重复,30.66,104.06,,07:00,22:00,1,1,1,\n", "code",
+     "duplicate code FS-01 (first on line 2)"),
     ("nodes.csv", "HUB-06,hub,无名父店,30.66,104.06,FS-99,08:00,21:00,1,1,1,\n", "parent", "unknown node FS-99"),
     ("nodes.csv", "HUB-07,depot,错类型,30.66,104.06,,08:00,21:00,1,1,1,\n", "kind", "'flagship' or 'hub'"),
     ("products.csv", "MILK-1,鲜奶,chilled,1,1.0,1.0,seven,0,4,\n", "shelf_life_days", "valid integer"),
@@ -97,8 +98,9 @@ def test_each_bad_row_is_named_and_the_rest_loads(session, tmp_path: Path, file,
 
 
 def test_physical_line_counts_quoted_newlines_and_blank_lines(session, tmp_path: Path) -> None:
-    nodes = scenario_files.FILES["nodes.csv"] + "\n" + 'HUB-08,hub,"两行\n名字",30.62,104.04,FS-01,08:00,21:00,1,1,1,\n' \
-        + "HUB-09,hub,坏纬度,abc,104.06,FS-01,08:00,21:00,1,1,1,\n"
+    nodes = (scenario_files.FILES["nodes.csv"] + "\n"
+             + 'HUB-08,hub,"两行\n名字",30.62,104.04,FS-01,08:00,21:00,1,1,1,\n'
+             + "HUB-09,hub,坏纬度,abc,104.06,FS-01,08:00,21:00,1,1,1,\n")
     report = load_scenario(session, scenario_files.write(tmp_path, {"nodes.csv": nodes}))
     assert [str(e) for e in report.errors] == [
         "nodes.csv:7: lat: Input should be a valid number, unable to parse string as a number (got 'abc')"]
