@@ -36,6 +36,7 @@ def make_celery() -> Celery:
         broker_polling_interval=0.2,
         broker_transport_options={} if settings.celery_broker.startswith("sqla+") else {"visibility_timeout": 3600},
         imports=[m for m in TASK_MODULES if _exists(m)],
+        beat_schedule={"telemetry-rules-clock": {"task": "telemetry.tick", "schedule": 30.0}},
     )
     return app
 
