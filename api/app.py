@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from api import problems
-from api.routers import auth, health, jobs, network, orders, plans
+from api.routers import auth, health, jobs, network, orders, plans, telemetry
 
 
 def create_app() -> FastAPI:
@@ -16,7 +16,8 @@ def create_app() -> FastAPI:
         openapi_url="/openapi.json",
     )
     problems.install(app)
-    for router in (health.router, auth.router, network.router, jobs.router, orders.router, plans.router):
+    for router in (health.router, auth.router, network.router, jobs.router, orders.router, plans.router,
+                   telemetry.router):
         app.include_router(router, prefix="/api/v1")
     return app
 

@@ -9,7 +9,7 @@ from sqlalchemy import Select
 from sqlalchemy.orm import Session
 
 Limit = Annotated[int, Query(ge=1, le=1000, description="items per page (at most 1000)")]
-After = Annotated[int | None, Query(ge=0, description="cursor from the previous page's next link")]
+After = Annotated[int | None, Query(ge=0, le=2**31 - 1, description="cursor from the previous page's next link")]
 
 
 def page(session: Session, request: Request, query: Select, id_column: Any, limit: int, after: int | None,

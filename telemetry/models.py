@@ -7,6 +7,7 @@ from datetime import datetime
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Float,
     ForeignKey,
@@ -28,7 +29,7 @@ class TelemetrySample(Base):
     __tablename__ = "telemetry_samples"
 
     device: Mapped[str] = mapped_column(String(64), primary_key=True)
-    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     vehicle_id: Mapped[int] = mapped_column(ForeignKey("vehicles.id"))
     ts: Mapped[datetime] = mapped_column(UTCDateTime)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime)
@@ -44,7 +45,7 @@ class TelemetryReading(Base):
 
     ts: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
     device: Mapped[str] = mapped_column(String(64), primary_key=True)
-    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     kind: Mapped[str] = mapped_column(String(16), primary_key=True)
     # '' when the reading belongs to no compartment (shock, position, battery): part of the key
     compartment: Mapped[str] = mapped_column(String(16), primary_key=True, default="")

@@ -353,13 +353,14 @@ class ReadingKey:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
             ts, device, seq, kind, compartment = json.loads(raw)
             moment = datetime.fromisoformat(ts)
-        except (ValueError, TypeError, UnicodeDecodeError, binascii.Error) as exc:
+            utc = moment.astimezone(UTC) if moment.tzinfo is not None else None
+        except (ValueError, TypeError, OverflowError, UnicodeDecodeError, binascii.Error) as exc:
             raise ValueError("not a cursor from a next link") from exc
-        if (moment.tzinfo is None or not isinstance(device, str) or len(device) > 64
+        if (utc is None or not isinstance(device, str) or len(device) > 64
                 or type(seq) is not int or not -_MAX_SEQ <= seq <= _MAX_SEQ
                 or kind not in READING_KINDS or compartment not in READING_COMPARTMENTS):
             raise ValueError("not a cursor from a next link")
-        return cls(moment.astimezone(UTC), device, seq, kind, compartment)
+        return cls(utc, device, seq, kind, compartment)
 
 
 class _likely(FunctionElement):

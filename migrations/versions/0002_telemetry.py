@@ -17,7 +17,7 @@ def upgrade() -> None:
     op.create_table(
         "telemetry_samples",
         sa.Column("device", sa.String(length=64), nullable=False),
-        sa.Column("seq", sa.Integer(), autoincrement=False, nullable=False),
+        sa.Column("seq", sa.BigInteger(), autoincrement=False, nullable=False),
         sa.Column("vehicle_id", sa.Integer(), nullable=False),
         sa.Column("ts", sa.DateTime(timezone=True), nullable=False),
         sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
@@ -27,7 +27,7 @@ def upgrade() -> None:
     columns = [
         sa.Column("ts", sa.DateTime(timezone=True), nullable=False),
         sa.Column("device", sa.String(length=64), nullable=False),
-        sa.Column("seq", sa.Integer(), autoincrement=False, nullable=False),
+        sa.Column("seq", sa.BigInteger(), autoincrement=False, nullable=False),
         sa.Column("kind", sa.String(length=16), nullable=False),
         sa.Column("compartment", sa.String(length=16), nullable=False),
         sa.Column("vehicle_id", sa.Integer(), nullable=False),
