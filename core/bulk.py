@@ -34,7 +34,8 @@ def copy_rows(session: Session, table: Table, rows: Sequence[dict[str, Any]]) ->
             copy.write_row([Json(row[c]) if c in json_cols and row[c] is not None else row[c] for c in columns])
 
 
-PG_TYPES = {"INTEGER": "int[]", "BIGINT": "int8[]", "FLOAT": "float8[]", "VARCHAR": "text[]", "TEXT": "text[]", "BOOLEAN": "bool[]"}
+PG_TYPES = {"INTEGER": "int[]", "BIGINT": "int8[]", "FLOAT": "float8[]", "VARCHAR": "text[]", "TEXT": "text[]",
+            "BOOLEAN": "bool[]"}
 
 
 def update_rows(session: Session, table: Table, key: str, rows: Sequence[dict[str, Any]],

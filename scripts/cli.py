@@ -364,6 +364,156 @@ def ingest(
         err.print(f"ingestor stopped: {ingestor.stats.as_dict()}")
 
 
+replan_app = typer.Typer(help="Re-plan a depot's day while the vans are out.", no_args_is_help=True)
+app.add_typer(replan_app, name="replan")
+TimeLimitOpt = Annotated[float, typer.Option("--time-limit", help="seconds for the solver")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print the diff and summary as JSON")]
+
+
+def _run_replan(day: datetime, event, time_limit: float, json_out: bool) -> None:  # noqa: ANN001
+    from core.db import session_scope
+    from core.errors import DomainError
+    from routing.replan import depot_of, replan
+
+    ensure_schema()
+    try:
+        with session_scope() as session:
+            depot = depot_of(session, day.date(), event)
+        out = replan(day.date(), depot, event, time_limit=time_limit, actor="cli")
+    except DomainError as exc:
+        err.print(f"[red]{exc.detail}")
+        raise typer.Exit(1) from exc
+    err.print(f"{depot}: {out['reason']}: plan v{out['version']}, {out['stops']} stops on {out['routes']} routes, "
+              f"{len(out['moved'])} moved, {len(out['unserved'])} newly unserved")
+    for m in out["moved"]:
+        err.print(f"  {m['order_ref']}: {m['from']} -> {m['to']}")
+    for u in out["unserved"]:
+        err.print(f"  [yellow]{u['order_ref']}[/]: {u['reason']}")
+    if json_out:
+        print_json(out)
+
+
+@replan_app.command("breakdown")
+def replan_breakdown(
+    vehicle: Annotated[str, typer.Argument(help="the van that broke down")],
+    day: DateOpt,
+    at: Annotated[str, typer.Option(help="when: local HH:MM or RFC 3339 with a zone")],
+    lat: Annotated[float | None, typer.Option(help="where it stands")] = None,
+    lon: Annotated[float | None, typer.Option()] = None,
+    time_limit: TimeLimitOpt = 5.0,
+    json_out: JsonOpt = False,
+) -> None:
+    """A van broke down: its undelivered orders go to the other vans (reloaded from depot stock)."""
+    from routing.replan import breakdown, parse_at
+
+    position = (lat, lon) if lat is not None and lon is not None else None
+    _run_replan(day, breakdown(vehicle, parse_at(day.date(), at), position), time_limit, json_out)
+
+
+@replan_app.command("add-order")
+def replan_add_order(
+    order_ref: Annotated[str, typer.Argument(help="an order allocated to a depot, on no route yet")],
+    day: DateOpt, time_limit: TimeLimitOpt = 5.0, json_out: JsonOpt = False,
+) -> None:
+    """Fit an allocated order into its depot's day."""
+    from routing.replan import add_order
+
+    _run_replan(day, add_order(order_ref), time_limit, json_out)
+
+
+@replan_app.command("cancel-order")
+def replan_cancel_order(
+    order_ref: Annotated[str, typer.Argument()],
+    day: DateOpt,
+    reason: Annotated[str | None, typer.Option(help="kept with the order's events")] = None,
+    time_limit: TimeLimitOpt = 5.0, json_out: JsonOpt = False,
+) -> None:
+    """Cancel an order (its stock goes back) and re-plan its depot without it."""
+    from routing.replan import cancel_order
+
+    _run_replan(day, cancel_order(order_ref, reason), time_limit, json_out)
+
+
+@export_app.command("route")
+def export_route(
+    vehicle: Annotated[str, typer.Argument(help="van code")],
+    day: DateOpt,
+    sheet: Annotated[Path | None, typer.Option(help="also write the driver's route sheet PDF here")] = None,
+) -> None:
+    """One van's route of the day as GeoJSON on stdout (RFC 7946, [lon, lat])."""
+    from core.db import session_scope
+    from core.errors import DomainError
+    from routing.exports import route_geojson, route_sheet_pdf
+
+    ensure_schema()
+    with session_scope() as session:
+        try:
+            gj = route_geojson(session, day.date(), vehicle)
+            if sheet is not None:
+                err.print(f"route sheet written to {route_sheet_pdf(session, day.date(), vehicle, sheet)}")
+        except DomainError as exc:
+            err.print(f"[red]{exc.detail}")
+            raise typer.Exit(1) from exc
+    print_json(gj)
+
+
+@export_app.command("map")
+def export_map(
+    day: DateOpt,
+    out: Annotated[Path, typer.Option(help="PNG file to write")] = Path("routes.png"),
+    depot: Annotated[str | None, typer.Option(help="one depot only")] = None,
+) -> None:
+    """A PNG map of the day's routes, coloured per van, over the service areas."""
+    from core.db import session_scope
+    from routing.exports import day_map_png
+
+    ensure_schema()
+    with session_scope() as session:
+        path = day_map_png(session, day.date(), out, depot=depot)
+    err.print(f"map written to {path}")
+
+
+@app.command("simulate-fleet")
+def simulate_fleet_cmd(
+    day: Annotated[datetime | None, typer.Option(
+        "--date", formats=["%Y-%m-%d"], help="local day whose vans and current plans to simulate (default: today)")]
+    = None,
+    speed: Annotated[float, typer.Option(
+        help="simulated seconds per wall second (60: a minute a second); 0: as fast as the broker takes it")] = 60.0,
+    vehicle: Annotated[list[str] | None, typer.Option(
+        "--vehicle", help="van code to simulate, repeatable (default: every van with a telemetry device)")] = None,
+    seed: Annotated[int, typer.Option(help="random seed: the same seed publishes the same bytes")] = 0,
+    garbage: Annotated[bool, typer.Option(
+        "--garbage/--no-garbage", help="also publish one unusable message of each kind (not JSON, not UTF-8, "
+        "no seq, 500 °C)")] = False,
+    incidents: Annotated[bool, typer.Option(
+        "--incidents/--no-incidents", help="stage a warming compartment, a short blip, a door left open, a hard "
+        "shock, a signal loss sent as one backlog, and duplicate deliveries")] = True,
+    duration_min: Annotated[float | None, typer.Option(
+        "--duration-min", help="simulate only the first N minutes of the day")] = None,
+    json_out: Annotated[bool, typer.Option(
+        "--json", help="print what was published and what the ingestor should make of it, as JSON")] = False,
+) -> None:
+    """Publish realistic van telemetry to the configured broker (an embedded one if COLDCHAIN_MQTT_URL is unset)."""
+    import contextlib
+
+    from core.timeutil import local_today
+    from scripts.simulate import simulate_fleet
+
+    ensure_schema()
+    with contextlib.ExitStack() as stack:
+        url = mqtt_url_or_embedded(stack)
+        try:
+            result = simulate_fleet(url, date=day.date() if day else local_today(), speed=speed,
+                                    vehicles=vehicle or None, seed=seed, garbage=garbage, incidents=incidents,
+                                    duration_min=duration_min, console=err)
+        except ValueError as exc:
+            err.print(f"[red]{exc}")
+            raise typer.Exit(2) from exc
+    if json_out:
+        print_json(result)
+
+
 @app.command()
 def beat() -> None:
     """Run Celery beat, the clock for periodic jobs (telemetry rules on a timer)."""

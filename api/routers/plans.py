@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-from datetime import date
-from typing import Annotated
+import json
+import tempfile
+from contextlib import contextmanager
+from datetime import date, datetime
+from pathlib import Path
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from api.deps import Caller, SessionDep, require
 from core.errors import Invalid
 from fulfillment.service import day_allocations
+from routing.exports import day_map_png, route_geojson, route_sheet_pdf
+from routing.replan import add_order, breakdown, cancel_order, depot_of, replan
 from routing.service import day_routes, depots_of_day
 
 router = APIRouter(tags=["plans"])
@@ -48,3 +54,62 @@ def start_plan(body: PlanIn, request: Request, session: SessionDep, caller: Disp
 def get_plan(session: SessionDep, _caller: Dispatcher, day: Annotated[date, Query(alias="date")]) -> dict:
     """The day's allocations, routes and unserved orders (CONTRACTS.md section 5, plus stop ids and statuses)."""
     return {"date": day.isoformat(), **day_allocations(session, day), **day_routes(session, day)}
+
+
+class ReplanIn(BaseModel):
+    type: Literal["breakdown", "add_order", "cancel_order"]
+    vehicle: str | None = Field(None, description="breakdown: the van")
+    at: datetime | None = Field(None, description="breakdown: when (RFC 3339 with a zone)")
+    position: tuple[float, float] | None = Field(None, description="breakdown: [lat, lon]")
+    order_ref: str | None = Field(None, description="add_order / cancel_order")
+    reason: str | None = None
+    now: datetime | None = Field(None, description="re-plan as of this time (default: the breakdown time or now)")
+    time_limit: Annotated[float, Field(gt=0, le=60, description="solver seconds")] = 5.0
+
+
+@contextmanager
+def _request_scope(session):  # noqa: ANN001, ANN202
+    yield session  # the request commits (api.deps.get_session)
+    session.flush()
+
+
+@router.post("/plans/{day}/replan")
+def replan_day(day: date, body: ReplanIn, session: SessionDep, caller: Dispatcher) -> dict:
+    """Re-plan the depot an event belongs to; answers the new plan's diff (moves, ETAs old -> new, unserved)."""
+    if body.type == "breakdown":
+        if not body.vehicle or body.at is None:
+            raise Invalid("a breakdown needs vehicle and at", pointer="/vehicle" if not body.vehicle else "/at")
+        event = breakdown(body.vehicle, body.at, body.position)
+    elif not body.order_ref:
+        raise Invalid(f"{body.type} needs order_ref", pointer="/order_ref")
+    elif body.type == "add_order":
+        event = add_order(body.order_ref)
+    else:
+        event = cancel_order(body.order_ref, body.reason)
+    depot = depot_of(session, day, event)
+    return replan(day, depot, event, time_limit=body.time_limit, actor=caller.username, now=body.now,
+                  sessions=lambda: _request_scope(session))
+
+
+@router.get("/plans/{day}/routes/{vehicle}/geojson")
+def get_route_geojson(day: date, vehicle: str, session: SessionDep, _caller: Dispatcher) -> Response:
+    """One van's current route as GeoJSON (RFC 7946)."""
+    return Response(json.dumps(route_geojson(session, day, vehicle), ensure_ascii=False),
+                    media_type="application/geo+json")
+
+
+@router.get("/plans/{day}/routes/{vehicle}/sheet.pdf")
+def get_route_sheet(day: date, vehicle: str, session: SessionDep, _caller: Dispatcher) -> Response:
+    """The driver's printable route sheet."""
+    with tempfile.TemporaryDirectory() as tmp:
+        data = route_sheet_pdf(session, day, vehicle, Path(tmp) / "sheet.pdf").read_bytes()
+    return Response(data, media_type="application/pdf",
+                    headers={"Content-Disposition": f'inline; filename="route-{vehicle}-{day}.pdf"'})
+
+
+@router.get("/plans/{day}/map.png")
+def get_day_map(day: date, session: SessionDep, _caller: Dispatcher, depot: str | None = None) -> Response:
+    """The day's routes on a map, coloured per van."""
+    with tempfile.TemporaryDirectory() as tmp:
+        data = day_map_png(session, day, Path(tmp) / "map.png", depot=depot).read_bytes()
+    return Response(data, media_type="image/png")

@@ -1,0 +1,283 @@
+"""The fleet telemetry simulator: deterministic bytes; a stream that decodes to exactly the expected
+samples and rejects; rules that raise exactly the expected alerts (the blip does not); and the whole
+path end to end — database → simulate_fleet → broker → `coldchain ingest` → stored samples, rejects
+and alerts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+from sqlalchemy import func, select
+
+from telemetry.decoding import decode_message, parse_topic
+from telemetry.rules import RuleEngine
+from telemetry.simulator import Message, PlannedStop, Scenario, Simulation, VanSpec, status_topic
+from tests import scenario_files
+from tests.conftest import coldchain_cmd
+
+START = datetime(2026, 11, 20, 0, 0, tzinfo=UTC)
+ALL = ("frozen", "chilled", "ambient")
+
+
+def fleet(n: int = 4) -> list[VanSpec]:
+    return [VanSpec(f"VAN-{i:02d}", f"TL-{i:04d}", (30.60 + 0.01 * i, 104.05), ALL if i % 2 else ("chilled", "ambient"))
+            for i in range(n)]
+
+
+def planned_fleet() -> list[VanSpec]:
+    stops = tuple(PlannedStop(30.61 + 0.004 * k, 104.05 + 0.003 * k, START + timedelta(minutes=50 + 24 * k),
+                              START + timedelta(minutes=50 + 24 * k + 7 + k % 3), ("chilled",) if k % 2 else ())
+                  for k in range(10))
+    return [VanSpec("VAN-P1", "TL-P1", (30.60, 104.05), ALL, stops, START + timedelta(minutes=30)),
+            VanSpec("VAN-P2", "TL-P2", (30.62, 104.06), ("chilled",), stops[::2])]
+
+
+def decode_all(vans: list[VanSpec], messages: list[Message], now: datetime):  # noqa: ANN201
+    devices = {v.code: {v.device} for v in vans}
+    for m in messages:
+        yield m, decode_message(m.topic, m.payload, devices_of=devices, now=now)
+
+
+def run_rules(vans: list[VanSpec], messages: list[Message], end: datetime) -> list:
+    """Samples through the rule engine per van in arrival order (clock = publish time); tick at the end."""
+    engine, states, events = RuleEngine(), {}, []
+    for m, decoded in decode_all(vans, messages, end + timedelta(hours=1)):
+        by_van = defaultdict(list)
+        for s in decoded.samples:
+            by_van[s.vehicle].append(s)
+        for code, samples in by_van.items():
+            states[code], evs = engine.apply(states.get(code), samples, m.at, m.at)
+            events += evs
+    for code in sorted(states):
+        states[code], evs = engine.tick(states[code], end + timedelta(minutes=45), False)
+        events += evs
+    return events
+
+
+def keys(alerts) -> list[tuple]:  # noqa: ANN001
+    return sorted(((v, c or "", k) for v, c, k in alerts))
+
+
+def test_same_seed_same_bytes() -> None:
+    args = (fleet(3), START, START + timedelta(hours=3))
+    a = Simulation(*args, seed=11, scenario=Scenario(garbage=True)).messages()
+    b = Simulation(*args, seed=11, scenario=Scenario(garbage=True)).messages()
+    c = Simulation(*args, seed=12, scenario=Scenario(garbage=True)).messages()
+    assert a == b
+    assert [m.payload for m in a] != [m.payload for m in c]
+    assert [m.at for m in a] == sorted(m.at for m in a)
+
+
+@pytest.mark.parametrize("vans", [fleet(4), planned_fleet()], ids=["wandering", "planned"])
+def test_stream_decodes_to_expected_samples_and_rejects(vans: list[VanSpec]) -> None:
+    end = START + timedelta(hours=6)
+    sim = Simulation(vans, START, end, seed=3, scenario=Scenario(garbage=True))
+    exp = sim.expected
+    messages = sim.messages()
+    assert exp.skipped == []
+    assert len(messages) == exp.messages
+    assert {i.kind for i in exp.incidents} == {"warming", "blip", "door_left_open", "hard_shock", "signal_loss"}
+
+    valid: dict[tuple[str, int], object] = {}
+    reasons, arrays, repeats, seen = [], 0, 0, set()
+    for m, decoded in decode_all(vans, messages, end + timedelta(minutes=1)):
+        reasons += [r.reason for r in decoded.rejects]
+        for s in decoded.samples:
+            assert m.topic.endswith(f"/{s.vehicle}/telemetry")
+            valid[(s.device, s.seq)] = s
+        if m.payload.startswith(b"["):
+            arrays += 1
+        repeats += m.payload in seen
+        seen.add(m.payload)
+        if decoded.samples and not m.payload.startswith(b"["):
+            assert json.loads(m.payload)["ts"].endswith("Z")
+    assert len(valid) == exp.samples
+    assert sorted(reasons) == exp.reject_reasons
+    assert {r.split(":")[0] for r in reasons} == {"not JSON", "not UTF-8", "missing field",
+                                                  "value out of physical range"}
+    assert arrays == exp.batches + 1 == 2  # the backlog, and its redelivery
+    assert repeats == exp.duplicates >= 3
+    for van in vans:  # seq +1 per sample; the one rejected 500 °C sample leaves the only hole
+        seqs = sorted(q for d, q in valid if d == van.device)
+        assert len(seqs) == exp.samples_by_vehicle[van.code]
+        holes = seqs[-1] - seqs[0] + 1 - len(seqs)
+        assert holes in (0, 1)
+    assert sum(seqs[-1] - seqs[0] + 1 - len(seqs) for seqs in [sorted(q for d, q in valid if d == v.device)
+                                                               for v in vans]) == 1
+    temps = defaultdict(list)
+    for s in valid.values():
+        for cls, v in s.temp_c.items():
+            temps[cls].append(v)
+    assert min(temps["chilled"]) > 1.0 and max(temps["chilled"]) < 11
+    assert min(temps["frozen"]) > -21 and max(temps["frozen"]) < -15
+
+
+@pytest.mark.parametrize(("vans", "seed", "hours"), [(fleet(4), 1, 8), (fleet(2), 5, 3), (planned_fleet(), 2, 6),
+                                                     (fleet(5), 9, 10)])
+def test_rules_raise_exactly_the_expected_alerts(vans: list[VanSpec], seed: int, hours: float) -> None:
+    end = START + timedelta(hours=hours)
+    sim = Simulation(vans, START, end, seed=seed, scenario=Scenario(garbage=True))
+    assert sim.expected.skipped == []
+    events = run_rules(vans, sim.messages(), end)
+    opened = [(e.vehicle, e.compartment, e.kind) for e in events if e.action == "open"]
+    assert keys(opened) == keys(sim.expected.alert_keys())
+    assert {k for _v, _c, k in opened} == {"temperature", "door", "shock"}
+    blip = next(i for i in sim.expected.incidents if i.kind == "blip")
+    assert not any(e.vehicle == blip.vehicle and e.kind == "temperature" for e in events)
+    final = {e.key: e for e in events}
+    assert all(e.status == "closed" and not e.details.get("superseded") for e in final.values())
+
+
+def test_quiet_day_raises_nothing() -> None:
+    vans = fleet(3)
+    end = START + timedelta(hours=4)
+    sim = Simulation(vans, START, end, seed=4, scenario=Scenario.quiet())
+    assert sim.expected.alerts == [] and sim.expected.rejects == 0 and sim.expected.duplicates == 0
+    assert len(sim.messages()) == sim.expected.samples
+    assert run_rules(vans, sim.messages(), end) == []
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def mqtt_url() -> Iterator[str]:
+    url = os.environ.get("COLDCHAIN_MQTT_URL")
+    if url:
+        yield url
+        return
+    from telemetry.broker import start_embedded_broker
+
+    with start_embedded_broker() as broker:
+        yield broker.url
+
+
+@pytest.fixture
+def fleet_db(databases, tmp_path: Path, mqtt_url: str, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN001, ANN201
+    """A throwaway database with the sample scenario (tagged van codes), tomorrow's orders allocated and
+    planned; this process's configuration points at it for the test."""
+    from core.db import reset_caches, session_scope
+    from core.timeutil import local_tomorrow
+    from fulfillment.service import allocate_day
+    from routing.service import plan_depot
+
+    tag = uuid.uuid4().hex[:6].upper()
+    day = local_tomorrow()
+    vans, devices = [f"VAN-{tag}-1", f"VAN-{tag}-2"], [f"TL-{tag}-1", f"TL-{tag}-2"]
+    vehicles = scenario_files.FILES["vehicles.csv"]
+    for old, new in (("VAN-01", vans[0]), ("VAN-02", vans[1]), ("TL-0001", devices[0]), ("TL-0002", devices[1])):
+        vehicles = vehicles.replace(old, new)
+    orders = scenario_files.FILES["orders.csv"].replace("2026-11-24", day.isoformat())
+    folder = scenario_files.write(tmp_path / "scen", {"vehicles.csv": vehicles, "orders.csv": orders,
+                                                      "drivers.csv": "username,name,vehicle\n"})
+    url = databases.new("sim")
+    env = {**os.environ, "COLDCHAIN_DATABASE_URL": url, "COLDCHAIN_DATA_DIR": str(tmp_path),
+           "COLDCHAIN_MQTT_URL": mqtt_url}
+    load = subprocess.run([*coldchain_cmd(), "scenario", "load", str(folder)], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert load.returncode == 0, load.stdout + load.stderr
+    monkeypatch.setenv("COLDCHAIN_DATABASE_URL", url)
+    monkeypatch.setenv("COLDCHAIN_DATA_DIR", str(tmp_path))
+    reset_caches()
+    try:
+        with session_scope() as session:
+            assert allocate_day(session, day, actor="test").allocated == 2  # a delivery and a pickup
+        assert plan_depot(day, "FS-01", 1.0, actor="test")["stops"] == 1
+        yield {"env": env, "day": day, "vans": vans, "devices": devices, "tag": tag}
+    finally:
+        monkeypatch.undo()
+        reset_caches()
+
+
+def _stop(proc: subprocess.Popen) -> str:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.communicate(timeout=30)[1]
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.communicate()[1]
+
+
+def test_end_to_end_through_broker_and_ingestor(fleet_db, mqtt_url: str) -> None:  # noqa: ANN001
+    from rich.console import Console
+
+    from core.db import get_engine
+    from scripts.simulate import simulate_fleet
+    from telemetry.models import Alert, TelemetryReject, TelemetrySample
+    from warehouses.models import Vehicle
+
+    engine = get_engine()
+    proc = subprocess.Popen([*coldchain_cmd(), "ingest", "--client-id", f"coldchain-ingest-sim-{fleet_db['tag']}",
+                             "--tick-every", "1"], env=fleet_db["env"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(3)  # connect and subscribe (a persistent session keeps what comes after)
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        console = Console(stderr=True, quiet=True)
+        result = simulate_fleet(mqtt_url, date=fleet_db["day"], speed=0, vehicles=None, seed=2, garbage=True,
+                                incidents=True, duration_min=None, console=console)
+        assert result["routes"] == 1 and result["clock_shift_days"] >= 1  # tomorrow's plan, stamped in the past
+        assert result["skipped"] == [] and result["published"] == result["messages"]
+        assert sorted(result["vehicles"]) == sorted(fleet_db["vans"])
+        expected = keys((a["vehicle"], a["compartment"], a["kind"]) for a in result["alerts"])
+        assert {k for _v, _c, k in expected} == {"temperature", "door", "shock"}
+
+        def snapshot() -> tuple[int, list[str], list[tuple]]:
+            with engine.connect() as conn:
+                n = conn.scalar(select(func.count()).select_from(TelemetrySample))
+                reasons = sorted(conn.scalars(select(TelemetryReject.reason)))
+                rows = conn.execute(select(Vehicle.code, Alert.compartment, Alert.kind, Alert.details, Alert.status)
+                                    .join(Vehicle, Vehicle.id == Alert.vehicle_id)).all()
+            return n, reasons, rows
+
+        deadline = time.monotonic() + 25
+        while True:
+            n, reasons, rows = snapshot()
+            real = keys((v, c, k) for v, c, k, d, _s in rows if not (d or {}).get("superseded"))
+            done = n >= result["samples"] and len(reasons) >= result["rejects"] and real == expected
+            if done and all(s == "closed" for *_x, s in rows) or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        assert n == result["samples"]
+        assert reasons == result["reject_reasons"]
+        assert real == expected
+        # replaying hours of history in seconds, the ingestor may carry a last reading (a door open
+        # at a stop) forward to its clock and later supersede that alert: never open, never unmarked
+        assert all(s == "closed" for *_x, s in rows)
+
+        # the vans' retained status: offline after the run
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        got: dict[str, bytes] = {}
+        u = urlparse(mqtt_url)
+        sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"sim-check-{fleet_db['tag']}",
+                          protocol=mqtt.MQTTv5)
+        sub.on_message = lambda _c, _u, msg: got.setdefault(msg.topic, bytes(msg.payload))
+        sub.connect(u.hostname, u.port or 1883)
+        sub.loop_start()
+        for van in fleet_db["vans"]:
+            sub.subscribe(status_topic(van), qos=1)
+        deadline = time.monotonic() + 5
+        while len(got) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for van in fleet_db["vans"]:  # leave nothing retained on a shared broker
+            sub.publish(status_topic(van), b"", qos=1, retain=True).wait_for_publish(5)
+        sub.loop_stop()
+        sub.disconnect()
+        assert got == {status_topic(v): b"offline" for v in fleet_db["vans"]}
+        assert all(parse_topic(t) is None for t in got)
+    finally:
+        log = _stop(proc)
+    assert "Traceback" not in log, log
