@@ -476,6 +476,18 @@ class _Ctx:
     now: float
     arrived: float
     events: list[AlertEvent]
+    horizon: float = 0.0  # how far readings are carried forward: see _horizon
+
+
+def _horizon(state: VehicleState, now_t: float, grace: float) -> float:
+    """The last reading holds for as long as the van has been silent *in arrival time* (plus `grace`
+    for ordinary network lag), not up to the clock: a van replaying hours-old data that just arrived
+    has been silent for no time at all, so its last door-open reading must not be stretched to now
+    (that raised an alert per stop on every fast replay). A van whose data came in live and then
+    stopped is carried forward as before."""
+    if state.last_ts is None or state.last_arrival is None:
+        return now_t
+    return min(now_t, state.last_ts + max(0.0, now_t - state.last_arrival) + grace)
 
 
 class RuleEngine:
@@ -544,6 +556,7 @@ class RuleEngine:
             if state.last_arrival is None or arrived > state.last_arrival:
                 state.last_arrival = arrived
             self._end_silence(state, ctx, arrived, "the van reported again")
+        ctx.horizon = _horizon(state, now_t, self.config.late_after_s)
         for key, points in isolated.items():
             self._evaluate_isolated(state, ctx, key, points)
         self._evaluate_all(state, ctx, touched)
@@ -560,7 +573,7 @@ class RuleEngine:
                 raise ValueError("a new state needs the vehicle code")
             state = VehicleState.new(vehicle, now)
         now_t = _ts(now)
-        ctx = _Ctx(state.vehicle, now_t, now_t, [])
+        ctx = _Ctx(state.vehicle, now_t, now_t, [], _horizon(state, now_t, self.config.late_after_s))
         if active and not state.active:
             state.active_since = now_t
         state.active = active
@@ -607,7 +620,7 @@ class RuleEngine:
             if rule is None:
                 continue
             machine = dict(series.checkpoint) if series.checkpoint else _fresh_machine()
-            episodes = _run_machine(machine, rule, series.runs, ctx.now, self.config)
+            episodes = _run_machine(machine, rule, series.runs, ctx.horizon, self.config)
             self._reconcile(state, ctx, rule, series, episodes)
             self._fold(state, rule, series)
 

@@ -157,7 +157,7 @@ def test_postgres_restart_mid_stream_loses_nothing(tmp_path: Path, broker_url: s
         for info in infos:
             info.wait_for_publish(20)
         total = messages * per_message
-        assert run.wait_for(total, timeout=30) == total
+        assert run.wait_for(total, timeout=90) == total
         time.sleep(1.5)  # anything stored twice or late would show now
         with run.engine.connect() as conn:
             per_device = dict(conn.execute(select(TelemetrySample.device, func.count())
