@@ -187,9 +187,6 @@ def simulate_fleet(mqtt_url: str, *, date: dt.date | dt.datetime, speed: float =
     if maybe:
         notes.append("at this speed a signal loss lasts over 10 wall-clock minutes: a silence alert is raised "
                      "if the van's route is active")
-    if speed == 0 or speed > 1:
-        notes.append("replayed faster than real time: the ingestor may also raise alerts on a last reading "
-                     "carried forward to its clock (closed later with details.superseded)")
     console.print(f"simulating {len(vans)} vans ({n_routes} planned routes) from "
                   f"{to_local(start):%Y-%m-%d %H:%M} to {to_local(end):%H:%M} local, every {interval_s:g} s, "
                   f"seed {seed}, speed {'max' if speed == 0 else f'{speed:g}x'}: {len(messages)} messages to "

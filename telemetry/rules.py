@@ -140,6 +140,7 @@ class RuleConfig:
     late_after_s: float = 2 * 60
     max_gap_s: float = 30 * 60
     merge_gap_s: float = 2 * 60
+    carry_grace_s: float = 10.0  # network lag of the last sample that still counts as "live"
     max_runs: int = 48
 
     def with_limits(
@@ -556,7 +557,7 @@ class RuleEngine:
             if state.last_arrival is None or arrived > state.last_arrival:
                 state.last_arrival = arrived
             self._end_silence(state, ctx, arrived, "the van reported again")
-        ctx.horizon = _horizon(state, now_t, self.config.late_after_s)
+        ctx.horizon = _horizon(state, now_t, self.config.carry_grace_s)
         for key, points in isolated.items():
             self._evaluate_isolated(state, ctx, key, points)
         self._evaluate_all(state, ctx, touched)
@@ -573,7 +574,7 @@ class RuleEngine:
                 raise ValueError("a new state needs the vehicle code")
             state = VehicleState.new(vehicle, now)
         now_t = _ts(now)
-        ctx = _Ctx(state.vehicle, now_t, now_t, [], _horizon(state, now_t, self.config.late_after_s))
+        ctx = _Ctx(state.vehicle, now_t, now_t, [], _horizon(state, now_t, self.config.carry_grace_s))
         if active and not state.active:
             state.active_since = now_t
         state.active = active
