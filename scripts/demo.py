@@ -93,10 +93,9 @@ def telemetry_stage(day, output: Path) -> list[str]:  # noqa: ANN001
     import json
     import threading
     from collections import Counter
+    from datetime import datetime
 
     from sqlalchemy import func, select
-
-    from datetime import datetime
 
     from core.db import session_scope
     from core.timeutil import to_local
