@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
-from pydantic import BaseModel
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import select
 
 from api.deps import Caller, SessionDep, require
@@ -39,28 +41,45 @@ def _order(session, ref: str) -> Order:  # noqa: ANN001
     return order
 
 
-@router.post("/orders", status_code=201)
-def place_order(body: OrderIn, session: SessionDep, caller: Dispatcher) -> dict:
+def _import_csv(session, data: bytes, filename: str | None, actor: str) -> dict:  # noqa: ANN001
+    if len(data) > MAX_CSV_BYTES:
+        raise Invalid("CSV larger than 20 MB; split it")
+    name = Path(filename or "orders.csv").name
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        path.write_bytes(data)
+        report = LoadReport()
+        refs = load_orders_csv(session, path, report, actor=actor, source="import", apply_cutoff=True)
+    return {"orders": len(refs), "lines": report.file(name).as_dict(), "notes": report.notes,
+            "rejected": [e.as_dict() for e in report.errors]}
+
+
+@router.post("/orders", status_code=201, openapi_extra={"requestBody": {"content": {
+    "application/json": {"schema": {"$ref": "#/components/schemas/OrderIn"}},
+    "multipart/form-data": {"schema": {"type": "object", "properties": {"file": {"type": "string",
+                                                                                  "format": "binary"}}}}}}})
+async def place_order(request: Request, session: SessionDep, caller: Dispatcher) -> JSONResponse:
+    """One order as JSON (201), or a CSV upload as multipart field `file` (200, each refused row named)."""
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        form = await request.form()
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise Invalid("multipart upload needs a file field named 'file'", pointer="/file")
+        data = await upload.read(MAX_CSV_BYTES + 1)
+        return JSONResponse(_import_csv(session, data, upload.filename, caller.username))
+    try:
+        body = OrderIn.model_validate_json(await request.body())
+    except ValidationError as exc:
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from exc
     order, moved = create_order(session, body, actor=caller.username)
-    return {**order_view(order), "moved": moved}
+    return JSONResponse({**order_view(order), "moved": moved}, status_code=201)
 
 
 @router.post("/orders/import")
 async def import_orders(session: SessionDep, caller: Dispatcher,
                         file: Annotated[UploadFile, File(description="orders CSV")]) -> dict:
     """A CSV of orders placed now; each refused row is named by file:line, field and reason."""
-    data = await file.read(MAX_CSV_BYTES + 1)
-    if len(data) > MAX_CSV_BYTES:
-        raise Invalid("CSV larger than 20 MB; split it")
-    name = Path(file.filename or "orders.csv").name
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / name
-        path.write_bytes(data)
-        report = LoadReport()
-        refs = load_orders_csv(session, path, report, actor=caller.username, source="import", apply_cutoff=True)
-    counts = report.file(name)
-    return {"orders": len(refs), "lines": counts.as_dict(), "notes": report.notes,
-            "rejected": [e.as_dict() for e in report.errors]}
+    return _import_csv(session, await file.read(MAX_CSV_BYTES + 1), file.filename, caller.username)
 
 
 @router.get("/orders")

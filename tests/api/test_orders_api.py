@@ -67,3 +67,16 @@ def test_csv_upload_keeps_good_rows_and_names_bad_ones(api, token, session, tmp_
     assert [(r["file"], r["line"], r["field"]) for r in body["rejected"]] == [("day.csv", 3, "qty")]
     listed = api.get("/api/v1/orders", params={"date": "2030-01-10"}, headers=token("dispatcher")).json()
     assert sorted(o["order_ref"] for o in listed["items"]) == ["U1", "U3"]
+
+
+def test_post_orders_takes_a_csv_upload_too(api, token, session, tmp_path: Path) -> None:  # noqa: ANN001
+    load_scenario(session, scenario_files.write(tmp_path))
+    csv = ("order_ref,delivery_date,mode,lat,lon,window_start,window_end,sku,qty,pickup_node\n"
+           "V1,2030-01-10,delivery,30.65,104.07,09:00,11:00,EGG-30,1,\n"
+           "V2,2030-01-10,delivery,95.00,104.07,09:00,11:00,EGG-30,1,\n")
+    resp = api.post("/api/v1/orders", files={"file": ("v.csv", csv.encode(), "text/csv")}, headers=token("dispatcher"))
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["orders"] == 1 and resp.json()["rejected"][0]["field"] == "lat"
+    body = assert_problem(api.post("/api/v1/orders", content=b"{nope", headers={
+        **token("dispatcher"), "content-type": "application/json"}), 422)
+    assert body["errors"]
