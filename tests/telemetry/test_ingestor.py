@@ -10,12 +10,10 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
-import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import func, select
 
@@ -23,18 +21,6 @@ from core.db import make_engine
 from telemetry.models import Alert, TelemetryReject, TelemetrySample
 from tests import scenario_files
 from tests.conftest import coldchain_cmd
-
-
-@pytest.fixture(scope="module")
-def mqtt_url() -> Iterator[str]:
-    url = os.environ.get("COLDCHAIN_MQTT_URL")
-    if url:
-        yield url
-        return
-    from telemetry.broker import start_embedded_broker
-
-    with start_embedded_broker() as broker:
-        yield broker.url
 
 
 class Run:

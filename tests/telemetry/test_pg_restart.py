@@ -19,7 +19,6 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -30,18 +29,6 @@ from sqlalchemy import create_engine, func, select, text
 from telemetry.models import TelemetryReading, TelemetryReject, TelemetrySample
 from tests.conftest import free_port
 from tests.telemetry.test_ingestor import Run, publisher, samples, stop
-
-
-@pytest.fixture(scope="module")
-def broker_url() -> Iterator[str]:
-    url = os.environ.get("COLDCHAIN_MQTT_URL")
-    if url:
-        yield url
-        return
-    from telemetry.broker import start_embedded_broker
-
-    with start_embedded_broker() as broker:
-        yield broker.url
 
 
 def _pg_bin() -> Path | None:
@@ -111,7 +98,7 @@ class Cluster:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def test_postgres_restart_mid_stream_loses_nothing(tmp_path: Path, broker_url: str) -> None:
+def test_postgres_restart_mid_stream_loses_nothing(tmp_path: Path, mqtt_url: str) -> None:
     bin_dir = _pg_bin()
     if bin_dir is None:
         pytest.skip("initdb not found (no PostgreSQL server binaries on this machine)")
@@ -121,10 +108,10 @@ def test_postgres_restart_mid_stream_loses_nothing(tmp_path: Path, broker_url: s
         cluster.init()
         cluster.start()
         url = cluster.create_database("coldchain")
-        run = Run(SimpleNamespace(new=lambda _label: url), tmp_path, broker_url)
+        run = Run(SimpleNamespace(new=lambda _label: url), tmp_path, mqtt_url)
         proc = run.start()
         run.wait_subscribed(proc)
-        pub = publisher(broker_url)
+        pub = publisher(mqtt_url)
         base = datetime.now(UTC) - timedelta(hours=6)
         per_message, messages = 10, 240
         infos = []

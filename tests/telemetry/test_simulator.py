@@ -12,7 +12,6 @@ import subprocess
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlparse
@@ -149,18 +148,6 @@ def test_quiet_day_raises_nothing() -> None:
 
 
 # --------------------------------------------------------------------------- end to end
-
-
-@pytest.fixture(scope="module")
-def mqtt_url() -> Iterator[str]:
-    url = os.environ.get("COLDCHAIN_MQTT_URL")
-    if url:
-        yield url
-        return
-    from telemetry.broker import start_embedded_broker
-
-    with start_embedded_broker() as broker:
-        yield broker.url
 
 
 @pytest.fixture
