@@ -161,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
                "COLDCHAIN_DATA_DIR": str(work)}
         shared = ["--shared-group", "ingest"] if args.ingestors > 1 else []
         ingest = [subprocess.Popen([sys.executable, "-m", "scripts.cli", "ingest", "--client-id", f"bench-{name}-{k}",
-                                    "--tick-every", "5", *shared], env=env, stdout=subprocess.DEVNULL,
+                                    "--tick-every", "5", "--session-expiry", "300", *shared], env=env,
+                                   stdout=subprocess.DEVNULL,
                                    stderr=open(work / f"ingest-{k}.log", "w"), cwd=ROOT)  # noqa: SIM115
                   for k in range(args.ingestors)]
         time.sleep(4)

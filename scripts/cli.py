@@ -339,6 +339,8 @@ def ingest(
     = None,
     batch_size: Annotated[int, typer.Option(help="messages per database transaction at most")] = 2000,
     tick_every: Annotated[float, typer.Option(help="seconds between rule evaluations against the clock")] = 30.0,
+    session_expiry: Annotated[int, typer.Option(help="seconds the broker keeps the session (and queues "
+                                                     "messages) while the ingestor is away")] = 7 * 24 * 3600,
 ) -> None:
     """Ingest van telemetry from MQTT into the database and raise alerts."""
     import contextlib
@@ -354,7 +356,7 @@ def ingest(
     with contextlib.ExitStack() as stack:
         url = mqtt_url_or_embedded(stack)
         ingestor = Ingestor(url, client_id=client_id, shared_group=shared_group, batch_size=batch_size,
-                            tick_every=tick_every)
+                            tick_every=tick_every, session_expiry=session_expiry)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_a: ingestor.stop_event.set())
         worker = threading.Thread(target=ingestor.run, name="ingest", daemon=True)

@@ -46,7 +46,8 @@ class Run:
         self.engine = make_engine(self.env["COLDCHAIN_DATABASE_URL"])
 
     def start(self) -> subprocess.Popen:
-        proc = subprocess.Popen([*coldchain_cmd(), "ingest", "--client-id", self.client_id, "--tick-every", "1"],
+        proc = subprocess.Popen([*coldchain_cmd(), "ingest", "--client-id", self.client_id, "--tick-every", "1",
+                                 "--session-expiry", "300"],
                                 env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         return proc
 

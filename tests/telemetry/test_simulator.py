@@ -206,8 +206,8 @@ def test_end_to_end_through_broker_and_ingestor(fleet_db, mqtt_url: str) -> None
 
     engine = get_engine()
     proc = subprocess.Popen([*coldchain_cmd(), "ingest", "--client-id", f"coldchain-ingest-sim-{fleet_db['tag']}",
-                             "--tick-every", "1"], env=fleet_db["env"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+                             "--tick-every", "1", "--session-expiry", "300"], env=fleet_db["env"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(3)  # connect and subscribe (a persistent session keeps what comes after)
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
