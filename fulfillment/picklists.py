@@ -17,8 +17,6 @@ from sqlalchemy.orm import Session
 from fulfillment.models import Order, OrderLine, Reservation
 from warehouses.models import TEMP_CLASSES, Node, Product, StockLot
 
-CLASS_ORDER = {c: i for i, c in enumerate(TEMP_CLASSES)}
-
 
 def pick_lists(session: Session, day: date, node_code: str | None = None) -> list[dict]:
     """[{node, name, date, classes: {frozen: [{order_ref, window, sku, name, lot, expires, qty, fragile}]}}]"""
