@@ -110,3 +110,24 @@ def test_tick_raises_silence_for_an_active_van(session, tmp_path: Path) -> None:
     assert tick_all(session, engine, now=NOW + timedelta(minutes=10)) == []
     raised = tick_all(session, engine, now=NOW + timedelta(minutes=11, seconds=1))
     assert [(a["vehicle"], a["kind"], a["status"]) for a in raised] == [("VAN-02", "silence", "open")]
+
+
+def test_stored_readings_are_exactly_the_decoded_ones(session, tmp_path: Path) -> None:
+    """The PostgreSQL fast path formats COPY lines itself: it must store what readings_of() says."""
+    from telemetry.decoding import decode_message, readings_of
+
+    load_scenario(session, scenario_files.write(tmp_path))
+    fleet = Fleet()
+    fleet.load(session)
+    payload = json.dumps({"device": "TL-0001", "seq": 77, "ts": "2026-11-23T07:59:00.250Z",
+                          "temp_c": {"chilled": 3.25, "frozen": -18.5}, "door": {"chilled": "open"},
+                          "shock_g": 1.5, "pos": [30.6571, 104.0662], "battery": 0.82}).encode()
+    msg = Message("coldchain/v1/vehicles/VAN-01/telemetry", payload, NOW)
+    store_batch(session, [msg], fleet, default_engine(), now=NOW)
+    expected = sorted((r.kind, r.compartment or "", r.value, r.value2, r.ts)
+                      for r in readings_of(decode_message(msg.topic, payload, devices_of=fleet.devices_of(session),
+                                                          now=NOW).samples[0]))
+    stored = sorted(session.execute(select(TelemetryReading.kind, TelemetryReading.compartment, TelemetryReading.value,
+                                           TelemetryReading.value2, TelemetryReading.ts)
+                                    .where(TelemetryReading.seq == 77)).all())
+    assert [tuple(r) for r in stored] == expected and len(expected) == 6
