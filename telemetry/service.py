@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Column, MetaData, Table, and_, or_, select, text
+from sqlalchemy import and_, or_, select, text
 from sqlalchemy.exc import IntegrityError, ProgrammingError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session, joinedload
@@ -123,21 +123,26 @@ def _insert(session: Session, model, rows: list[dict], conflict_nothing: bool = 
     return None
 
 
-_INCOMING = Table("incoming_samples", MetaData(), *(Column(c.name, c.type) for c in TelemetrySample.__table__.columns))
-
-
-def insert_new_samples(session: Session, rows: list[dict]) -> set[tuple[str, int]]:
+def insert_new_samples(session: Session, fleet: Fleet, samples: list[tuple[Sample, datetime]]) -> set[tuple[str, int]]:
     """Insert samples not seen before; return the (device, seq) keys that were new.
 
-    PostgreSQL: COPY into a temporary table, then one INSERT ... SELECT ... ON CONFLICT DO
-    NOTHING RETURNING (one round trip for the whole batch). SQLite: INSERT OR IGNORE ... RETURNING.
+    PostgreSQL: COPY (text lines formatted here) into a temporary table, then one INSERT ...
+    SELECT ... ON CONFLICT DO NOTHING RETURNING for the whole batch. SQLite: INSERT OR IGNORE ... RETURNING.
     """
     if session.get_bind().dialect.name != "postgresql":
+        rows = [{"device": s.device, "seq": s.seq, "vehicle_id": fleet.vehicle_id(s.vehicle), "ts": s.ts,
+                 "received_at": received} for s, received in samples]
         return set(_insert(session, TelemetrySample.__table__, rows, conflict_nothing=True,
                            returning=(TelemetrySample.device, TelemetrySample.seq)))
     session.execute(text("CREATE TEMP TABLE IF NOT EXISTS incoming_samples (LIKE telemetry_samples "
                          "INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"))
-    copy_rows(session, _INCOMING, rows)
+    vid = fleet.vehicle_id
+    lines = "".join(f"{_copy_text(s.device)}\t{s.seq}\t{vid(s.vehicle)}\t{s.ts.isoformat()}\t{r.isoformat()}\n"
+                    for s, r in samples)
+    raw = session.connection().connection.driver_connection
+    with raw.cursor() as cur, cur.copy("COPY incoming_samples (device, seq, vehicle_id, ts, received_at) "
+                                       "FROM STDIN") as cp:
+        cp.write(lines)
     result = session.execute(text(
         "INSERT INTO telemetry_samples SELECT DISTINCT ON (device, seq) * FROM incoming_samples "
         "ON CONFLICT DO NOTHING RETURNING device, seq"))
@@ -206,9 +211,7 @@ def store_batch(session: Session, messages: Sequence[Message], fleet: Fleet, eng
         out.duplicates = out.samples
         return out
 
-    rows = [{"device": s.device, "seq": s.seq, "vehicle_id": fleet.vehicle_id(s.vehicle), "ts": s.ts,
-             "received_at": received} for s, received in samples.values()]
-    new_keys = insert_new_samples(session, rows)
+    new_keys = insert_new_samples(session, fleet, list(samples.values()))
     out.stored = len(new_keys)
     out.duplicates = out.samples - out.stored
     fresh = [(s, received) for key, (s, received) in samples.items() if key in new_keys]
