@@ -150,14 +150,11 @@ def run_database(url: str, n_nodes: int, n_orders: int, seed: int = 1) -> dict:
     folder, loaded into a fresh database made for the run, and allocated by the service
     (locks, FEFO reservations, events); the database is dropped afterwards."""
     import tempfile
-    import uuid
     from pathlib import Path
 
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
+    from sqlalchemy.orm import Session
 
-    from core import migrate
-    from core.db import make_engine
+    from benchmarks.throwaway import throwaway_database
     from fulfillment.scenario import load_scenario
     from fulfillment.service import allocate_day
     from warehouses import samplegen
@@ -165,16 +162,7 @@ def run_database(url: str, n_nodes: int, n_orders: int, seed: int = 1) -> dict:
     scenario = samplegen.synthetic(n_nodes, n_orders, DAY, seed=seed)
     folder = Path(tempfile.mkdtemp(prefix="coldchain-bench-"))
     samplegen.write_scenario(scenario, folder)
-    name = f"coldchain_bench_{uuid.uuid4().hex[:8]}"
-    server = make_url(url).set(drivername="postgresql+psycopg")
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    engine = make_engine(server.set(database=name).render_as_string(hide_password=False))
-    try:
-        migrate.upgrade(engine)
-        from sqlalchemy.orm import Session
-
+    with throwaway_database(url, "bench_alloc") as (_url, engine):
         with Session(engine) as session:
             t = time.perf_counter()
             report = load_scenario(session, folder)
@@ -185,15 +173,9 @@ def run_database(url: str, n_nodes: int, n_orders: int, seed: int = 1) -> dict:
             outcome = allocate_day(session, DAY, actor="bench")
             session.commit()
             alloc_s = time.perf_counter() - t
-        n = outcome.allocated + outcome.unallocated
-        return {"nodes": n_nodes, "orders": n, "allocated": outcome.allocated, "unallocated": outcome.unallocated,
-                "load_s": load_s, "allocate_s": alloc_s, "orders_per_s": n / alloc_s,
-                "rejected_rows": len(report.errors)}
-    finally:
-        engine.dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    n = outcome.allocated + outcome.unallocated
+    return {"nodes": n_nodes, "orders": n, "allocated": outcome.allocated, "unallocated": outcome.unallocated,
+            "load_s": load_s, "allocate_s": alloc_s, "orders_per_s": n / alloc_s, "rejected_rows": len(report.errors)}
 
 
 def main(argv: list[str] | None = None) -> None:

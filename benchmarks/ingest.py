@@ -110,15 +110,8 @@ def publisher(url: str, vans: list[tuple[str, str]], samples: int, per_message: 
 
 def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
-    from rich.table import Table
-    from sqlalchemy import create_engine, func, select, text
-    from sqlalchemy.engine import make_url
 
-    from core import migrate
-    from core.db import make_engine
-    from fulfillment.scenario import load_scenario
-    from telemetry.models import TelemetrySample
-    from warehouses import samplegen
+    from benchmarks.throwaway import throwaway_database
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--samples", type=int, default=200_000)
@@ -139,96 +132,99 @@ def main(argv: list[str] | None = None) -> int:
             con.print("[red]no mosquitto binary; pass --mqtt URL")
             return 2
         broker, url = start_mosquitto(work)
-    name = f"coldchain_bench_{uuid.uuid4().hex[:8]}"
-    server = make_url(args.database).set(drivername="postgresql+psycopg")
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    db_url = server.set(database=name).render_as_string(hide_password=False)
-    engine = make_engine(db_url)
-    ingest = None
+    ingest: list[subprocess.Popen] = []
     try:
-        migrate.upgrade(engine)
-        scenario = samplegen.synthetic(60, 10, date(2026, 11, 24), seed=3)
-        samplegen.write_scenario(scenario, work / "scenario")
-        from sqlalchemy.orm import Session
-
-        with Session(engine) as session:
-            load_scenario(session, work / "scenario")
-            session.commit()
-        vans = [(v["code"], v["device"]) for v in scenario.vehicles if v["device"]][:60]
-        env = {**os.environ, "COLDCHAIN_DATABASE_URL": db_url, "COLDCHAIN_MQTT_URL": url,
-               "COLDCHAIN_DATA_DIR": str(work)}
-        shared = ["--shared-group", "ingest"] if args.ingestors > 1 else []
-        ingest = [subprocess.Popen([sys.executable, "-m", "scripts.cli", "ingest", "--client-id", f"bench-{name}-{k}",
-                                    "--tick-every", "5", "--session-expiry", "300", *shared], env=env,
-                                   stdout=subprocess.DEVNULL,
-                                   stderr=open(work / f"ingest-{k}.log", "w"), cwd=ROOT)  # noqa: SIM115
-                  for k in range(args.ingestors)]
-        time.sleep(4)
-        con.print(f"broker {url}; database {name}; {len(vans)} vans; publishing {args.samples:,} samples, "
-                  f"{args.per_message} per message")
-        # the load's samples end an hour ago, so the probes' excursions are not mixed with them
-        start = (datetime.now(UTC) - timedelta(hours=1, seconds=5 * (args.samples // len(vans) + 10))).isoformat()
-        done: mp.Queue = mp.get_context("spawn").Queue()
-        pub = mp.get_context("spawn").Process(target=publisher, args=(url, vans, args.samples, args.per_message,
-                                                                      start, done))
-        t0 = time.perf_counter()
-        pub.start()
-        stored, first_at = 0, None
-        deadline = time.monotonic() + 600
-        while stored < args.samples and time.monotonic() < deadline:
-            time.sleep(0.25)
-            with engine.connect() as conn:
-                stored = conn.scalar(select(func.count()).select_from(TelemetrySample))
-            if stored and first_at is None:
-                first_at = time.perf_counter()
-        elapsed = time.perf_counter() - t0
-        pub.join(60)
-        publish_s = done.get(timeout=10) if not done.empty() else float("nan")
-        time.sleep(1)
-        with engine.connect() as conn:
-            final = conn.scalar(select(func.count()).select_from(TelemetrySample))
-            per_key = conn.scalar(text("SELECT count(*) FROM (SELECT device, seq FROM telemetry_samples "
-                                       "GROUP BY device, seq HAVING count(*) > 1) d"))
-            readings = conn.scalar(text("SELECT count(*) FROM telemetry_readings"))
-        latencies = probe_alerts(url, vans, args.probes)
-        table = Table(title="ingestion, end to end", title_justify="left")
-        table.add_column("figure")
-        table.add_column("value", justify="right")
-        table.add_row("samples published", f"{args.samples:,} ({args.per_message} per message)")
-        table.add_row("ingestor processes", str(args.ingestors))
-        table.add_row("publisher finished after", f"{publish_s:.1f} s")
-        table.add_row("samples stored", f"{final:,}")
-        table.add_row("readings stored", f"{readings:,}")
-        table.add_row("lost", f"{args.samples - final:,}")
-        table.add_row("stored twice", f"{per_key:,}")
-        table.add_row("[bold]samples/s stored (first publish to last stored)", f"[bold]{final / elapsed:,.0f}")
-        if latencies:
-            q = statistics.quantiles(latencies, n=100, method="inclusive")
-            table.add_row("alert latency p50 / p99 / max (ms)",
-                          f"{q[49] * 1000:.0f} / {q[98] * 1000:.0f} / {max(latencies) * 1000:.0f}")
-        table.add_row("alerts received", f"{len(latencies)} of {min(args.probes, len(vans))} probes")
-        con.print(table)
-        return 0 if final == args.samples and per_key == 0 else 1
-    finally:
-        for proc in ingest or []:
-            proc.send_signal(signal.SIGTERM)
-        for proc in ingest or []:
+        with throwaway_database(args.database, "bench_ingest") as (db_url, engine):
             try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        engine.dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+                return _run(args, con, url, work, db_url, engine, ingest)
+            finally:
+                for proc in ingest:
+                    proc.send_signal(signal.SIGTERM)
+                for proc in ingest:
+                    try:
+                        proc.wait(30)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+    finally:
         if broker is not None:
             broker.terminate()
         if os.environ.get("BENCH_KEEP"):
             con.print(f"kept {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _run(args, con, url: str, work: Path, db_url: str, engine, ingest: list) -> int:  # noqa: ANN001
+    from rich.table import Table
+    from sqlalchemy import func, select, text
+    from sqlalchemy.orm import Session
+
+    from fulfillment.scenario import load_scenario
+    from telemetry.models import TelemetrySample
+    from warehouses import samplegen
+
+    name = db_url.rsplit("/", 1)[-1]
+    scenario = samplegen.synthetic(60, 10, date(2026, 11, 24), seed=3)
+    samplegen.write_scenario(scenario, work / "scenario")
+
+    with Session(engine) as session:
+        load_scenario(session, work / "scenario")
+        session.commit()
+    vans = [(v["code"], v["device"]) for v in scenario.vehicles if v["device"]][:60]
+    env = {**os.environ, "COLDCHAIN_DATABASE_URL": db_url, "COLDCHAIN_MQTT_URL": url,
+           "COLDCHAIN_DATA_DIR": str(work)}
+    shared = ["--shared-group", "ingest"] if args.ingestors > 1 else []
+    ingest.extend(subprocess.Popen([sys.executable, "-m", "scripts.cli", "ingest", "--client-id", f"bench-{name}-{k}",
+                                "--tick-every", "5", "--session-expiry", "300", *shared], env=env,
+                               stdout=subprocess.DEVNULL,
+                               stderr=open(work / f"ingest-{k}.log", "w"), cwd=ROOT)  # noqa: SIM115
+              for k in range(args.ingestors))
+    time.sleep(4)
+    con.print(f"broker {url}; database {name}; {len(vans)} vans; publishing {args.samples:,} samples, "
+              f"{args.per_message} per message")
+    # the load's samples end an hour ago, so the probes' excursions are not mixed with them
+    start = (datetime.now(UTC) - timedelta(hours=1, seconds=5 * (args.samples // len(vans) + 10))).isoformat()
+    done: mp.Queue = mp.get_context("spawn").Queue()
+    pub = mp.get_context("spawn").Process(target=publisher, args=(url, vans, args.samples, args.per_message,
+                                                                  start, done))
+    t0 = time.perf_counter()
+    pub.start()
+    stored, first_at = 0, None
+    deadline = time.monotonic() + 600
+    while stored < args.samples and time.monotonic() < deadline:
+        time.sleep(0.25)
+        with engine.connect() as conn:
+            stored = conn.scalar(select(func.count()).select_from(TelemetrySample))
+        if stored and first_at is None:
+            first_at = time.perf_counter()
+    elapsed = time.perf_counter() - t0
+    pub.join(60)
+    publish_s = done.get(timeout=10) if not done.empty() else float("nan")
+    time.sleep(1)
+    with engine.connect() as conn:
+        final = conn.scalar(select(func.count()).select_from(TelemetrySample))
+        per_key = conn.scalar(text("SELECT count(*) FROM (SELECT device, seq FROM telemetry_samples "
+                                   "GROUP BY device, seq HAVING count(*) > 1) d"))
+        readings = conn.scalar(text("SELECT count(*) FROM telemetry_readings"))
+    latencies = probe_alerts(url, vans, args.probes)
+    table = Table(title="ingestion, end to end", title_justify="left")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    table.add_row("samples published", f"{args.samples:,} ({args.per_message} per message)")
+    table.add_row("ingestor processes", str(args.ingestors))
+    table.add_row("publisher finished after", f"{publish_s:.1f} s")
+    table.add_row("samples stored", f"{final:,}")
+    table.add_row("readings stored", f"{readings:,}")
+    table.add_row("lost", f"{args.samples - final:,}")
+    table.add_row("stored twice", f"{per_key:,}")
+    table.add_row("[bold]samples/s stored (first publish to last stored)", f"[bold]{final / elapsed:,.0f}")
+    if latencies:
+        q = statistics.quantiles(latencies, n=100, method="inclusive")
+        table.add_row("alert latency p50 / p99 / max (ms)",
+                      f"{q[49] * 1000:.0f} / {q[98] * 1000:.0f} / {max(latencies) * 1000:.0f}")
+    table.add_row("alerts received", f"{len(latencies)} of {min(args.probes, len(vans))} probes")
+    con.print(table)
+    return 0 if final == args.samples and per_key == 0 else 1
 
 
 def probe_alerts(url: str, vans: list[tuple[str, str]], probes: int) -> list[float]:
