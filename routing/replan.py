@@ -223,7 +223,7 @@ def _open_orders(session: Session, day: date, depot: Node) -> dict[str, _Order]:
         .join(OrderLine, OrderLine.order_id == Order.id)
         .join(Reservation, Reservation.line_id == OrderLine.id)
         .join(Product, OrderLine.product_id == Product.id)
-        .where(Order.delivery_date == day, Order.mode == "delivery", Reservation.node_id == depot.id,
+        .where(Order.delivery_date == day, Order.mode == "delivery", Order.node_id == depot.id,
                Order.status.in_(OPEN))
         .order_by(Order.ref, OrderLine.line_no)).all()
     out: dict[str, _Order] = {}

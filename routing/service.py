@@ -64,12 +64,18 @@ class DepotStops:
 
 
 def depot_stops(session: Session, day: date, depot: Node) -> DepotStops:
+    """The delivery orders whose (primary) node is this depot, with everything they carry.
+
+    An order split across nodes is delivered in one visit from its primary node (the nearest one,
+    Order.node_id): the other nodes' parts are transferred to it before the vans leave, so the
+    customer gets one delivery and the van carries the whole order.
+    """
     rows = session.execute(
         select(Order, Reservation.qty, Product.temp_class, Product.unit_l, Product.unit_kg, Product.max_on_board_min)
         .join(OrderLine, OrderLine.order_id == Order.id)
         .join(Reservation, Reservation.line_id == OrderLine.id)
         .join(Product, OrderLine.product_id == Product.id)
-        .where(Order.delivery_date == day, Order.mode == "delivery", Reservation.node_id == depot.id,
+        .where(Order.delivery_date == day, Order.mode == "delivery", Order.node_id == depot.id,
                Order.status.in_(("allocated", "planned", "reattempt")))
         .order_by(Order.ref)
     ).all()
@@ -159,11 +165,10 @@ def depots_of_day(session: Session, day: date) -> list[str]:
     """Nodes that have vans and delivery orders allocated to them that day."""
     return list(session.scalars(
         select(Node.code).distinct()
-        .join(Reservation, Reservation.node_id == Node.id)
-        .join(OrderLine, Reservation.line_id == OrderLine.id)
-        .join(Order, OrderLine.order_id == Order.id)
+        .join(Order, Order.node_id == Node.id)
         .join(Vehicle, Vehicle.depot_id == Node.id)
-        .where(Order.delivery_date == day, Order.mode == "delivery")
+        .where(Order.delivery_date == day, Order.mode == "delivery",
+               Order.status.in_(("allocated", "planned", "reattempt")))
         .order_by(Node.code)))
 
 

@@ -92,3 +92,23 @@ def test_cli_plans_depots_on_real_workers_and_exports_json(databases, tmp_path: 
     if CHECKER.exists():
         result = check(folder, plan, tmp_path)
         assert result.returncode == 0, result.stdout
+
+
+def test_an_order_split_across_nodes_is_delivered_in_one_visit(session, tmp_path: Path) -> None:
+    """Its primary (nearest) node delivers it whole; the other part is moved there before the vans leave."""
+    split = "SP1,2026-11-24,delivery,30.640,104.055,10:00,14:00,EGG-30,70,,,,,1\n"
+    orders = scenario_files.FILES["orders.csv"].replace("address\n", "address,allow_split\n") + split
+    folder = scenario_files.write(tmp_path / "scen", {"orders.csv": orders},
+                                  append={"stock.csv": "HUB-01,EGG-30,L-E7,40,2026-12-10\n"})
+    load_scenario(session, folder)
+    allocate_day(session, DAY)
+    nodes = {a["node"] for a in day_allocations(session, DAY)["allocations"] if a["order_ref"] == "SP1"}
+    assert nodes == {"FS-01", "HUB-01"}
+    for depot in ("FS-01", "HUB-01"):
+        plan_depot(DAY, depot, time_limit=1, sessions=same(session))
+    routes = day_routes(session, DAY)
+    visits = [(r["vehicle"], s["order_ref"]) for r in routes["routes"] for s in r["stops"] if s["order_ref"] == "SP1"]
+    assert len(visits) == 1
+    if CHECKER.exists():
+        result = check(folder, {"date": DAY.isoformat(), **day_allocations(session, DAY), **routes}, tmp_path)
+        assert result.returncode == 0, result.stdout
