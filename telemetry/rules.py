@@ -71,7 +71,7 @@ after the moment its condition was met (its ``started_at`` plus the rule's
 duration): either the samples arrived late (a backlog) or the clock had
 already passed that moment when they came.
 
-*Bounded state.* At most ``max_runs`` runs per series are kept; older runs are
+*Bounded state.* Runs more than ``keep_s`` (6 h) behind the newest reading, and any beyond ``max_runs``, are
 folded into a checkpoint of the state machine, so evaluation from the
 checkpoint gives the same result as from the beginning. A sample older than
 the first kept run (a backlog arriving after more than ``max_runs`` newer
@@ -141,7 +141,8 @@ class RuleConfig:
     max_gap_s: float = 30 * 60
     merge_gap_s: float = 2 * 60
     carry_grace_s: float = 10.0  # network lag of the last sample that still counts as "live"
-    max_runs: int = 48
+    max_runs: int = 1000
+    keep_s: float = 6 * 3600  # runs this far behind the newest reading are folded into the checkpoint
 
     def with_limits(
         self, compartment: str, *, max_c: float | None = None, min_c: float | None = None
@@ -626,12 +627,24 @@ class RuleEngine:
             self._fold(state, rule, series)
 
     def _fold(self, state: VehicleState, rule: _Rule, series: _Series) -> None:
-        """Keep at most max_runs runs: fold the oldest into the checkpoint."""
-        excess = len(series.runs) - self.config.max_runs
+        """Bound the state by event time, not by count alone: runs that ended more than keep_s before the
+        newest reading are folded into the checkpoint (and at most max_runs are kept whatever their age).
+
+        Folding by count alone broke several ingestors sharing a van's stream: each sees every third
+        sample, so its runs (no merge across the gaps) overflowed the count before the others' samples
+        filled the gaps, and those then counted as an old backlog and raised separate alerts.
+        """
+        runs = series.runs
+        newest = runs[-1][1] if runs else 0.0
+        old = 0
+        while old < len(runs) and runs[old][1] < newest - self.config.keep_s:
+            old += 1
+        excess = len(runs) - self.config.max_runs
+        if excess > 0:
+            excess += self.config.max_runs // 4  # fold in chunks, not at every call
+        excess = min(max(excess, old), len(runs) - 1)
         if excess <= 0:
             return
-        excess += self.config.max_runs // 4  # fold in chunks, not at every call
-        excess = min(excess, len(series.runs) - 1)
         machine = dict(series.checkpoint) if series.checkpoint else _fresh_machine()
         boundary = series.runs[excess][0]
         _run_machine(machine, rule, series.runs[:excess], boundary, self.config)
