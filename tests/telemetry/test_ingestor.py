@@ -174,44 +174,40 @@ def test_sigkill_mid_stream_loses_nothing_and_stores_nothing_twice(databases, tm
             stop(proc)
 
 
-def test_three_ingestors_sharing_one_stream_store_once_and_alert_once(databases, tmp_path: Path) -> None:  # noqa: ANN001
+def test_three_ingestors_sharing_one_stream_store_once_and_alert_once(databases, tmp_path: Path,  # noqa: ANN001
+                                                                      mqtt_url: str) -> None:
     """Three ingestors on one $share subscription split a van's samples between them; every sample is
-    stored once and the excursion they share is raised once, because the rule state is in the database.
-    Runs on the embedded broker: Mosquitto 2.0.11 with its default 20 messages in flight stalls shared
-    subscribers (use deploy/mosquitto.conf)."""
-    from telemetry.broker import start_embedded_broker
-
-    with start_embedded_broker() as broker:
-        run = Run(databases, tmp_path, broker.url)
-        procs = [subprocess.Popen([*coldchain_cmd(), "ingest", "--client-id", f"{run.client_id}-{k}",
-                                   "--shared-group", f"g{run.tag}", "--tick-every", "1", "--session-expiry", "300"],
-                                  env=run.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-                 for k in range(3)]
-        try:
-            for proc in procs:
-                run.wait_subscribed(proc)
-            pub = publisher(broker.url)
-            base = datetime.now(UTC) - timedelta(hours=6)  # 300 minutes of history, all in the past
-            infos = []
-            for m in range(300):  # one sample per message: consecutive samples go to different ingestors
-                sample = {"device": run.devices[0], "seq": m, "ts": (base + timedelta(minutes=m)).isoformat(),
-                          "temp_c": {"chilled": 12.0 if 100 <= m < 130 else 4.0}}
-                infos.append(pub.publish(f"coldchain/v1/vehicles/{run.vans[0]}/telemetry", json.dumps(sample),
-                                         qos=1))
-            for info in infos:
-                info.wait_for_publish(20)
-            assert run.wait_for(300, timeout=60) == 300
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline and run.count(Alert) == 0:
-                time.sleep(0.2)
-            time.sleep(3)
-            with run.engine.connect() as conn:
-                alerts = conn.execute(select(Alert.kind, Alert.compartment, Alert.started_at)).all()
-            assert [(k, c) for k, c, _s in alerts] == [("temperature", "chilled")]
-            assert abs((alerts[0][2] - (base + timedelta(minutes=100))).total_seconds()) < 1
-            pub.loop_stop()
-            pub.disconnect()
-        finally:
-            logs = [stop(proc) for proc in procs]
+    stored once and the excursion they share is raised once, because the rule state is in the database."""
+    run = Run(databases, tmp_path, mqtt_url)
+    procs = [subprocess.Popen([*coldchain_cmd(), "ingest", "--client-id", f"{run.client_id}-{k}",
+                               "--shared-group", f"g{run.tag}", "--tick-every", "1", "--session-expiry", "300"],
+                              env=run.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for k in range(3)]
+    try:
+        for proc in procs:
+            run.wait_subscribed(proc)
+        pub = publisher(mqtt_url)
+        base = datetime.now(UTC) - timedelta(hours=6)  # 300 minutes of history, all in the past
+        infos = []
+        for m in range(300):  # one sample per message: consecutive samples go to different ingestors
+            sample = {"device": run.devices[0], "seq": m, "ts": (base + timedelta(minutes=m)).isoformat(),
+                      "temp_c": {"chilled": 12.0 if 100 <= m < 130 else 4.0}}
+            infos.append(pub.publish(f"coldchain/v1/vehicles/{run.vans[0]}/telemetry", json.dumps(sample),
+                                     qos=1))
+        for info in infos:
+            info.wait_for_publish(20)
+        assert run.wait_for(300, timeout=60) == 300
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and run.count(Alert) == 0:
+            time.sleep(0.2)
+        time.sleep(3)
+        with run.engine.connect() as conn:
+            alerts = conn.execute(select(Alert.kind, Alert.compartment, Alert.started_at)).all()
+        assert [(k, c) for k, c, _s in alerts] == [("temperature", "chilled")]
+        assert abs((alerts[0][2] - (base + timedelta(minutes=100))).total_seconds()) < 1
+        pub.loop_stop()
+        pub.disconnect()
+    finally:
+        logs = [stop(proc) for proc in procs]
     assert not any("Traceback" in log for log in logs), logs
     assert run.count() == 300
