@@ -37,14 +37,3 @@ def local_today() -> date:
 
 def local_tomorrow() -> date:
     return local_today() + timedelta(days=1)
-
-
-def seconds_since_midnight(moment: datetime) -> int:
-    local = to_local(moment)
-    return local.hour * 3600 + local.minute * 60 + local.second
-
-
-def hhmm(seconds: float) -> str:
-    """Seconds since local midnight as HH:MM (rounded down to the minute)."""
-    total = int(seconds) // 60
-    return f"{total // 60:02d}:{total % 60:02d}"

@@ -55,7 +55,7 @@ from fulfillment import service as fulfillment
 from fulfillment.models import Order, OrderLine, Reservation
 from routing import solver
 from routing.models import Plan, Route, RouteStop, UnservedOrder
-from routing.service import SERVICE_S, _at, local_hhmm, new_stop_id, travel
+from routing.service import SERVICE_S, local_at, local_hhmm, new_stop_id, travel
 from warehouses.models import TEMP_CLASSES, Node, Product, StockLot, Vehicle
 
 RELOAD_S = 15 * 60  # a started van back at the depot: unload returns, load the second trip
@@ -573,10 +573,10 @@ def _store(session: Session, day: date, depot_code: str, snap: _Snapshot, solved
             if v.started:
                 end = rb[-1].end if rb else ra.end if ra else solved.back[v.code]
                 status = "started" if (ra or rb or v.route_status == "started") else "done"
-                route = Route(vehicle_id=v.id, start_at=old.start_at, end_at=_at(day, end), distance_m=distance,
+                route = Route(vehicle_id=v.id, start_at=old.start_at, end_at=local_at(day, end), distance_m=distance,
                               cost=cost, status=status, started_at=old.started_at, load=load)
             else:
-                route = Route(vehicle_id=v.id, start_at=_at(day, rb[0].start), end_at=_at(day, rb[-1].end),
+                route = Route(vehicle_id=v.id, start_at=local_at(day, rb[0].start), end_at=local_at(day, rb[-1].end),
                               distance_m=distance, cost=cost, status="planned", load=load)
         new.routes.append(route)
         for r in done:
@@ -598,9 +598,9 @@ def _store(session: Session, day: date, depot_code: str, snap: _Snapshot, solved
                 else:
                     row = RouteStop(stop_id=new_stop_id(), seq=seq, order_id=orders[ref].id, status="planned")
                     route.stops.append(row)
-                row.arrive_at = _at(day, visit.arrival)
-                row.service_at = _at(day, visit.service_start)
-                row.depart_at = _at(day, visit.departure)
+                row.arrive_at = local_at(day, visit.arrival)
+                row.service_at = local_at(day, visit.service_start)
+                row.depart_at = local_at(day, visit.departure)
                 row.leg_m = visit.distance
                 new_van[ref], new_eta[ref], new_stop[ref] = v.code, row.arrive_at, row.stop_id
                 trips[v.code][-1]["stop_ids"].append(row.stop_id)

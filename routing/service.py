@@ -43,7 +43,7 @@ def _secs(t: time) -> float:
     return t.hour * 3600 + t.minute * 60 + t.second
 
 
-def _at(day: date, seconds: float) -> datetime:
+def local_at(day: date, seconds: float) -> datetime:
     """Seconds since local midnight of `day` as an aware UTC datetime."""
     midnight = datetime.combine(day, time(0), tzinfo=get_settings().tz)
     return (midnight + timedelta(seconds=float(seconds))).astimezone(UTC)
@@ -141,13 +141,13 @@ def store_solution(session: Session, day: date, depot: Node, solution: solver.So
                 cost=solution.cost, strategy=solution.strategy, reason=reason)
     session.add(plan)
     for r in solution.routes:
-        route = Route(vehicle_id=vans[r.vehicle_id].id, start_at=_at(day, r.start), end_at=_at(day, r.end),
+        route = Route(vehicle_id=vans[r.vehicle_id].id, start_at=local_at(day, r.start), end_at=local_at(day, r.end),
                       distance_m=r.distance, cost=r.cost, status="planned", load=r.load)
         for i, v in enumerate(r.visits):
             order = orders[v.stop_id]
             route.stops.append(RouteStop(stop_id=new_stop_id(), seq=i + 1, order_id=order.id,
-                                         arrive_at=_at(day, v.arrival), service_at=_at(day, v.service_start),
-                                         depart_at=_at(day, v.departure), leg_m=v.distance))
+                                         arrive_at=local_at(day, v.arrival), service_at=local_at(day, v.service_start),
+                                         depart_at=local_at(day, v.departure), leg_m=v.distance))
             if order.status != "planned":
                 record_event(session, order, "planned", actor, to_status="planned",
                              data={"vehicle": r.vehicle_id, "depot": depot.code})

@@ -17,7 +17,6 @@ Every model answers ``matrix(points, speed_kmh) -> (seconds, metres)``, two squa
 from __future__ import annotations
 
 import hashlib
-import math
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
@@ -245,7 +244,3 @@ def travel_model(osrm_url: str | None = None, **kwargs) -> TravelModel:
     if osrm_url:
         return OsrmTravel(osrm_url, **kwargs)
     return GeodesicTravel()
-
-
-def seconds_to_minutes(x: float) -> float:
-    return x / 60.0 if math.isfinite(x) else math.inf

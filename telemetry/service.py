@@ -79,9 +79,6 @@ class Fleet:
     def vehicle_id(self, code: str) -> int:
         return self._by_code[code][0]
 
-    def code_of(self, vehicle_id: int) -> str | None:
-        return next((c for c, (vid, _d) in self._by_code.items() if vid == vehicle_id), None)
-
 
 def ensure_partitions(session: Session, days: Iterable[datetime]) -> None:
     """Create the day partitions of telemetry_readings that a batch needs (PostgreSQL only).
