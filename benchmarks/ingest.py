@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--database", default=os.environ.get("COLDCHAIN_BENCH_DATABASE_URL",
                                                           "postgresql://postgres@127.0.0.1:5432/test"))
     ap.add_argument("--mqtt", default=None)
-    ap.add_argument("--ingestors", type=int, default=1, help="ingestor processes sharing the stream ($share)")
+    ap.add_argument("--ingestors", type=int, default=1, help="ingestor commands sharing the stream ($share)")
+    ap.add_argument("--processes", type=int, default=1, help="`coldchain ingest --processes N` for each command")
     args = ap.parse_args(argv)
     con = Console(stderr=True)
 
@@ -174,6 +175,7 @@ def _run(args, con, url: str, work: Path, db_url: str, engine, ingest: list) -> 
     env = {**os.environ, "COLDCHAIN_DATABASE_URL": db_url, "COLDCHAIN_MQTT_URL": url,
            "COLDCHAIN_DATA_DIR": str(work)}
     shared = ["--shared-group", "ingest"] if args.ingestors > 1 else []
+    shared += ["--processes", str(args.processes)]
     ingest.extend(subprocess.Popen([sys.executable, "-m", "scripts.cli", "ingest", "--client-id", f"bench-{name}-{k}",
                                 "--tick-every", "5", "--session-expiry", "300", *shared], env=env,
                                stdout=subprocess.DEVNULL,
@@ -211,7 +213,7 @@ def _run(args, con, url: str, work: Path, db_url: str, engine, ingest: list) -> 
     table.add_column("figure")
     table.add_column("value", justify="right")
     table.add_row("samples published", f"{args.samples:,} ({args.per_message} per message)")
-    table.add_row("ingestor processes", str(args.ingestors))
+    table.add_row("ingestor processes", f"{args.ingestors} × {args.processes}")
     table.add_row("publisher finished after", f"{publish_s:.1f} s")
     table.add_row("samples stored", f"{final:,}")
     table.add_row("readings stored", f"{readings:,}")

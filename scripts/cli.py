@@ -341,29 +341,28 @@ def ingest(
     tick_every: Annotated[float, typer.Option(help="seconds between rule evaluations against the clock")] = 30.0,
     session_expiry: Annotated[int, typer.Option(help="seconds the broker keeps the session (and queues "
                                                      "messages) while the ingestor is away")] = 7 * 24 * 3600,
+    processes: Annotated[int, typer.Option(min=1, help="ingestor processes sharing the stream through "
+                                                       "$share (one is bound to one core)")] = 1,
 ) -> None:
     """Ingest van telemetry from MQTT into the database and raise alerts."""
     import contextlib
     import logging
-    import signal
-    import threading
 
-    from telemetry.ingest import Ingestor
+    from telemetry.ingest import run_ingestor, run_pool
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     ensure_schema()
+    options = {"client_id": client_id, "shared_group": shared_group, "batch_size": batch_size,
+               "tick_every": tick_every, "session_expiry": session_expiry}
     with contextlib.ExitStack() as stack:
         url = mqtt_url_or_embedded(stack)
-        ingestor = Ingestor(url, client_id=client_id, shared_group=shared_group, batch_size=batch_size,
-                            tick_every=tick_every, session_expiry=session_expiry)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_a: ingestor.stop_event.set())
-        worker = threading.Thread(target=ingestor.run, name="ingest", daemon=True)
-        worker.start()
-        while worker.is_alive():
-            worker.join(0.5)
-        err.print(f"ingestor stopped: {ingestor.stats.as_dict()}")
+        if processes > 1:
+            run_pool(url, processes, **options)
+            err.print("ingestors stopped")
+        else:
+            stats = run_ingestor(url, **options)
+            err.print(f"ingestor stopped: {stats.as_dict()}")
 
 
 replan_app = typer.Typer(help="Re-plan a depot's day while the vans are out.", no_args_is_help=True)

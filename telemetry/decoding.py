@@ -6,13 +6,15 @@ It never raises on bad input: every failure becomes a :class:`Reject` with a
 short, stable, human reason, because the contract says an unusable message is
 kept with its reason and never stops the ingestor.
 
-Why hand checks on ``json.loads`` rather than a pydantic model: the ingestor
-must keep up with 15 000 samples/s on two cores, and the reject reasons must
-be the contract's short sentences, not pydantic's error lists. ``json.loads``
-and ``datetime.fromisoformat`` are C code; the checks are a handful of
-``type()`` tests. Measured on this machine: ~21 µs for a one-sample message
-with every field, ~12.5 µs per sample in a batch of 50 (about 50 000
-messages/s on one core; the test suite keeps a loose ceiling on it).
+Two paths. The fast path validates the whole payload with one strict pydantic
+schema (pydantic-core parses and checks the JSON in Rust: about 3 µs per
+sample against 12 µs for ``json.loads`` plus Python checks), which is what
+almost every message takes. When it fails, the message goes through the slow
+path: ``json.loads`` and hand checks, element by element, which find the
+contract's short reason for each bad part (pydantic's error lists are not
+reasons a quality clerk can read). The fast schema accepts a strict subset of
+what the slow path accepts, and both build the same :class:`Sample`; a test
+checks that they agree on every contract case.
 
 Order of checks, so that each message gets the most useful single reason:
 
@@ -35,7 +37,10 @@ import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any, Literal, NotRequired
+
+from pydantic import Field, TypeAdapter, ValidationError
+from typing_extensions import TypedDict  # pydantic needs this one on Python 3.11
 
 TOPIC_PREFIX = "coldchain/v1/vehicles/"
 TOPIC_SUFFIX = "/telemetry"
@@ -62,9 +67,12 @@ MAX_DEVICE_LEN = 64
 DevicesOf = Mapping[str, Iterable[str]] | Callable[[str], Iterable[str] | None]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Sample:
-    """One usable sample. ``ts`` is an aware datetime in UTC."""
+    """One usable sample. ``ts`` is an aware datetime in UTC.
+
+    Not frozen: a frozen dataclass costs 1.5 µs more to build, at 15 000 samples/s.
+    """
 
     vehicle: str
     device: str
@@ -141,6 +149,73 @@ class Reading:
         if self.kind == "position":
             return [self.value, self.value2]  # type: ignore[list-item]
         return self.value
+
+
+_Cls = Literal["frozen", "chilled", "ambient"]
+
+
+def _bounded(bounds: tuple[float, float]) -> Any:
+    return Annotated[float, Field(ge=bounds[0], le=bounds[1], allow_inf_nan=False)]
+
+
+_Temp = _bounded(TEMP_RANGE_C)
+_Shock = _bounded(SHOCK_RANGE_G)
+_Lat = _bounded(LAT_RANGE)
+_Lon = _bounded(LON_RANGE)
+_Battery = _bounded(BATTERY_RANGE)
+
+
+class _FastSample(TypedDict):
+    """The fast path's schema: only what the slow path would accept unchanged."""
+
+    device: Annotated[str, Field(min_length=1, max_length=MAX_DEVICE_LEN)]
+    seq: Annotated[int, Field(ge=0, le=MAX_SEQ)]
+    ts: Annotated[str, Field(min_length=16, max_length=40)]
+    temp_c: NotRequired[dict[_Cls, _Temp | None] | None]
+    door: NotRequired[dict[_Cls, Literal["open", "closed"] | None] | None]
+    shock_g: NotRequired[_Shock | None]
+    pos: NotRequired[tuple[_Lat, _Lon] | None]
+    battery: NotRequired[_Battery | None]
+
+
+_FAST = TypeAdapter(list[_FastSample] | _FastSample, config={"strict": True})
+
+
+class _Slow(Exception):
+    """The fast path cannot decide: let the slow path find the reason."""
+
+
+def _fast_decode(topic: str, raw: bytes, vehicle: str, devices: Any, earliest: datetime,
+                 latest: datetime) -> Decoded:
+    try:
+        data = _FAST.validate_json(raw)
+    except ValidationError:
+        raise _Slow from None
+    items = data if type(data) is list else [data]
+    if not items:
+        raise _Slow
+    out = Decoded()
+    append = out.samples.append
+    for obj in items:
+        device = obj["device"]
+        if device not in devices:
+            raise _Slow
+        try:
+            ts = datetime.fromisoformat(obj["ts"])
+        except ValueError:
+            raise _Slow from None
+        if ts.tzinfo is None or ts.utcoffset() is None or ts > latest or ts < earliest:
+            raise _Slow
+        temp_c = obj.get("temp_c") or {}
+        door = obj.get("door") or {}
+        if None in temp_c.values():
+            temp_c = {k: v for k, v in temp_c.items() if v is not None}
+        if None in door.values():
+            door = {k: v for k, v in door.items() if v is not None}
+        pos = obj.get("pos")
+        append(Sample(vehicle, device, obj["seq"], ts.astimezone(UTC), temp_c, door, obj.get("shock_g"),
+                      pos, obj.get("battery")))
+    return out
 
 
 class _Bad(Exception):
@@ -309,6 +384,12 @@ def decode_message(
     if not isinstance(devices, set | frozenset | dict):
         devices = frozenset(devices)
 
+    earliest = now - max_age
+    latest = now + max_future
+    try:
+        return _fast_decode(topic, raw, vehicle, devices, earliest, latest)
+    except _Slow:
+        pass
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -320,8 +401,6 @@ def decode_message(
         out.rejects.append(Reject(topic, raw, "not JSON"))
         return out
 
-    earliest = now - max_age
-    latest = now + max_future
     if type(data) is dict:
         try:
             out.samples.append(_check_sample(data, vehicle, devices, earliest, latest))

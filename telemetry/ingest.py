@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing as mp
 import queue
+import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -224,3 +227,68 @@ class Ingestor:
         finally:
             self.client.disconnect()
             self.client.loop_stop()
+
+
+def run_ingestor(mqtt_url: str, **options) -> IngestStats:  # noqa: ANN003
+    """Run one ingestor in this process until SIGTERM or SIGINT; return its counters."""
+    ingestor = Ingestor(mqtt_url, **options)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_a: ingestor.stop_event.set())
+    worker = threading.Thread(target=ingestor.run, name="ingest", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.5)
+    return ingestor.stats
+
+
+def _child(mqtt_url: str, options: dict) -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format=f"%(asctime)s %(levelname)s %(name)s[{options['client_id']}]: %(message)s")
+    stats = run_ingestor(mqtt_url, **options)
+    log.info("stopped: %s", stats.as_dict())
+
+
+def run_pool(mqtt_url: str, processes: int, *, client_id: str, shared_group: str | None = None,
+             **options) -> int:  # noqa: ANN003
+    """Run ``processes`` ingestors as child processes on one shared subscription.
+
+    One ingestor is bound to one core by the GIL (paho's thread, decoding, rules and COPY all
+    take it); the stream is split by the broker ($share), not here, so the children share
+    nothing but the database. Each child has its own persistent session (client id
+    ``{client_id}-{k}``), so a restarted child gets back what it had not acknowledged.
+    A child that dies is started again after a pause; SIGTERM/SIGINT stop them all.
+    Children log to this process's stderr directly (no pipe that could fill up).
+    Returns the number of unexpected child exits.
+    """
+    ctx = mp.get_context("spawn")
+    group = shared_group or "ingest"
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_a: stop.set())
+
+    def start(k: int) -> mp.process.BaseProcess:
+        opts = {**options, "client_id": f"{client_id}-{k}", "shared_group": group}
+        proc = ctx.Process(target=_child, args=(mqtt_url, opts), name=f"ingest-{k}", daemon=False)
+        proc.start()
+        return proc
+
+    children = [start(k) for k in range(processes)]
+    log.info("%d ingestors on $share/%s, pids %s", processes, group, [c.pid for c in children])
+    crashes = 0
+    while not stop.is_set():
+        stop.wait(0.5)
+        for k, proc in enumerate(children):
+            if not proc.is_alive() and not stop.is_set():
+                crashes += 1
+                log.error("ingestor %d exited with %s; starting it again in 2 s", k, proc.exitcode)
+                stop.wait(2)
+                if not stop.is_set():
+                    children[k] = start(k)
+    for proc in children:
+        if proc.is_alive():
+            proc.terminate()  # SIGTERM: the child finishes its batch, acks, disconnects
+    for proc in children:
+        proc.join(60)
+        if proc.is_alive():
+            proc.kill()
+    return crashes

@@ -13,6 +13,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import func, select
@@ -174,18 +175,29 @@ def test_sigkill_mid_stream_loses_nothing_and_stores_nothing_twice(databases, tm
             stop(proc)
 
 
+@pytest.mark.parametrize("launch", ["three commands", "one command, --processes 3"])
 def test_three_ingestors_sharing_one_stream_store_once_and_alert_once(databases, tmp_path: Path,  # noqa: ANN001
-                                                                      mqtt_url: str) -> None:
+                                                                      mqtt_url: str, launch: str) -> None:
     """Three ingestors on one $share subscription split a van's samples between them; every sample is
-    stored once and the excursion they share is raised once, because the rule state is in the database."""
+    stored once and the excursion they share is raised once, because the rule state is in the database.
+    Started as three commands, or as one `coldchain ingest --processes 3` that runs them as children."""
     run = Run(databases, tmp_path, mqtt_url)
-    procs = [subprocess.Popen([*coldchain_cmd(), "ingest", "--client-id", f"{run.client_id}-{k}",
-                               "--shared-group", f"g{run.tag}", "--tick-every", "1", "--session-expiry", "300"],
-                              env=run.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-             for k in range(3)]
+    common = ["--shared-group", f"g{run.tag}", "--tick-every", "1", "--session-expiry", "300"]
+    log_files = [tmp_path / f"ingest-{k}.log" for k in range(3)]
+    if launch == "three commands":
+        procs = [subprocess.Popen([*coldchain_cmd(), "ingest", "--client-id", f"{run.client_id}-{k}", *common],
+                                  env=run.env, stdout=subprocess.DEVNULL, stderr=log_files[k].open("w"))
+                 for k in range(3)]
+    else:
+        log_files = log_files[:1]
+        procs = [subprocess.Popen([*coldchain_cmd(), "ingest", "--client-id", run.client_id, "--processes", "3",
+                                   *common], env=run.env, stdout=subprocess.DEVNULL, stderr=log_files[0].open("w"))]
     try:
-        for proc in procs:
-            run.wait_subscribed(proc)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and sum(f.read_text().count("subscribed to") for f in log_files) < 3:
+            assert all(proc.poll() is None for proc in procs), [f.read_text() for f in log_files]
+            time.sleep(0.2)
+        assert sum(f.read_text().count("subscribed to") for f in log_files) == 3
         pub = publisher(mqtt_url)
         base = datetime.now(UTC) - timedelta(hours=6)  # 300 minutes of history, all in the past
         infos = []
@@ -208,6 +220,10 @@ def test_three_ingestors_sharing_one_stream_store_once_and_alert_once(databases,
         pub.loop_stop()
         pub.disconnect()
     finally:
-        logs = [stop(proc) for proc in procs]
+        for proc in procs:
+            stop(proc)
+    logs = [f.read_text() for f in log_files]
     assert not any("Traceback" in log for log in logs), logs
+    assert all(proc.returncode == 0 for proc in procs), logs
+    assert sum(log.count("stopped") for log in logs) >= 3  # every ingestor shut down cleanly
     assert run.count() == 300

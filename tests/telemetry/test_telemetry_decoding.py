@@ -293,3 +293,52 @@ def test_decode_speed():
         best = min(best, (time.perf_counter() - start) / n * 1e6)
     assert len(got.samples) == 1
     assert best < 60, f"{best:.1f} µs per message"
+
+
+_EDGES = [
+    {"device": "TL-0001", "seq": 0, "ts": "2026-11-23T16:15:02+08:00", "temp_c": {"chilled": 4, "frozen": None},
+     "door": {"chilled": None, "frozen": "closed"}, "shock_g": 0, "pos": [30, 104], "battery": 1},
+    {"device": "TL-0001", "seq": 7, "ts": "2026-11-23T08:15:02.120Z", "temp_c": {"frozen": -60.0, "ambient": 80.0},
+     "shock_g": None, "pos": None, "battery": None, "firmware": "2.1"},
+    [{"device": "TL-0001", "seq": 1, "ts": "2026-11-23T08:15:00Z"},
+     {"device": "TL-0001", "seq": 2, "ts": "2026-11-23T08:15:05Z", "temp_c": {}}],
+    {"device": "TL-0001", "seq": 3, "ts": "2026-11-23T08:15:02Z", "temp_c": {"chilled": True}},
+    {"device": "TL-0001", "seq": "3", "ts": "2026-11-23T08:15:02Z"},
+    {"device": "TL-0001", "seq": 3.0, "ts": "2026-11-23T08:15:02Z"},
+    {"device": "TL-0001", "seq": 3, "ts": 1763885702},
+    {"device": "TL-0001", "seq": 3, "ts": "2026-11-23 08:15:02"},
+    {"device": "TL-0001", "seq": 3, "ts": "2026-11-23T08:15:02Z", "pos": [30.1, 104.2, 5]},
+    {"device": "TL-0001", "seq": 3, "ts": "2026-11-23T08:15:02Z", "door": {"chilled": "ajar"}},
+    {"device": "TL-0002", "seq": 3, "ts": "2026-11-23T08:15:02Z"},
+]
+
+
+@pytest.mark.parametrize("payload", [_payload_bytes(c["payload"]) for c in CASES]
+                         + [json.dumps(e).encode() for e in _EDGES])
+def test_fast_path_agrees_with_the_slow_path(payload, monkeypatch):
+    """The pydantic fast path is an optimisation: it must decide exactly what the hand checks decide."""
+    from telemetry import decoding
+
+    fast = decode_message(T1, payload, devices_of=DEVICES, now=NOW)
+
+    def never(*_args):
+        raise decoding._Slow
+
+    monkeypatch.setattr(decoding, "_fast_decode", never)
+    slow = decode_message(T1, payload, devices_of=DEVICES, now=NOW)
+    assert fast == slow
+    for a, b in zip(fast.samples, slow.samples, strict=True):
+        assert [type(x) for x in (a.shock_g, a.battery, *a.temp_c.values())] == \
+            [type(x) for x in (b.shock_g, b.battery, *b.temp_c.values())]
+
+
+def test_a_contract_sample_takes_the_fast_path():
+    from telemetry import decoding
+
+    raw = json.dumps([{"device": "TL-0001", "seq": 1833, "ts": "2026-11-23T08:15:02.120Z",
+                       "temp_c": {"frozen": -19.2, "chilled": 3.8}, "door": {"chilled": "open"}, "shock_g": 2.7,
+                       "pos": [30.6571, 104.0662], "battery": 0.82}]).encode()
+    got = decoding._fast_decode(T1, raw, "VAN-01", DEVICES["VAN-01"], NOW - timedelta(days=30),
+                                NOW + timedelta(minutes=5))
+    assert [(s.seq, s.temp_c, s.pos) for s in got.samples] == [(1833, {"frozen": -19.2, "chilled": 3.8},
+                                                                 (30.6571, 104.0662))]
