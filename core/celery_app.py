@@ -13,7 +13,7 @@ from celery import Celery
 from core.settings import get_settings
 
 # Task modules, named by path only: core imports no domain (ARCHITECTURE.md).
-TASK_MODULES = ["fulfillment.tasks", "routing.tasks", "telemetry.tasks"]
+TASK_MODULES = ["fulfillment.tasks", "routing.tasks", "telemetry.tasks", "traceability.tasks"]
 
 
 def make_celery() -> Celery:
@@ -36,7 +36,8 @@ def make_celery() -> Celery:
         broker_polling_interval=0.2,
         broker_transport_options={} if settings.celery_broker.startswith("sqla+") else {"visibility_timeout": 3600},
         imports=[m for m in TASK_MODULES if _exists(m)],
-        beat_schedule={"telemetry-rules-clock": {"task": "telemetry.tick", "schedule": 30.0}},
+        beat_schedule={"telemetry-rules-clock": {"task": "telemetry.tick", "schedule": 30.0},
+                       "vans-cargo-and-routes": {"task": "traceability.sync_vans", "schedule": 60.0}},
     )
     return app
 

@@ -349,12 +349,13 @@ def ingest(
     import logging
 
     from telemetry.ingest import run_ingestor, run_pool
+    from traceability.service import sync_vans
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     ensure_schema()
     options = {"client_id": client_id, "shared_group": shared_group, "batch_size": batch_size,
-               "tick_every": tick_every, "session_expiry": session_expiry}
+               "tick_every": tick_every, "session_expiry": session_expiry, "on_tick": sync_vans}
     with contextlib.ExitStack() as stack:
         url = mqtt_url_or_embedded(stack)
         if processes > 1:
@@ -375,12 +376,14 @@ def _run_replan(day: datetime, event, time_limit: float, json_out: bool) -> None
     from core.db import session_scope
     from core.errors import DomainError
     from routing.replan import depot_of, replan
+    from scripts.planning import tell_the_rules
 
     ensure_schema()
     try:
         with session_scope() as session:
             depot = depot_of(session, day.date(), event)
         out = replan(day.date(), depot, event, time_limit=time_limit, actor="cli")
+        tell_the_rules()
     except DomainError as exc:
         err.print(f"[red]{exc.detail}")
         raise typer.Exit(1) from exc

@@ -104,8 +104,11 @@ def telemetry_stage(day, output: Path) -> list[str]:  # noqa: ANN001
     from telemetry.ingest import Ingestor
     from telemetry.models import Alert, TelemetryReject, TelemetrySample
     from telemetry.service import alert_view
+    from traceability.service import sync_vans
 
     err.print("[bold]5. telemetry[/] vans publish over MQTT; the ingestor stores and raises alerts")
+    with session_scope() as session:  # the vans are loaded: the rules learn each compartment's products
+        sync_vans(session, day=day)
     with contextlib.ExitStack() as stack:
         url = mqtt_url_or_embedded(stack)
         ingestor = Ingestor(url, client_id="coldchain-demo-ingest", tick_every=5.0)
@@ -129,15 +132,25 @@ def telemetry_stage(day, output: Path) -> list[str]:  # noqa: ANN001
         alerts = [alert_view(a) for a in session.scalars(select(Alert).order_by(Alert.started_at))]
         rejects = session.scalar(select(func.count()).select_from(TelemetryReject))
     (output / "alerts.json").write_text(json.dumps(alerts, ensure_ascii=False, indent=1))
-    table = Table("vehicle", "compartment", "kind", "started", "ended", "peak", "min", "late",
+    table = Table("vehicle", "compartment", "kind", "started", "ended", "peak", "limit (set by)", "min", "late",
                   title="alerts", title_justify="left")
+
     def local(iso: str | None) -> str:
         return to_local(datetime.fromisoformat(iso)).strftime("%m-%d %H:%M") if iso else ""
+
+    def limit(details: dict | None) -> str:
+        d = details or {}
+        for key in ("threshold_c", "threshold_g", "threshold_minutes"):
+            if key in d:
+                cargo = d.get("cargo") or []
+                by = f" ({', '.join(cargo[:2])}{', …' if len(cargo) > 2 else ''})" if cargo else ""
+                return f"{d[key]:g}{by}"
+        return ""
 
     for a in alerts:
         table.add_row(a["vehicle"], a["compartment"] or "", a["kind"], local(a["started_at"]),
                       local(a["ended_at"]), "" if a["peak"] is None else f"{a['peak']:.1f}",
-                      f"{a['minutes_out']:.0f}", "yes" if a["late"] else "")
+                      limit(a.get("details")), f"{a['minutes_out']:.0f}", "yes" if a["late"] else "")
     out.print(table)
     kinds = Counter(a["kind"] for a in alerts)
     return [f"telemetry: {sent['published']} MQTT messages from {len(sent['vehicles'])} vans; "

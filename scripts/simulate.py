@@ -50,6 +50,7 @@ def load_fleet(session, day: dt.date,  # noqa: ANN001
     from core.timeutil import local_datetime
     from fulfillment.models import Order, OrderLine
     from routing.models import Plan, Route, RouteStop
+    from telemetry.models import VehicleRuleState
     from warehouses.models import Vehicle
 
     query = (select(Vehicle).options(selectinload(Vehicle.compartments), selectinload(Vehicle.depot))
@@ -68,6 +69,8 @@ def load_fleet(session, day: dt.date,  # noqa: ANN001
         .options(selectinload(Route.stops).selectinload(RouteStop.order).selectinload(Order.lines)
                  .selectinload(OrderLine.product))
     ).all()
+    # what the rules know each van carries (traceability's sync): the simulated vans keep to it
+    cargo = dict(session.execute(select(VehicleRuleState.vehicle_id, VehicleRuleState.cargo)).all())
     by_van: dict[int, list[Route]] = {}
     for route in routes:
         if route.stops:
@@ -95,7 +98,7 @@ def load_fleet(session, day: dt.date,  # noqa: ANN001
             starts.append(route_start)
             ends.append(route_end)
         vans.append(VanSpec(v.code, v.device, (v.depot.lat, v.depot.lon), present, tuple(stops),
-                            route_start, route_end))
+                            route_start, route_end, cargo=cargo.get(v.id)))
     if not vans:
         raise ValueError("no van with a telemetry device to simulate")
     return vans, min(starts), max(ends), sum(len(r) for r in by_van.values()), notes

@@ -20,6 +20,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from urllib.parse import urlparse
@@ -29,6 +30,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm import Session
 
 from core.db import session_scope
 from core.timeutil import utcnow
@@ -66,13 +68,18 @@ class _Pending:
 class Ingestor:
     def __init__(self, mqtt_url: str, *, client_id: str = "coldchain-ingest", shared_group: str | None = None,
                  batch_size: int = 2000, batch_wait: float = 0.05, tick_every: float = 30.0,
-                 session_expiry: int = 7 * 24 * 3600, receive_maximum: int = 10000) -> None:
+                 session_expiry: int = 7 * 24 * 3600, receive_maximum: int = 10000,
+                 on_tick: Callable[[Session], object] | None = None) -> None:
+        """``on_tick(session)`` runs on the rule timer before the rules, in the same transaction:
+        the command line passes traceability's van sync (what each van carries, which are out),
+        which this room may not import."""
         parsed = urlparse(mqtt_url)
         self.host, self.port = parsed.hostname or "127.0.0.1", parsed.port or 1883
         self.client_id = client_id
         self.topic = f"$share/{shared_group}/{TELEMETRY_FILTER}" if shared_group else TELEMETRY_FILTER
         self.batch_size, self.batch_wait, self.tick_every = batch_size, batch_wait, tick_every
         self.session_expiry, self.receive_maximum = session_expiry, receive_maximum
+        self.on_tick = on_tick
         self.inbox: queue.Queue[_Pending] = queue.Queue()
         self.stats = IngestStats()
         self.stop_event = threading.Event()
@@ -195,6 +202,8 @@ class Ingestor:
     def _tick(self) -> None:
         with session_scope() as session:
             ensure_partitions(session, [utcnow(), utcnow() + timedelta(days=1)])
+            if self.on_tick is not None:
+                self.on_tick(session)
             alerts = tick_all(session, self.engine)
         self._publish(alerts)
 

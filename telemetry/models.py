@@ -101,3 +101,6 @@ class VehicleRuleState(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     last_sample_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     active: Mapped[bool] = mapped_column(Boolean, default=False)
+    # what the van carries, per compartment class: {"min_c", "max_c", "skus"} of the products aboard
+    # (set by traceability from the day's routes); tightens the class's temperature limits
+    cargo: Mapped[dict | None] = mapped_column(JSON, nullable=True)

@@ -88,6 +88,7 @@ chilled compartment) apply to readings classified after the change.
 from __future__ import annotations
 
 import bisect
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -143,6 +144,8 @@ class RuleConfig:
     carry_grace_s: float = 10.0  # network lag of the last sample that still counts as "live"
     max_runs: int = 1000
     keep_s: float = 6 * 3600  # runs this far behind the newest reading are folded into the checkpoint
+    # the products whose limits tightened a compartment's thresholds (shown in the alert's details)
+    temp_limit_skus: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def with_limits(
         self, compartment: str, *, max_c: float | None = None, min_c: float | None = None
@@ -168,6 +171,20 @@ class RuleConfig:
             if min_c is not None:
                 tmin[cls] = max(tmin.get(cls, float(min_c)), float(min_c))
         return replace(self, temp_max_c=tmax, temp_min_c=tmin)
+
+    def for_cargo(self, cargo: Mapping[str, Mapping[str, Any]] | None) -> RuleConfig:
+        """A copy tightened by what a van carries: ``{class: {"min_c", "max_c", "skus"}}``.
+
+        This is how the ingestor applies per-product limits: traceability works out the
+        strictest range of the products aboard each compartment and stores it with the
+        van's rule state; a class default stays when it is stricter than every product.
+        """
+        if not cargo:
+            return self
+        products = [(cls, c.get("min_c"), c.get("max_c")) for cls, c in cargo.items()]
+        out = self.for_products(products)
+        skus = {cls: tuple(c.get("skus") or ()) for cls, c in cargo.items() if c.get("skus")}
+        return replace(out, temp_limit_skus={**self.temp_limit_skus, **skus})
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in self.__dict__.items()}
@@ -212,6 +229,8 @@ def _make_rule(config: RuleConfig, series: str) -> _Rule | None:
             return None
         limit = float(limits[cls])
         details = {"limit": bound, "threshold_c": limit, "duration_minutes": duration / 60}
+        if config.temp_limit_skus.get(cls):
+            details["cargo"] = list(config.temp_limit_skus[cls])
         return _Rule(series, kind, cls, limit, config.temp_margin_c, 1 if bound == "high" else -1,
                      duration, False, details)
     if kind == "door":
@@ -504,6 +523,19 @@ class RuleEngine:
     def __init__(self, config: RuleConfig | None = None) -> None:
         self.config = config or RuleConfig()
         self._rules: dict[str, _Rule | None] = {}
+        self._variants: dict[str, RuleEngine] = {}
+
+    def for_cargo(self, cargo: Mapping[str, Mapping[str, Any]] | None) -> RuleEngine:
+        """The engine for a van carrying ``cargo`` (see :meth:`RuleConfig.for_cargo`), built once per cargo."""
+        if not cargo:
+            return self
+        key = json.dumps(cargo, sort_keys=True)
+        engine = self._variants.get(key)
+        if engine is None:
+            if len(self._variants) > 1000:
+                self._variants.clear()
+            engine = self._variants[key] = RuleEngine(self.config.for_cargo(cargo))
+        return engine
 
     def _rule(self, series: str) -> _Rule | None:
         try:

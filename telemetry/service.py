@@ -244,7 +244,7 @@ def store_batch(session: Session, messages: Sequence[Message], fleet: Fleet, eng
         state = VehicleState.from_dict(row.state) if row.state else None
         group = by_vehicle[code]
         arrived = max(received for _s, received in group)
-        state, events = engine.apply(state, [s for s, _r in group], now, arrived)
+        state, events = engine.for_cargo(row.cargo).apply(state, [s for s, _r in group], now, arrived)
         row.state = state.to_dict()
         row.updated_at = now
         latest = max(s.ts for s, _r in group)
@@ -320,7 +320,7 @@ def tick_all(session: Session, engine: RuleEngine, now: datetime | None = None) 
         if code is None:
             continue
         state = VehicleState.from_dict(row.state) if row.state else None
-        state, events = engine.tick(state, now, row.active, vehicle=code)
+        state, events = engine.for_cargo(row.cargo).tick(state, now, row.active, vehicle=code)
         row.state = state.to_dict()
         row.updated_at = now
         alerts.extend(apply_alert_events(session, events, {code: row.vehicle_id}, now))
@@ -337,6 +337,37 @@ def set_active(session: Session, vehicle_code: str, active: bool, now: datetime 
     row = _lock_states(session, [vid], now)[vid]
     row.active = active
     row.updated_at = now
+
+
+@dataclass(frozen=True, slots=True)
+class VanWatch:
+    """What the rules should know of a van now: on an active route (silence alerts), and its cargo."""
+
+    active: bool
+    cargo: dict | None = None
+
+
+def watch_vans(session: Session, watch: dict[str, VanWatch], now: datetime | None = None) -> int:
+    """Set every van's watch: the vans named get theirs, every other van is idle with no cargo.
+
+    Returns how many vans changed. Rows are locked in id order, as the ingestors lock them.
+    """
+    now = now or utcnow()
+    ids = dict(session.execute(select(Vehicle.code, Vehicle.id)).all())
+    unknown = sorted(set(watch) - set(ids))
+    if unknown:
+        raise ValueError(f"unknown vehicles: {', '.join(unknown)}")
+    changed = 0
+    idle = VanWatch(False, None)
+    by_id = {vid: watch.get(code, idle) for code, vid in ids.items()}
+    rows = _lock_states(session, list(by_id), now)
+    for vid, row in rows.items():
+        want = by_id[vid]
+        if bool(row.active) != want.active or (row.cargo or None) != (want.cargo or None):
+            row.active, row.cargo, row.updated_at = want.active, want.cargo or None, now
+            changed += 1
+    session.flush()
+    return changed
 
 
 def default_engine() -> RuleEngine:

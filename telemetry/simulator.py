@@ -10,7 +10,7 @@ The same inputs and seed give the same bytes.
 What a van does
 ---------------
 * **Temperatures**: each compartment cycles with its compressor (a sinusoid with a
-  per-van period and phase plus Gaussian noise): chilled ~2–5 °C, frozen ~-20…-17 °C,
+  per-van period and phase plus Gaussian noise): chilled ~1.5–3.5 °C, frozen ~-22…-20 °C,
   ambient ~14–18 °C. A door opening warms the compartment (a bump that grows while the
   door is open and decays once it is closed). Outside the scenario incidents the values
   are kept inside the alert limits of :class:`telemetry.rules.RuleConfig` by a margin, so
@@ -59,7 +59,7 @@ import heapq
 import json
 import math
 import random
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
@@ -121,6 +121,9 @@ class VanSpec:
     stops: tuple[PlannedStop, ...] = ()
     route_start: datetime | None = None
     route_end: datetime | None = None
+    # what it carries: {class: {"min_c", "max_c", "skus"}}, as the rules know it (RuleConfig.for_cargo);
+    # normal running stays inside these tighter limits and staged excursions cross them
+    cargo: dict[str, dict[str, Any]] | None = field(default=None, hash=False, compare=False)
 
     def __post_init__(self) -> None:
         bad = [c for c in self.compartments if c not in COMPARTMENTS]
@@ -149,8 +152,8 @@ class Scenario:
 
 # Per class: (mid-point °C, half amplitude °C, door bump rate °C/min, bump cap °C).
 COMPARTMENT_PROFILES: dict[str, tuple[float, float, float, float]] = {
-    "chilled": (3.5, 1.4, 0.7, 2.0),
-    "frozen": (-18.5, 1.4, 0.8, 1.8),
+    "chilled": (2.4, 0.9, 0.7, 2.0),  # set for the strictest chilled goods (0-4 °C)
+    "frozen": (-21.0, 1.2, 0.8, 1.8),  # and frozen goods kept at -18 °C or colder
     "ambient": (16.0, 1.8, 0.5, 2.0),
 }
 
@@ -458,15 +461,17 @@ class Simulation:
             self.expected.skipped.append(f"{kind}: no van has a free slot of {length}")
             return None
 
-        limits = self.rules.temp_max_c
-        eligible = [d for d in order if with_temp_class(d) in limits]
+        def limits(day: _VanDay) -> Mapping[str, float]:
+            return self.rules.for_cargo(day.spec.cargo).temp_max_c
+
+        eligible = [d for d in order if with_temp_class(d) in limits(d)]
         if sc.warming:
             got = pick("warming", RAMP + WARMING_OUT + RAMP + timedelta(minutes=3), eligible)
             if got:
                 day, t0 = got
                 cls = with_temp_class(day)
                 a = t0 + RAMP
-                day.temp_incidents.append((cls, a, a + WARMING_OUT, limits[cls]))
+                day.temp_incidents.append((cls, a, a + WARMING_OUT, limits(day)[cls]))
                 self._incident("warming", day, cls, a, a + WARMING_OUT, alert="temperature")
         if sc.blip:
             got = pick("blip", RAMP + BLIP_OUT + RAMP + timedelta(minutes=3), eligible)
@@ -474,7 +479,7 @@ class Simulation:
                 day, t0 = got
                 cls = with_temp_class(day)
                 a = t0 + RAMP
-                day.temp_incidents.append((cls, a, a + BLIP_OUT, limits[cls]))
+                day.temp_incidents.append((cls, a, a + BLIP_OUT, limits(day)[cls]))
                 self._incident("blip", day, cls, a, a + BLIP_OUT, alert=None)
         if sc.door_left_open:
             got = pick("door_left_open", DOOR_LEFT_OPEN + timedelta(minutes=3), order)
@@ -608,8 +613,9 @@ class Simulation:
         phases = {c: rng.uniform(0, 2 * math.pi) for c in spec.compartments}
         bump = dict.fromkeys(spec.compartments, 0.0)
         battery = rng.uniform(0.85, 0.98)
-        tmax, tmin = self.rules.temp_max_c, self.rules.temp_min_c
-        margin = self.rules.temp_margin_c + 0.1
+        rules = self.rules.for_cargo(spec.cargo)
+        tmax, tmin = rules.temp_max_c, rules.temp_min_c
+        margin = rules.temp_margin_c + 0.1
         out = []
         prev: datetime | None = None
         for i, t in enumerate(day.times):

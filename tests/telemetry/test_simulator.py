@@ -42,6 +42,18 @@ def planned_fleet() -> list[VanSpec]:
             VanSpec("VAN-P2", "TL-P2", (30.62, 104.06), ("chilled",), stops[::2])]
 
 
+CARGO = {"chilled": {"min_c": 0.0, "max_c": 4.0, "skus": ["STRAW-1"]},
+         "frozen": {"min_c": -25.0, "max_c": -18.0, "skus": ["DUMP-1"]},
+         "ambient": {"min_c": 10.0, "max_c": 25.0, "skus": ["SWEET-POTATO"]}}
+
+
+def loaded_fleet(n: int = 4) -> list[VanSpec]:
+    """Vans carrying strawberries (0-4 °C), dumplings (-18 °C or colder) and sweet potatoes (10-25 °C)."""
+    from dataclasses import replace
+
+    return [replace(v, cargo=CARGO) for v in fleet(n)]
+
+
 def decode_all(vans: list[VanSpec], messages: list[Message], now: datetime):  # noqa: ANN201
     devices = {v.code: {v.device} for v in vans}
     for m in messages:
@@ -51,15 +63,16 @@ def decode_all(vans: list[VanSpec], messages: list[Message], now: datetime):  # 
 def run_rules(vans: list[VanSpec], messages: list[Message], end: datetime) -> list:
     """Samples through the rule engine per van in arrival order (clock = publish time); tick at the end."""
     engine, states, events = RuleEngine(), {}, []
+    cargo = {v.code: v.cargo for v in vans}  # what the ingestor would know each van carries
     for m, decoded in decode_all(vans, messages, end + timedelta(hours=1)):
         by_van = defaultdict(list)
         for s in decoded.samples:
             by_van[s.vehicle].append(s)
         for code, samples in by_van.items():
-            states[code], evs = engine.apply(states.get(code), samples, m.at, m.at)
+            states[code], evs = engine.for_cargo(cargo[code]).apply(states.get(code), samples, m.at, m.at)
             events += evs
     for code in sorted(states):
-        states[code], evs = engine.tick(states[code], end + timedelta(minutes=45), False)
+        states[code], evs = engine.for_cargo(cargo[code]).tick(states[code], end + timedelta(minutes=45), False)
         events += evs
     return events
 
@@ -119,11 +132,11 @@ def test_stream_decodes_to_expected_samples_and_rejects(vans: list[VanSpec]) -> 
         for cls, v in s.temp_c.items():
             temps[cls].append(v)
     assert min(temps["chilled"]) > 1.0 and max(temps["chilled"]) < 11
-    assert min(temps["frozen"]) > -21 and max(temps["frozen"]) < -15
+    assert min(temps["frozen"]) > -23 and max(temps["frozen"]) < -15
 
 
 @pytest.mark.parametrize(("vans", "seed", "hours"), [(fleet(4), 1, 8), (fleet(2), 5, 3), (planned_fleet(), 2, 6),
-                                                     (fleet(5), 9, 10)])
+                                                     (fleet(5), 9, 10), (loaded_fleet(4), 3, 8)])
 def test_rules_raise_exactly_the_expected_alerts(vans: list[VanSpec], seed: int, hours: float) -> None:
     end = START + timedelta(hours=hours)
     sim = Simulation(vans, START, end, seed=seed, scenario=Scenario(garbage=True))
@@ -136,6 +149,30 @@ def test_rules_raise_exactly_the_expected_alerts(vans: list[VanSpec], seed: int,
     assert not any(e.vehicle == blip.vehicle and e.kind == "temperature" for e in events)
     final = {e.key: e for e in events}
     assert all(e.status == "closed" and not e.details.get("superseded") for e in final.values())
+
+
+def test_loaded_vans_keep_to_their_products_and_excursions_cross_them() -> None:
+    """With strawberries aboard the chilled compartment runs under 4 °C (not just under 8 °C), and the
+    staged warming is an excursion over 4 °C that the rules, told the same cargo, raise."""
+    vans = loaded_fleet(4)
+    end = START + timedelta(hours=8)
+    sim = Simulation(vans, START, end, seed=3, scenario=Scenario())
+    warming = next(i for i in sim.expected.incidents if i.kind == "warming")
+    temps = defaultdict(list)
+    for _m, decoded in decode_all(vans, sim.messages(), end + timedelta(hours=1)):
+        for smp in decoded.samples:
+            staged = smp.vehicle == warming.vehicle or any(
+                i.vehicle == smp.vehicle and i.kind == "blip" for i in sim.expected.incidents)
+            for cls, v in smp.temp_c.items():
+                if not staged:
+                    temps[cls].append(v)
+    assert max(temps["chilled"]) < 4.0 and min(temps["chilled"]) > 0.0
+    assert max(temps["frozen"]) < -18.0 and min(temps["frozen"]) > -25.0
+    assert min(temps["ambient"]) > 10.0 and max(temps["ambient"]) < 25.0
+    events = run_rules(vans, sim.messages(), end)
+    raised = [e for e in events if e.action == "open" and e.kind == "temperature"]
+    assert [(e.vehicle, e.compartment) for e in raised] == [(warming.vehicle, warming.compartment)]
+    assert raised[0].details["threshold_c"] == 4.0 and raised[0].details["cargo"] == ["STRAW-1"]
 
 
 def test_quiet_day_raises_nothing() -> None:

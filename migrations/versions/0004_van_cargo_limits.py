@@ -1,0 +1,23 @@
+"""van cargo on the rule state (per-product temperature limits)
+
+Revision ID: 0004
+Revises: 0003
+Create Date: 2026-11-23
+"""
+import sqlalchemy as sa
+from alembic import op
+
+revision = '0004'
+down_revision = '0003'
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table('vehicle_rule_state', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('cargo', sa.JSON(), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table('vehicle_rule_state', schema=None) as batch_op:
+        batch_op.drop_column('cargo')

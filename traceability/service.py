@@ -1,0 +1,85 @@
+"""What each van carries and whether it is out on a route, told to the telemetry rules.
+
+Telemetry knows vans and compartments, not orders (ARCHITECTURE.md); this room joins the
+day's routes with the products on them, so that the rules use the limits of the products
+aboard (strawberries at most 4 °C tighten the chilled compartment's 8 °C default) and watch
+for silence only the vans that are out. The ingestor's timer and Celery beat call
+:func:`sync_vans`; the CLI calls it after planning and re-planning.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import date, datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from core.timeutil import to_local, utcnow
+from fulfillment.models import OrderLine
+from routing.models import Plan, Route, RouteStop
+from telemetry.service import VanWatch, watch_vans
+from warehouses.models import Product, Vehicle
+
+# A van counts as out from its planned departure until this long after its planned return
+# (late vans are still watched); a route a driver started counts until it is done.
+ACTIVE_GRACE = timedelta(minutes=30)
+_ON_BOARD = ("planned", "arrived")  # stop statuses whose goods are still in the van
+_FINISHED_ROUTES = ("done", "broken")
+
+
+def van_watch(session: Session, day: date, now: datetime | None = None) -> dict[str, VanWatch]:
+    """Each van's watch from the current plans of ``day``.
+
+    With ``now``: a van is active while a route of its is under way (started by its driver, or
+    within its planned times), and its cargo is what that route still carries. Without
+    ``now``: every van with a route that day is taken as loaded (a simulated day), none active.
+    """
+    routes = session.execute(
+        select(Route.id, Vehicle.code, Route.status, Route.start_at, Route.end_at)
+        .join(Plan, Plan.id == Route.plan_id).join(Vehicle, Vehicle.id == Route.vehicle_id)
+        .where(Plan.day == day, Plan.status == "current", Route.status.not_in(_FINISHED_ROUTES))
+    ).all()
+    under_way: dict[int, str] = {}
+    for route_id, code, status, start_at, end_at in routes:
+        if now is None or status == "started" or start_at <= now <= end_at + ACTIVE_GRACE:
+            under_way[route_id] = code
+    if not under_way:
+        return {}
+    aboard = session.execute(
+        select(RouteStop.route_id, Product.sku, Product.temp_class, Product.min_c, Product.max_c)
+        .join(OrderLine, OrderLine.order_id == RouteStop.order_id).join(Product, Product.id == OrderLine.product_id)
+        .where(RouteStop.route_id.in_(list(under_way)), RouteStop.status.in_(_ON_BOARD))
+    ).all()
+    products: dict[str, dict[str, set[tuple[str, float | None, float | None]]]] = defaultdict(lambda: defaultdict(set))
+    for route_id, sku, cls, min_c, max_c in aboard:
+        products[under_way[route_id]][cls].add((sku, min_c, max_c))
+    return {code: VanWatch(active=now is not None,
+                           cargo={cls: _limits(items) for cls, items in sorted(products[code].items())} or None)
+            for code in set(under_way.values())}
+
+
+def _limits(items: set[tuple[str, float | None, float | None]]) -> dict:
+    """The tightest range of these products, and the SKUs that set it (the ones quality staff look at)."""
+    maxes = [hi for _s, _lo, hi in items if hi is not None]
+    mins = [lo for _s, lo, _hi in items if lo is not None]
+    max_c = float(min(maxes)) if maxes else None
+    min_c = float(max(mins)) if mins else None
+    skus = sorted({sku for sku, lo, hi in items
+                   if (hi is not None and hi == max_c) or (lo is not None and lo == min_c)})
+    return {"min_c": min_c, "max_c": max_c, "skus": skus}
+
+
+def sync_vans(session: Session, now: datetime | None = None, day: date | None = None) -> int:
+    """Tell the rules what every van carries and which vans are out, as of ``now`` (default: the clock).
+
+    ``day`` without ``now`` loads that day's vans as if all had left (a simulated day).
+    Returns how many vans changed.
+    """
+    if day is not None and now is None:
+        return watch_vans(session, van_watch(session, day, None))
+    now = now or utcnow()
+    today = to_local(now).date()
+    watch = van_watch(session, today - timedelta(days=1), now)  # routes that run past midnight
+    watch.update(van_watch(session, today, now))
+    return watch_vans(session, watch, now)
