@@ -375,14 +375,17 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="print the diff and summar
 def _run_replan(day: datetime, event, time_limit: float, json_out: bool) -> None:  # noqa: ANN001
     from core.db import session_scope
     from core.errors import DomainError
+    from core.timeutil import utcnow
     from routing.replan import depot_of, replan
     from scripts.planning import tell_the_rules
+    from traceability.service import van_positions
 
     ensure_schema()
     try:
         with session_scope() as session:
             depot = depot_of(session, day.date(), event)
-        out = replan(day.date(), depot, event, time_limit=time_limit, actor="cli")
+            positions = van_positions(session, depot, getattr(event, "at", None) or utcnow())
+        out = replan(day.date(), depot, event, time_limit=time_limit, actor="cli", positions=positions)
         tell_the_rules()
     except DomainError as exc:
         err.print(f"[red]{exc.detail}")

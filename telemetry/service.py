@@ -370,6 +370,25 @@ def watch_vans(session: Session, watch: dict[str, VanWatch], now: datetime | Non
     return changed
 
 
+def last_positions(session: Session, vehicle_codes: Iterable[str], at: datetime,
+                   max_age: timedelta = timedelta(minutes=15)) -> dict[str, tuple[float, float, datetime]]:
+    """Each van's latest GPS fix at or before ``at`` and not older than ``max_age``: code -> (lat, lon, ts).
+
+    One indexed lookup per van (vehicle_id, kind, compartment, ts); a van with no recent fix is left out.
+    """
+    ids = dict(session.execute(select(Vehicle.code, Vehicle.id).where(Vehicle.code.in_(list(vehicle_codes)))).all())
+    out: dict[str, tuple[float, float, datetime]] = {}
+    for code, vid in sorted(ids.items()):
+        row = session.execute(
+            select(TelemetryReading.value, TelemetryReading.value2, TelemetryReading.ts)
+            .where(TelemetryReading.vehicle_id == vid, TelemetryReading.kind == "position",
+                   TelemetryReading.compartment == "", TelemetryReading.ts <= at, TelemetryReading.ts >= at - max_age)
+            .order_by(TelemetryReading.ts.desc()).limit(1)).first()
+        if row is not None and row[1] is not None:
+            out[code] = (row[0], row[1], row[2])
+    return out
+
+
 def default_engine() -> RuleEngine:
     return RuleEngine(RuleConfig())
 

@@ -18,8 +18,8 @@ from sqlalchemy.orm import Session
 from core.timeutil import to_local, utcnow
 from fulfillment.models import OrderLine
 from routing.models import Plan, Route, RouteStop
-from telemetry.service import VanWatch, watch_vans
-from warehouses.models import Product, Vehicle
+from telemetry.service import VanWatch, last_positions, watch_vans
+from warehouses.models import Node, Product, Vehicle
 
 # A van counts as out from its planned departure until this long after its planned return
 # (late vans are still watched); a route a driver started counts until it is done.
@@ -83,3 +83,11 @@ def sync_vans(session: Session, now: datetime | None = None, day: date | None = 
     watch = van_watch(session, today - timedelta(days=1), now)  # routes that run past midnight
     watch.update(van_watch(session, today, now))
     return watch_vans(session, watch, now)
+
+
+def van_positions(session: Session, depot_code: str, at: datetime) -> dict[str, tuple[float, float]]:
+    """Where the depot's vans are at ``at`` by their telemetry (a fix of the last 15 minutes), for re-planning:
+    a van between stops goes on from the road, not from the last stop it reported."""
+    codes = session.scalars(select(Vehicle.code).join(Node, Node.id == Vehicle.depot_id)
+                            .where(Node.code == depot_code)).all()
+    return {code: (lat, lon) for code, (lat, lon, _ts) in last_positions(session, codes, at).items()}

@@ -14,10 +14,12 @@ from pydantic import BaseModel, Field
 
 from api.deps import Caller, SessionDep, require
 from core.errors import Invalid
+from core.timeutil import utcnow
 from fulfillment.service import day_allocations
 from routing.exports import day_map_png, route_geojson, route_sheet_pdf
 from routing.replan import add_order, breakdown, cancel_order, depot_of, replan
 from routing.service import day_routes, depots_of_day
+from traceability.service import sync_vans, van_positions
 
 router = APIRouter(tags=["plans"])
 Dispatcher = Annotated[Caller, Depends(require("dispatcher"))]
@@ -87,8 +89,12 @@ def replan_day(day: date, body: ReplanIn, session: SessionDep, caller: Dispatche
     else:
         event = cancel_order(body.order_ref, body.reason)
     depot = depot_of(session, day, event)
-    return replan(day, depot, event, time_limit=body.time_limit, actor=caller.username, now=body.now,
-                  sessions=lambda: _request_scope(session))
+    # vans on the road go on from their last GPS fix (telemetry), else from their last stop
+    positions = van_positions(session, depot, body.now or body.at or utcnow())
+    out = replan(day, depot, event, time_limit=body.time_limit, actor=caller.username, now=body.now,
+                 sessions=lambda: _request_scope(session), positions=positions)
+    sync_vans(session)  # the rules learn at once what each van now carries
+    return out
 
 
 @router.get("/plans/{day}/routes/{vehicle}/geojson")
