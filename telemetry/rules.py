@@ -367,6 +367,14 @@ def _better(rule: _Rule, a: float, b: float) -> float:
 
 def _insert(runs: list[list], rule: _Rule, ts: float, cls: int, value: float, merge_gap: float) -> None:
     """Insert one point into the ordered runs, merging with same-class neighbours."""
+    if runs and ts > runs[-1][1]:  # after every run: the usual in-order stream, no search
+        last = runs[-1]
+        if last[2] == cls and ts - last[1] <= merge_gap:
+            last[1] = ts
+            last[3] = _better(rule, last[3], value)
+        else:
+            runs.append([ts, ts, cls, value])
+        return
     i = bisect.bisect_right(runs, ts, key=lambda r: r[0]) - 1
     if i >= 0 and runs[i][0] <= ts <= runs[i][1]:
         run = runs[i]
@@ -567,23 +575,26 @@ class RuleEngine:
 
         isolated: dict[str, list[tuple[float, int, float]]] = {}
         touched: set[str] = set()
+        # the ingestor's hottest loop (every point of every sample): locals, no throwaway objects
+        all_series, merge_gap, rule_of = state.series, self.config.merge_gap_s, self._rule
         for s in sorted(samples, key=lambda s: s.ts):
             t = _ts(s.ts)
             if state.last_ts is None or t > state.last_ts:
                 state.last_ts = t
             for key, value in self._points(s):
-                rule = self._rule(key)
+                rule = rule_of(key)
                 if rule is None:
                     continue
-                if rule.instant and rule.classify(value) != OUT:
-                    continue  # an instant rule keeps only its events
-                series = state.series.setdefault(key, _Series())
-                touched.add(key)
                 cls = rule.classify(value)
+                if rule.instant and cls != OUT:
+                    continue  # an instant rule keeps only its events
+                series = all_series.get(key)
+                if series is None:
+                    series = all_series[key] = _Series()
+                touched.add(key)
                 if series.boundary is not None and t < series.boundary:
                     isolated.setdefault(key, []).append((t, cls, value))
                     continue
-                merge_gap = self.config.merge_gap_s
                 _insert(series.runs, rule, t, cls, value, merge_gap)
 
         if samples:
