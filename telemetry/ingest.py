@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing as mp
+import os
 import queue
 import signal
 import sys
@@ -251,8 +252,21 @@ def run_ingestor(mqtt_url: str, **options) -> IngestStats:  # noqa: ANN003
 
 
 def _child(mqtt_url: str, options: dict) -> None:
+    from multiprocessing.connection import wait
+
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s %(levelname)s %(name)s[{options['client_id']}]: %(message)s")
+    parent = mp.parent_process()
+
+    def orphaned() -> None:
+        """The pool's process died (even by SIGKILL): stop cleanly, so that a restarted pool's children
+        (same client ids) do not fight these over the MQTT sessions."""
+        wait([parent.sentinel])
+        log.warning("the ingest pool's process is gone; stopping")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    if parent is not None:
+        threading.Thread(target=orphaned, name="parent-watch", daemon=True).start()
     stats = run_ingestor(mqtt_url, **options)
     log.info("stopped: %s", stats.as_dict())
 

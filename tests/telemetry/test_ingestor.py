@@ -227,3 +227,40 @@ def test_three_ingestors_sharing_one_stream_store_once_and_alert_once(databases,
     assert all(proc.returncode == 0 for proc in procs), logs
     assert sum(log.count("stopped") for log in logs) >= 3  # every ingestor shut down cleanly
     assert run.count() == 300
+
+
+def test_pool_children_stop_when_the_pool_process_is_killed(databases, tmp_path: Path, mqtt_url: str) -> None:  # noqa: ANN001
+    """SIGKILL of `coldchain ingest --processes 2` leaves no orphan ingestor holding the MQTT sessions."""
+    import re
+
+    run = Run(databases, tmp_path, mqtt_url)
+    log_file = tmp_path / "pool.log"
+    proc = subprocess.Popen([*coldchain_cmd(), "ingest", "--client-id", run.client_id, "--processes", "2",
+                             "--shared-group", f"g{run.tag}", "--session-expiry", "60"],
+                            env=run.env, stdout=subprocess.DEVNULL, stderr=log_file.open("w"))
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and log_file.read_text().count("subscribed to") < 2:
+            time.sleep(0.2)
+        pids = [int(p) for p in re.findall(r"\d+", re.search(r"pids \[([\d, ]+)\]", log_file.read_text()).group(1))]
+        assert len(pids) == 2
+        proc.kill()
+        proc.wait(10)
+        deadline = time.monotonic() + 30
+        alive = pids
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.2)
+            alive = [p for p in pids if _running(p)]
+        assert alive == [], log_file.read_text()
+        assert log_file.read_text().count("pool's process is gone") == 2
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False
