@@ -375,6 +375,19 @@ def watch_vans(session: Session, watch: dict[str, VanWatch], now: datetime | Non
     return changed
 
 
+def watch_view(session: Session, vehicle_id: int, code: str, engine: RuleEngine | None = None) -> dict:
+    """What the rules watch on a van now: on an active route or not, its cargo, and the limits in force."""
+    row = session.get(VehicleRuleState, vehicle_id)
+    cargo = row.cargo if row is not None else None
+    config = (engine or default_engine()).for_cargo(cargo).config
+    return {"vehicle": code, "active": bool(row.active) if row is not None else False,
+            "last_sample_at": _iso(row.last_sample_at) if row is not None else None,
+            "cargo": cargo or {},
+            "limits_c": {cls: {"max": config.temp_max_c.get(cls), "min": config.temp_min_c.get(cls),
+                               "set_by": list(config.temp_limit_skus.get(cls, ()))}
+                         for cls in ("frozen", "chilled", "ambient")}}
+
+
 def last_positions(session: Session, vehicle_codes: Iterable[str], at: datetime,
                    max_age: timedelta = timedelta(minutes=15)) -> dict[str, tuple[float, float, datetime]]:
     """Each van's latest GPS fix at or before ``at`` and not older than ``max_age``: code -> (lat, lon, ts).

@@ -28,6 +28,7 @@ from telemetry.service import (
     reject_view,
     rejects_query,
     vehicle_id_of,
+    watch_view,
 )
 
 router = APIRouter(tags=["telemetry"])
@@ -99,6 +100,16 @@ def readings(vehicle_code: str, request: Request, session: SessionDep, _caller: 
     next_url = (str(request.url.include_query_params(after=following.encode(), limit=limit))
                 if following is not None else None)
     return {"items": items, "next": next_url}
+
+
+@router.get("/telemetry/vehicles/{vehicle_code}/watch")
+def watch(vehicle_code: str, session: SessionDep, _caller: Watchers) -> dict:
+    """What the alert rules watch on this van now: whether it is on an active route (silence alerts), what it
+    carries per compartment, and the temperature limits in force (class defaults tightened by the products)."""
+    vehicle_id = vehicle_id_of(session, vehicle_code)
+    if vehicle_id is None:
+        raise NotFound(f"no vehicle {vehicle_code}")
+    return watch_view(session, vehicle_id, vehicle_code)
 
 
 @router.get("/telemetry/rejected")

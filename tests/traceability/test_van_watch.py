@@ -104,3 +104,20 @@ def test_a_van_carrying_strawberries_alerts_at_their_limit_and_says_why(session,
     assert sync_vans(session, now=routes[van].start_at - timedelta(hours=3)) >= 1
     session.refresh(state)
     assert state.cargo is None and state.active is False
+
+
+def test_the_watch_route_shows_what_the_rules_use(api, token, session, tmp_path: Path) -> None:  # noqa: ANN001
+    routes = planned(session, tmp_path)
+    van = next(code for code, r in routes.items() if any(s.order.ref == "S1" for s in r.stops))
+    sync_vans(session, day=DAY)
+    got = api.get(f"/api/v1/telemetry/vehicles/{van}/watch", headers=token("quality"))
+    assert got.status_code == 200, got.text
+    body = got.json()
+    assert body["active"] is False and body["cargo"]["chilled"]["max_c"] == 4.0
+    assert body["limits_c"]["chilled"]["max"] == 4.0 and "STRAW-1" in body["limits_c"]["chilled"]["set_by"]
+    idle = next(code for code in ("VAN-01", "VAN-02") if code != van)
+    other = api.get(f"/api/v1/telemetry/vehicles/{idle}/watch", headers=token("dispatcher")).json()
+    expected_chilled = other["cargo"].get("chilled", {}).get("max_c", 8.0)
+    assert other["limits_c"]["chilled"]["max"] == min(8.0, expected_chilled)
+    assert api.get("/api/v1/telemetry/vehicles/NOPE/watch", headers=token("quality")).status_code == 404
+    assert api.get(f"/api/v1/telemetry/vehicles/{van}/watch", headers=token("driver")).status_code == 403
