@@ -1,6 +1,7 @@
 """Routing benchmark: coldchain vs PyVRP vs VROOM on Solomon / VRPLIB instances.
 
     python -m benchmarks.routing [--time-limit 30] [--instances C101 R101] [--dir PATH]
+    python -m benchmarks.routing --solvers coldchain pyvrp --reference earlier.json  # peers reused
 
 Every solution (ours and the peers') is checked by ``routing.vrplib.check_solution`` in
 exact arithmetic before it is reported. PyVRP and pyvroom are imported only here
@@ -126,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--solvers", nargs="*", default=["coldchain", "pyvrp", "vroom"])
     ap.add_argument("--workers", type=int, default=None, help="coldchain processes (default: all cores)")
     ap.add_argument("--json", help="also write the raw results to this file")
+    ap.add_argument("--reference", help="reuse the peers' results (same instances and time limit) from a "
+                                        "--json file of an earlier run instead of solving again; only the "
+                                        "solvers named in --solvers that the file lacks are run")
     args = ap.parse_args(argv)
 
     from rich.console import Console
@@ -140,12 +144,25 @@ def main(argv: list[str] | None = None) -> int:
         "pyvrp": lambda p, inst: run_pyvrp(inst, args.time_limit),
         "vroom": lambda p, inst: run_vroom(inst, args.time_limit),
     }
+    stored: dict[tuple[str, str], dict] = {}
+    if args.reference:
+        # peers are deterministic enough that rerunning them for every experiment on our
+        # own solver only costs time; their feasibility is re-checked below all the same
+        with open(args.reference, encoding="utf-8") as f:
+            ref = json.load(f)
+        if float(ref.get("time_limit", math.nan)) != args.time_limit:
+            ap.error(f"--reference was run with --time-limit {ref.get('time_limit')}, not {args.time_limit:g}")
+        stored = {(r["instance"], r["solver"]): r for r in ref["results"] if r["solver"] != "coldchain"}
     for name in args.instances:
         path = _find(args.dir, name)
         inst = read_instance(path)
         for solver in args.solvers:
             try:
-                routes, secs = runners[solver](path, inst)
+                if (name, solver) in stored:
+                    old = stored[(name, solver)]
+                    routes, secs = old["routes"], old["seconds"]
+                else:
+                    routes, secs = runners[solver](path, inst)
                 errors = check_solution(inst, routes)
                 dist = route_distance(inst, routes)
                 nveh = sum(1 for r in routes if r)
