@@ -77,12 +77,16 @@ def _client(url: str, name: str):  # noqa: ANN202
 
 def publisher(url: str, vans: list[tuple[str, str]], samples: int, per_message: int, start: str,
               done: mp.Queue) -> None:
-    """Send `samples` samples for the vans, round robin, `per_message` per MQTT message."""
+    """Send `samples` samples for the vans, round robin, `per_message` per MQTT message.
+
+    Payloads are built before the clock starts, so the publisher's share of this 2-core machine
+    during the run is paho's publishing, not JSON building; it reports the wall-clock time of its
+    first publish (the benchmark's start) and how long publishing took."""
     client = _client(url, "bench-pub")
     base = datetime.fromisoformat(start)
     seq = dict.fromkeys((d for _v, d in vans), 0)
-    sent, infos, t0 = 0, [], time.perf_counter()
-    i = 0
+    messages: list[tuple[str, str]] = []
+    sent, i = 0, 0
     while sent < samples:
         van, device = vans[i % len(vans)]
         i += 1
@@ -94,16 +98,19 @@ def publisher(url: str, vans: list[tuple[str, str]], samples: int, per_message: 
             ts = base + timedelta(seconds=5 * s)
             batch.append({"device": device, "seq": s, "ts": ts.isoformat(), "temp_c": {"chilled": 3.5, "frozen": -19.0},
                           "door": {"chilled": "closed"}, "pos": [30.65, 104.06], "battery": 0.9})
-        infos.append(client.publish(f"coldchain/v1/vehicles/{van}/telemetry",
-                                    json.dumps(batch if per_message > 1 else batch[0]), qos=1))
+        messages.append((f"coldchain/v1/vehicles/{van}/telemetry", json.dumps(batch if per_message > 1 else batch[0])))
         sent += n
+    infos = []
+    first, t0 = time.time(), time.perf_counter()
+    for topic, payload in messages:
+        infos.append(client.publish(topic, payload, qos=1))
         if len(infos) >= 500:
             for info in infos:
                 info.wait_for_publish(60)
             infos = []
     for info in infos:
         info.wait_for_publish(60)
-    done.put(time.perf_counter() - t0)
+    done.put((first, time.perf_counter() - t0))
     client.loop_stop()
     client.disconnect()
 
@@ -189,19 +196,17 @@ def _run(args, con, url: str, work: Path, db_url: str, engine, ingest: list) -> 
     done: mp.Queue = mp.get_context("spawn").Queue()
     pub = mp.get_context("spawn").Process(target=publisher, args=(url, vans, args.samples, args.per_message,
                                                                   start, done))
-    t0 = time.perf_counter()
     pub.start()
-    stored, first_at = 0, None
+    stored = 0
     deadline = time.monotonic() + 600
     while stored < args.samples and time.monotonic() < deadline:
-        time.sleep(0.25)
+        time.sleep(0.1)
         with engine.connect() as conn:
             stored = conn.scalar(select(func.count()).select_from(TelemetrySample))
-        if stored and first_at is None:
-            first_at = time.perf_counter()
-    elapsed = time.perf_counter() - t0
+    last_stored = time.time()
     pub.join(60)
-    publish_s = done.get(timeout=10) if not done.empty() else float("nan")
+    first_publish, publish_s = done.get(timeout=10)
+    elapsed = last_stored - first_publish
     time.sleep(1)
     with engine.connect() as conn:
         final = conn.scalar(select(func.count()).select_from(TelemetrySample))
