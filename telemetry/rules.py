@@ -144,7 +144,8 @@ class RuleConfig:
     carry_grace_s: float = 10.0  # network lag of the last sample that still counts as "live"
     max_runs: int = 1000
     keep_s: float = 6 * 3600  # runs this far behind the newest reading are folded into the checkpoint
-    # the products whose limits tightened a compartment's thresholds (shown in the alert's details)
+    # the products whose limits tightened a compartment's thresholds, by "class:high" / "class:low"
+    # (shown in the alert's details)
     temp_limit_skus: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def with_limits(
@@ -183,7 +184,12 @@ class RuleConfig:
             return self
         products = [(cls, c.get("min_c"), c.get("max_c")) for cls, c in cargo.items()]
         out = self.for_products(products)
-        skus = {cls: tuple(c.get("skus") or ()) for cls, c in cargo.items() if c.get("skus")}
+        skus: dict[str, tuple[str, ...]] = {}
+        for cls, c in cargo.items():
+            for bound, key in (("high", "max_skus"), ("low", "min_skus")):
+                named = c.get(key, c.get("skus"))
+                if named:
+                    skus[f"{cls}:{bound}"] = tuple(named)
         return replace(out, temp_limit_skus={**self.temp_limit_skus, **skus})
 
     def to_dict(self) -> dict[str, Any]:
@@ -229,8 +235,8 @@ def _make_rule(config: RuleConfig, series: str) -> _Rule | None:
             return None
         limit = float(limits[cls])
         details = {"limit": bound, "threshold_c": limit, "duration_minutes": duration / 60}
-        if config.temp_limit_skus.get(cls):
-            details["cargo"] = list(config.temp_limit_skus[cls])
+        if config.temp_limit_skus.get(f"{cls}:{bound}"):
+            details["cargo"] = list(config.temp_limit_skus[f"{cls}:{bound}"])
         return _Rule(series, kind, cls, limit, config.temp_margin_c, 1 if bound == "high" else -1,
                      duration, False, details)
     if kind == "door":

@@ -384,7 +384,8 @@ def watch_view(session: Session, vehicle_id: int, code: str, engine: RuleEngine 
             "last_sample_at": _iso(row.last_sample_at) if row is not None else None,
             "cargo": cargo or {},
             "limits_c": {cls: {"max": config.temp_max_c.get(cls), "min": config.temp_min_c.get(cls),
-                               "set_by": list(config.temp_limit_skus.get(cls, ()))}
+                               "max_set_by": list(config.temp_limit_skus.get(f"{cls}:high", ())),
+                               "min_set_by": list(config.temp_limit_skus.get(f"{cls}:low", ()))}
                          for cls in ("frozen", "chilled", "ambient")}}
 
 

@@ -60,14 +60,16 @@ def van_watch(session: Session, day: date, now: datetime | None = None) -> dict[
 
 
 def _limits(items: set[tuple[str, float | None, float | None]]) -> dict:
-    """The tightest range of these products, and the SKUs that set it (the ones quality staff look at)."""
+    """The tightest range of these products, and the SKUs that set each bound (the ones quality staff look at:
+    a warm alert names the products with the lowest maximum, a cold one those with the highest minimum)."""
     maxes = [hi for _s, _lo, hi in items if hi is not None]
     mins = [lo for _s, lo, _hi in items if lo is not None]
     max_c = float(min(maxes)) if maxes else None
     min_c = float(max(mins)) if mins else None
-    skus = sorted({sku for sku, lo, hi in items
-                   if (hi is not None and hi == max_c) or (lo is not None and lo == min_c)})
-    return {"min_c": min_c, "max_c": max_c, "skus": skus}
+    max_skus = sorted({sku for sku, _lo, hi in items if hi is not None and hi == max_c})
+    min_skus = sorted({sku for sku, lo, _hi in items if lo is not None and lo == min_c})
+    return {"min_c": min_c, "max_c": max_c, "skus": sorted({*max_skus, *min_skus}),
+            "max_skus": max_skus, "min_skus": min_skus}
 
 
 def sync_vans(session: Session, now: datetime | None = None, day: date | None = None) -> int:

@@ -55,6 +55,8 @@ def test_cargo_is_the_tightest_range_of_the_products_aboard(session, tmp_path: P
     assert chilled["skus"] == sorted({p.sku for p in aboard["chilled"]
                                       if p.max_c == chilled["max_c"] or p.min_c == chilled["min_c"]})
     assert "STRAW-1" in chilled["skus"]
+    assert chilled["max_skus"] == sorted({p.sku for p in aboard["chilled"] if p.max_c == chilled["max_c"]})
+    assert chilled["max_skus"] == ["STRAW-1"]  # eggs (max 8 °C) share the 0 °C minimum, not the 4 °C maximum
 
     # as of a time: only the routes under way, and then they are active
     during = van_watch(session, DAY, route.start_at + timedelta(minutes=1))
@@ -97,7 +99,7 @@ def test_a_van_carrying_strawberries_alerts_at_their_limit_and_says_why(session,
                     fleet, default_engine(), now=now)
     alerts = session.scalars(select(Alert)).all()
     assert [(a.vehicle_id, a.kind, a.compartment) for a in alerts] == [(vehicles[van].id, "temperature", "chilled")]
-    assert alerts[0].details["threshold_c"] == 4.0 and "STRAW-1" in alerts[0].details["cargo"]
+    assert alerts[0].details["threshold_c"] == 4.0 and alerts[0].details["cargo"] == ["STRAW-1"]
     assert 19 <= alerts[0].minutes_out <= 21
 
     # once the day's vans are told nothing is aboard, the class default is back
@@ -114,7 +116,7 @@ def test_the_watch_route_shows_what_the_rules_use(api, token, session, tmp_path:
     assert got.status_code == 200, got.text
     body = got.json()
     assert body["active"] is False and body["cargo"]["chilled"]["max_c"] == 4.0
-    assert body["limits_c"]["chilled"]["max"] == 4.0 and "STRAW-1" in body["limits_c"]["chilled"]["set_by"]
+    assert body["limits_c"]["chilled"]["max"] == 4.0 and body["limits_c"]["chilled"]["max_set_by"] == ["STRAW-1"]
     idle = next(code for code in ("VAN-01", "VAN-02") if code != van)
     other = api.get(f"/api/v1/telemetry/vehicles/{idle}/watch", headers=token("dispatcher")).json()
     expected_chilled = other["cargo"].get("chilled", {}).get("max_c", 8.0)
