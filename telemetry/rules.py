@@ -174,7 +174,8 @@ class RuleConfig:
         return replace(self, temp_max_c=tmax, temp_min_c=tmin)
 
     def for_cargo(self, cargo: Mapping[str, Mapping[str, Any]] | None) -> RuleConfig:
-        """A copy tightened by what a van carries: ``{class: {"min_c", "max_c", "skus"}}``.
+        """A copy tightened by what a van carries: ``{class: {"min_c", "max_c", "max_skus", "min_skus"}}``
+        (the SKUs setting each bound, named in the alert; ``skus`` stands for both when those are absent).
 
         This is how the ingestor applies per-product limits: traceability works out the
         strictest range of the products aboard each compartment and stores it with the

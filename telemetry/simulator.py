@@ -465,22 +465,17 @@ class Simulation:
             return self.rules.for_cargo(day.spec.cargo).temp_max_c
 
         eligible = [d for d in order if with_temp_class(d) in limits(d)]
-        if sc.warming:
-            got = pick("warming", RAMP + WARMING_OUT + RAMP + timedelta(minutes=3), eligible)
+        # an excursion over the van's limit: long enough to alert (warming) or not (blip)
+        for kind, out_for, alert in (("warming", WARMING_OUT, "temperature"), ("blip", BLIP_OUT, None)):
+            if not getattr(sc, kind):
+                continue
+            got = pick(kind, RAMP + out_for + RAMP + timedelta(minutes=3), eligible)
             if got:
                 day, t0 = got
                 cls = with_temp_class(day)
                 a = t0 + RAMP
-                day.temp_incidents.append((cls, a, a + WARMING_OUT, limits(day)[cls]))
-                self._incident("warming", day, cls, a, a + WARMING_OUT, alert="temperature")
-        if sc.blip:
-            got = pick("blip", RAMP + BLIP_OUT + RAMP + timedelta(minutes=3), eligible)
-            if got:
-                day, t0 = got
-                cls = with_temp_class(day)
-                a = t0 + RAMP
-                day.temp_incidents.append((cls, a, a + BLIP_OUT, limits(day)[cls]))
-                self._incident("blip", day, cls, a, a + BLIP_OUT, alert=None)
+                day.temp_incidents.append((cls, a, a + out_for, limits(day)[cls]))
+                self._incident(kind, day, cls, a, a + out_for, alert=alert)
         if sc.door_left_open:
             got = pick("door_left_open", DOOR_LEFT_OPEN + timedelta(minutes=3), order)
             if got:

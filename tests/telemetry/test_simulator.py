@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import time
 import uuid
@@ -24,6 +23,7 @@ from telemetry.rules import RuleEngine
 from telemetry.simulator import Message, PlannedStop, Scenario, Simulation, VanSpec, status_topic
 from tests import scenario_files
 from tests.conftest import coldchain_cmd
+from tests.telemetry.test_ingestor import stop
 
 START = datetime(2026, 11, 20, 0, 0, tzinfo=UTC)
 ALL = ("frozen", "chilled", "ambient")
@@ -224,15 +224,6 @@ def fleet_db(databases, tmp_path: Path, mqtt_url: str, monkeypatch: pytest.Monke
         reset_caches()
 
 
-def _stop(proc: subprocess.Popen) -> str:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        return proc.communicate(timeout=30)[1]
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return proc.communicate()[1]
-
-
 def test_end_to_end_through_broker_and_ingestor(fleet_db, mqtt_url: str) -> None:  # noqa: ANN001
     from rich.console import Console
 
@@ -303,5 +294,5 @@ def test_end_to_end_through_broker_and_ingestor(fleet_db, mqtt_url: str) -> None
         assert got == {status_topic(v): b"offline" for v in fleet_db["vans"]}
         assert all(parse_topic(t) is None for t in got)
     finally:
-        log = _stop(proc)
+        log = stop(proc)
     assert "Traceback" not in log, log
