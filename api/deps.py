@@ -21,12 +21,14 @@ oauth2 = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/token", auto_error=False)
 
 def get_session(request: Request) -> Iterator[Session]:
     """The request is the unit of work; reads run deferred, a request that may write takes SQLite's
-    write lock up front."""
+    write lock up front. It commits when the route function returns, before the answer is sent
+    (scope="function"): a client that is told 202 finds the job's row, and a failed commit is the
+    answer, not a log line after a success was already sent."""
     with session_scope(write=request.method not in ("GET", "HEAD", "OPTIONS")) as session:
         yield session
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
 @dataclass(frozen=True)

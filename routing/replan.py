@@ -129,6 +129,22 @@ def event_dict(event: Event | None) -> dict | None:
     return out
 
 
+def event_from_dict(data: dict | None) -> Event | None:
+    """The inverse of :func:`event_dict`: how a re-planning job receives its event (JSON over Celery)."""
+    if data is None:
+        return None
+    kind = data.get("type")
+    if kind == "breakdown":
+        position = data.get("position")
+        return breakdown(data["vehicle_code"], datetime.fromisoformat(data["at"]),
+                         tuple(position) if position else None)
+    if kind == "add_order":
+        return add_order(data["order_ref"])
+    if kind == "cancel_order":
+        return cancel_order(data["order_ref"], data.get("reason"))
+    raise Invalid(f"unknown re-planning event {kind!r}", pointer="/type")
+
+
 # ------------------------------------------------------------------------- read snapshot
 
 

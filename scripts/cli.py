@@ -373,24 +373,17 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="print the diff and summar
 
 
 def _run_replan(day: datetime, event, time_limit: float, json_out: bool) -> None:  # noqa: ANN001
-    from core.db import session_scope
     from core.errors import DomainError
-    from core.timeutil import utcnow
-    from routing.replan import depot_of, replan
-    from scripts.planning import tell_the_rules
-    from traceability.service import van_positions
+    from traceability.flows import replan_flow
 
     ensure_schema()
     try:
-        with session_scope() as session:
-            depot = depot_of(session, day.date(), event)
-            positions = van_positions(session, depot, getattr(event, "at", None) or utcnow())
-        out = replan(day.date(), depot, event, time_limit=time_limit, actor="cli", positions=positions)
-        tell_the_rules()
+        out = replan_flow(day.date(), event, time_limit=time_limit, actor="cli")
     except DomainError as exc:
         err.print(f"[red]{exc.detail}")
         raise typer.Exit(1) from exc
-    err.print(f"{depot}: {out['reason']}: plan v{out['version']}, {out['stops']} stops on {out['routes']} routes, "
+    err.print(f"{out['depot']}: {out['reason']}: plan v{out['version']}, {out['stops']} stops on {out['routes']} "
+              "routes, "
               f"{len(out['moved'])} moved, {len(out['unserved'])} newly unserved")
     for m in out["moved"]:
         err.print(f"  {m['order_ref']}: {m['from']} -> {m['to']}")

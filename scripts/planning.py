@@ -40,7 +40,7 @@ def plan_day(day: date, time_limit: float, workers: int | None, actor: str) -> l
     from core.db import session_scope
     from core.settings import get_settings
     from routing.service import depots_of_day
-    from routing.tasks import plan_depot_task
+    from traceability.tasks import plan_depot_task
 
     with session_scope() as session:
         depots = depots_of_day(session, day)
@@ -76,7 +76,6 @@ def plan_day(day: date, time_limit: float, workers: int | None, actor: str) -> l
                 time.sleep(0.2)
         for d in jobs:
             results.setdefault(d, {"depot": d, "error": "timed out waiting for a worker"})
-    tell_the_rules()
     table = Table("depot", "vans", "stops", "unserved", "km", "seconds", title=f"plans for {day}",
                   title_justify="left")
     for d in depots:
@@ -88,12 +87,3 @@ def plan_day(day: date, time_limit: float, workers: int | None, actor: str) -> l
                           f"{r['seconds']:.1f}")
     err.print(table)
     return [results[d] for d in depots]
-
-
-def tell_the_rules() -> None:
-    """After a plan changes, the telemetry rules learn at once which vans carry what (not on the next tick)."""
-    from core.db import session_scope
-    from traceability.service import sync_vans
-
-    with session_scope() as session:
-        sync_vans(session)

@@ -12,6 +12,7 @@ from sqlalchemy import select
 from api.deps import Caller, SessionDep, require
 from api.pagination import After, Limit, page
 from core.errors import Invalid, NotFound
+from core.jobs import enqueue
 from warehouses.models import Node, Vehicle
 
 router = APIRouter(tags=["network"])
@@ -56,13 +57,19 @@ class ScenarioLoadRequest(BaseModel):
     directory: str
 
 
-@router.post("/scenarios/load", status_code=202)
-def load_scenario(body: ScenarioLoadRequest, request: Request, _caller: Dispatcher) -> dict:
-    """Queue a scenario load on the Celery workers; poll the job link for progress."""
+class JobStarted(BaseModel):
+    job: str
+    href: str
+
+
+@router.post("/scenarios/load", status_code=202, response_model=JobStarted)
+def load_scenario(body: ScenarioLoadRequest, request: Request, session: SessionDep, caller: Dispatcher) -> JobStarted:
+    """Queue a scenario load on the Celery workers (sent once this request commits); poll the job link."""
     from fulfillment.tasks import load_scenario_task
 
     directory = Path(body.directory)
     if not directory.is_dir():
         raise Invalid(f"{body.directory}: not a directory on the server")
-    result = load_scenario_task.delay(str(directory.resolve()))
-    return {"job": result.id, "href": str(request.url_for("get_job", job_id=result.id))}
+    job = enqueue(session, load_scenario_task, str(directory.resolve()), kind="scenario_load",
+                  requested_by=caller.username, roles=("dispatcher",), params={"directory": body.directory})
+    return JobStarted(job=job.id, href=str(request.url_for("get_job", job_id=job.id)))

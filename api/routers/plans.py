@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-from contextlib import contextmanager
 from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Literal
@@ -14,12 +13,11 @@ from pydantic import BaseModel, Field
 
 from api.deps import Caller, SessionDep, require
 from core.errors import Invalid
-from core.timeutil import utcnow
+from core.jobs import Job, enqueue
 from fulfillment.service import day_allocations
 from routing.exports import day_map_png, route_geojson, route_sheet_pdf
-from routing.replan import add_order, breakdown, cancel_order, depot_of, replan
+from routing.replan import add_order, breakdown, cancel_order, depot_of, event_dict
 from routing.service import day_routes, depots_of_day
-from traceability.service import sync_vans, van_positions
 
 router = APIRouter(tags=["plans"])
 Dispatcher = Annotated[Caller, Depends(require("dispatcher"))]
@@ -31,10 +29,25 @@ class PlanIn(BaseModel):
     depots: list[str] | None = None
 
 
-@router.post("/plans", status_code=202)
-def start_plan(body: PlanIn, request: Request, session: SessionDep, caller: Dispatcher) -> dict:
-    """Queue one planning job per depot; each job's progress is at its href."""
-    from routing.tasks import plan_depot_task
+class JobLink(BaseModel):
+    depot: str
+    job: str = Field(description="the job id")
+    href: str = Field(description="poll this for progress and the result")
+
+
+class PlanJobs(BaseModel):
+    date: date
+    jobs: list[JobLink]
+
+
+def _link(request: Request, depot: str, job: Job) -> JobLink:
+    return JobLink(depot=depot, job=job.id, href=str(request.url_for("get_job", job_id=job.id)))
+
+
+@router.post("/plans", status_code=202, response_model=PlanJobs)
+def start_plan(body: PlanIn, request: Request, session: SessionDep, caller: Dispatcher) -> PlanJobs:
+    """Queue one planning job per depot (sent once this request commits); each job's progress is at its href."""
+    from traceability.tasks import plan_depot_task
 
     depots = depots_of_day(session, body.date)
     if body.depots:
@@ -45,11 +58,13 @@ def start_plan(body: PlanIn, request: Request, session: SessionDep, caller: Disp
         depots = [d for d in depots if d in body.depots]
     if not depots:
         raise Invalid(f"nothing to plan on {body.date}: allocate the day's orders first", pointer="/date")
-    jobs = []
+    links = []
     for depot in depots:
-        result = plan_depot_task.delay(body.date.isoformat(), depot, body.time_limit, caller.username)
-        jobs.append({"depot": depot, "job": result.id, "href": str(request.url_for("get_job", job_id=result.id))})
-    return {"date": body.date.isoformat(), "jobs": jobs}
+        job = enqueue(session, plan_depot_task, body.date.isoformat(), depot, body.time_limit, caller.username,
+                      kind="plan", requested_by=caller.username, roles=("dispatcher",),
+                      params={"date": body.date.isoformat(), "depot": depot, "time_limit": body.time_limit})
+        links.append(_link(request, depot, job))
+    return PlanJobs(date=body.date, jobs=links)
 
 
 @router.get("/plans")
@@ -69,15 +84,12 @@ class ReplanIn(BaseModel):
     time_limit: Annotated[float, Field(gt=0, le=60, description="solver seconds")] = 5.0
 
 
-@contextmanager
-def _request_scope(session):  # noqa: ANN001, ANN202
-    yield session  # the request commits (api.deps.get_session)
-    session.flush()
+@router.post("/plans/{day}/replan", status_code=202, response_model=JobLink)
+def replan_day(day: date, body: ReplanIn, request: Request, session: SessionDep, caller: Dispatcher) -> JobLink:
+    """Re-plan the depot an event belongs to, as a job: poll its href; the job's result is the new plan's
+    diff (moves, ETAs old -> new, unserved). An unknown van or order answers at once."""
+    from traceability.tasks import replan_task
 
-
-@router.post("/plans/{day}/replan")
-def replan_day(day: date, body: ReplanIn, session: SessionDep, caller: Dispatcher) -> dict:
-    """Re-plan the depot an event belongs to; answers the new plan's diff (moves, ETAs old -> new, unserved)."""
     if body.type == "breakdown":
         if not body.vehicle or body.at is None:
             raise Invalid("a breakdown needs vehicle and at", pointer="/vehicle" if not body.vehicle else "/at")
@@ -89,12 +101,11 @@ def replan_day(day: date, body: ReplanIn, session: SessionDep, caller: Dispatche
     else:
         event = cancel_order(body.order_ref, body.reason)
     depot = depot_of(session, day, event)
-    # vans on the road go on from their last GPS fix (telemetry), else from their last stop
-    positions = van_positions(session, depot, body.now or body.at or utcnow())
-    out = replan(day, depot, event, time_limit=body.time_limit, actor=caller.username, now=body.now,
-                 sessions=lambda: _request_scope(session), positions=positions)
-    sync_vans(session)  # the rules learn at once what each van now carries
-    return out
+    now = body.now.isoformat() if body.now else None
+    job = enqueue(session, replan_task, day.isoformat(), depot, event_dict(event), body.time_limit,
+                  caller.username, now, kind="replan", requested_by=caller.username, roles=("dispatcher",),
+                  params={"date": day.isoformat(), "depot": depot, "event": event_dict(event)})
+    return _link(request, depot, job)
 
 
 @router.get("/plans/{day}/routes/{vehicle}/geojson")
