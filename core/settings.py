@@ -11,7 +11,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -26,10 +26,13 @@ class Settings(BaseSettings):
     broker_url: str | None = Field(default=None, description="Celery broker; unset: SQLite transport")
     celery_queue: str = Field(default="celery", description="queue that tasks go to and workers listen on")
     secret_key: str = Field(default="change-me-in-production-coldchain-secret-key", min_length=32)
-    timezone: str = "Asia/Shanghai"
-    token_minutes: int = Field(default=30, ge=1, le=24 * 60)
-    order_cutoff: str = Field(default="20:00", pattern=r"^\d{2}:\d{2}$")
-    default_service_radius_km: float = 5.0
+    timezone: str = Field(default="Asia/Shanghai", description="an IANA zone name such as Asia/Shanghai")
+    token_minutes: int = Field(default=30, ge=1, le=24 * 60, description="minutes an access token lives")
+    order_cutoff: str = Field(default="20:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$",
+                              description="a local time HH:MM")
+    default_service_radius_km: float = Field(default=5.0, gt=0, le=100,
+                                             description="radius served by a node without a service-area polygon")
+    osrm_url: str | None = Field(default=None, description="an OSRM server for road durations; unset: geodesic x 1.3")
 
     @field_validator("timezone")
     @classmethod
@@ -77,8 +80,54 @@ class Settings(BaseSettings):
         return self.data_dir
 
 
+class ConfigError(Exception):
+    """Invalid COLDCHAIN_* settings, one line per problem: the variable, what is wrong, what is expected."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+def _expected(name: str) -> str:
+    field = Settings.model_fields.get(name)
+    if field is None:
+        return ""
+    parts = []
+    for meta in field.metadata:
+        for attr, words in (("min_length", "at least {} characters"), ("ge", ">= {}"), ("gt", "> {}"),
+                            ("le", "<= {}")):
+            value = getattr(meta, attr, None)
+            if value is not None:
+                parts.append(words.format(value))
+    if field.description:
+        parts.append(field.description)
+    return "; expected " + ", ".join(parts) if parts else ""
+
+
+def config_error(exc: ValidationError) -> ConfigError:
+    """Turn pydantic's report into lines an operator can act on (no traceback)."""
+    lines = []
+    for error in exc.errors():
+        name = str(error["loc"][0]) if error.get("loc") else "?"
+        message = error.get("msg", "invalid").removeprefix("Value error, ")
+        got = error.get("input")
+        shown = "" if name == "secret_key" or got is None or isinstance(got, dict) else f" (got {str(got)[:60]!r})"
+        if name == "secret_key" and isinstance(got, str):
+            shown = f" (got {len(got)} characters)"
+        lines.append(f"COLDCHAIN_{name.upper()}: {message}{shown}{_expected(name)}")
+    return ConfigError(lines)
+
+
 @lru_cache
 def get_settings() -> Settings:
-    settings = Settings()
-    settings.ensure_data_dir()
+    """The process's settings; raises ConfigError naming every invalid variable."""
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        raise config_error(exc) from None
+    try:
+        settings.ensure_data_dir()
+    except OSError as exc:
+        raise ConfigError([f"COLDCHAIN_DATA_DIR: cannot create {settings.data_dir} ({exc.strerror}); "
+                           "expected a writable folder"]) from None
     return settings

@@ -33,9 +33,7 @@ def travel() -> CachedTravel:
     """The configured travel model (OSRM when COLDCHAIN_OSRM_URL is set), cached per day and depot."""
     global _travel
     if _travel is None:
-        import os
-
-        _travel = CachedTravel(travel_model(os.environ.get("COLDCHAIN_OSRM_URL") or None))
+        _travel = CachedTravel(travel_model(get_settings().osrm_url or None))
     return _travel
 
 

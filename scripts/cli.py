@@ -536,8 +536,22 @@ def demo(
     run_demo(output, orders, time_limit)
 
 
+def check_settings() -> None:
+    """Every command starts by reading the settings: an invalid one is one line per variable and exit 2."""
+    from core.settings import ConfigError, get_settings
+
+    try:
+        get_settings()
+    except ConfigError as exc:
+        for line in exc.lines:
+            err.print(f"[red]configuration error:[/] {line}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+
+
 def main() -> None:
     os.environ.setdefault("PYTHONIOENCODING", "utf-8")
+    if not any(arg in ("--help", "-h") for arg in sys.argv[1:2]) and len(sys.argv) > 1:
+        check_settings()
     try:
         app()
     except KeyboardInterrupt:
