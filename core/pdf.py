@@ -5,13 +5,16 @@ viewer: a driver's phone without Adobe's Asian font pack shows every Chinese nam
 as empty boxes, or nothing at all. So every PDF embeds WenQuanYi Micro Hei (Apache-2.0; all 6,763
 GB2312 hanzi, Latin, digits), shipped by the PyPI package ``paperang-p2-fonts-cjk`` that ``pip install``
 brings in with the project: nothing is fetched at run time and no font file lives in this repository.
-reportlab subsets TrueType fonts, so a sheet carries only the glyphs it uses (a few kB, not 5 MB).
+reportlab subsets TrueType fonts, so a sheet carries only the glyphs it uses (tens of kB, not 5 MB).
 
 The package has no bold face. ``BOLD`` names the same face, registered as the family's bold, so ``<b>``
 markup and bold styles stay readable (emphasis comes from size, colour and background instead) rather
-than falling back to a base-14 font that has no Chinese and is not embedded. New PDFs (audit reports, trace reports)
-start from :func:`document`, take their styles from :func:`styles` or :func:`paragraph_style` and their
-tables' from :func:`table_style`, and pass data through :func:`escape` before it goes into markup.
+than falling back to a base-14 font that has no Chinese and is not embedded.
+
+New PDFs (audit reports, trace reports) start from :func:`document`, take their styles from
+:func:`styles` or :func:`paragraph_style` and their tables' from :func:`table_style`, and pass data
+through :func:`escape` before it goes into markup. reportlab is imported inside the functions, as the
+exports do, so importing this module costs nothing to an API process that prints no PDF.
 """
 
 from __future__ import annotations
@@ -19,7 +22,11 @@ from __future__ import annotations
 import threading
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from reportlab.lib.styles import ParagraphStyle, StyleSheet1
+    from reportlab.platypus import SimpleDocTemplate, TableStyle
 
 FONT_PACKAGE = "paperang_p2_fonts_cjk"
 FONT_RESOURCE = "fonts/wqy-microhei.ttc"
@@ -59,7 +66,7 @@ def register_fonts() -> tuple[str, str]:
     return REGULAR, BOLD
 
 
-def styles() -> Any:
+def styles() -> StyleSheet1:
     """reportlab's sample stylesheet with every style set in the embedded font (bold ones in ``BOLD``).
 
     A fresh stylesheet per call: callers may change sizes without touching another document's styles.
@@ -74,7 +81,8 @@ def styles() -> Any:
     return sheet
 
 
-def paragraph_style(name: str, parent: Any = None, *, bold: bool = False, **attrs: Any) -> Any:
+def paragraph_style(name: str, parent: ParagraphStyle | None = None, *, bold: bool = False,
+                    **attrs: Any) -> ParagraphStyle:
     """A ParagraphStyle in the embedded font; Chinese wraps between any two characters (wordWrap CJK).
 
     ``parent`` is a style of :func:`styles` (or any ParagraphStyle); ``attrs`` are ParagraphStyle's own
@@ -87,7 +95,7 @@ def paragraph_style(name: str, parent: Any = None, *, bold: bool = False, **attr
     return ParagraphStyle(name, parent=parent, fontName=bold_name if bold else regular, **attrs)
 
 
-def document(path: Path | str, **kwargs: Any) -> Any:
+def document(path: Path | str, **kwargs: Any) -> SimpleDocTemplate:
     """A SimpleDocTemplate whose pages start in the embedded font.
 
     reportlab's canvas otherwise opens every page in Helvetica, a font that no PDF embeds: nothing is
@@ -101,7 +109,7 @@ def document(path: Path | str, **kwargs: Any) -> Any:
     return SimpleDocTemplate(str(path), **kwargs)
 
 
-def table_style(*commands: tuple, size: float = 8) -> Any:
+def table_style(*commands: tuple, size: float = 8) -> TableStyle:
     """A TableStyle that sets every cell in the embedded font before ``commands`` apply.
 
     A Table opens each cell in Helvetica 10 unless told otherwise, even when the cells hold Paragraphs.
