@@ -14,7 +14,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from core.pdf import document, escape, styles, table_style
+from core.pdf import document, escape, paragraph_style, styles, table_style
 from fulfillment.models import Order, OrderLine, Reservation
 from warehouses.models import TEMP_CLASSES, Node, Product, StockLot
 
@@ -79,10 +79,15 @@ def render_pdf(lists: list[dict], path: Path) -> Path:
     from reportlab.platypus import PageBreak, Paragraph, Spacer, Table
 
     sheet = styles()
+    cell = paragraph_style("cell", sheet["Normal"], fontSize=8, leading=9.5)
+    flag = paragraph_style("flag", cell, textColor=colors.red)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = document(path, pagesize=A4, leftMargin=12 * mm, rightMargin=12 * mm, topMargin=12 * mm,
                    bottomMargin=12 * mm, title="pick lists")
+    # 186 mm across: the codes of the sample city fit their columns on one line; product names (up to
+    # 70 mm) wrap in theirs, and FRAGILE 易碎 over two lines
+    widths = [24 * mm, 18 * mm, 33 * mm, 46 * mm, 19 * mm, 17 * mm, 8 * mm, 13 * mm, 8 * mm]
     story: list = []
     for i, pl in enumerate(lists):
         if i:
@@ -95,14 +100,16 @@ def render_pdf(lists: list[dict], path: Path) -> Path:
                 continue
             story.append(Paragraph(f"{tclass} ({pl['litres'][tclass]:.1f} l)", sheet["Heading2"]))
             data = [["order", "window", "sku", "product", "lot", "expires", "qty", "", "✓"]]
-            data += [[r["order_ref"], r["window"], r["sku"], r["name"][:18], r["lot"], r["expires"], str(r["qty"]),
-                      "FRAGILE 易碎" if r["fragile"] else "", "□"] for r in rows]
-            table = Table(data, repeatRows=1, colWidths=[22 * mm, 22 * mm, 20 * mm, 40 * mm, 22 * mm, 22 * mm,
-                                                         10 * mm, 20 * mm, 8 * mm])
+            data += [[r["order_ref"], r["window"], r["sku"], Paragraph(escape(r["name"]), cell), r["lot"],
+                      r["expires"], str(r["qty"]), Paragraph("FRAGILE 易碎", flag) if r["fragile"] else "", "□"]
+                     for r in rows]
+            table = Table(data, repeatRows=1, colWidths=widths)
             table.setStyle(table_style(
                 ("BACKGROUND", (0, 0), (-1, 0), colors.HexColor("#dde7f0")),
                 ("GRID", (0, 0), (-1, -1), 0.25, colors.grey),
-                ("TEXTCOLOR", (7, 1), (7, -1), colors.red),
+                ("VALIGN", (0, 0), (-1, -1), "TOP"),
+                ("LEFTPADDING", (0, 0), (-1, -1), 3),
+                ("RIGHTPADDING", (0, 0), (-1, -1), 3),
                 ("FONTSIZE", (8, 1), (8, -1), 12),  # the box to tick
                 ("ALIGN", (8, 0), (8, -1), "CENTER"),
             ))

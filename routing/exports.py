@@ -179,8 +179,9 @@ def route_sheet_pdf(session: Session, day: date, vehicle_code: str, path: Path) 
             Paragraph("<br/>".join(items) or "-", base), Paragraph(esc(s.status), base),
             Spacer(1, 16 * mm),  # room to sign
         ])
-    table = Table(rows, repeatRows=1, colWidths=[8 * mm, 13 * mm, 22 * mm, 22 * mm, 62 * mm, 80 * mm, 18 * mm,
-                                                 52 * mm])
+    # the order column fits a sample ref (CD-261202-0267) on one line; the signature box gives up the room
+    table = Table(rows, repeatRows=1, colWidths=[8 * mm, 13 * mm, 22 * mm, 26 * mm, 62 * mm, 80 * mm, 18 * mm,
+                                                 48 * mm])
     table.setStyle(table_style(
         ("BACKGROUND", (0, 0), (-1, 0), colors.HexColor("#dde7f0")),
         ("GRID", (0, 0), (-1, -1), 0.25, colors.grey),
