@@ -14,6 +14,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from core.pdf import document, escape, paragraph_style, styles, table_style
 from fulfillment.models import Order, OrderLine, Reservation
 from warehouses.models import TEMP_CLASSES, Node, Product, StockLot
 
@@ -71,45 +72,49 @@ def demand(session: Session, day: date) -> list[dict]:
 
 
 def render_pdf(lists: list[dict], path: Path) -> Path:
-    """One page per node, a table per temperature class; Chinese text through a built-in CID font."""
+    """One page per node, a table per temperature class; Chinese text in core.pdf's embedded CJK font."""
     from reportlab.lib import colors
     from reportlab.lib.pagesizes import A4
-    from reportlab.lib.styles import getSampleStyleSheet
     from reportlab.lib.units import mm
-    from reportlab.pdfbase import pdfmetrics
-    from reportlab.pdfbase.cidfonts import UnicodeCIDFont
-    from reportlab.platypus import PageBreak, Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
+    from reportlab.platypus import PageBreak, Paragraph, Spacer, Table
 
-    pdfmetrics.registerFont(UnicodeCIDFont("STSong-Light"))
-    styles = getSampleStyleSheet()
-    for style in styles.byName.values():
-        style.fontName = "STSong-Light"
+    sheet = styles()
+    cell = paragraph_style("cell", sheet["Normal"], fontSize=8, leading=9.5)
+    flag = paragraph_style("flag", cell, textColor=colors.red)
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    doc = SimpleDocTemplate(str(path), pagesize=A4, leftMargin=12 * mm, rightMargin=12 * mm, topMargin=12 * mm,
-                            bottomMargin=12 * mm, title="pick lists")
+    doc = document(path, pagesize=A4, leftMargin=12 * mm, rightMargin=12 * mm, topMargin=12 * mm,
+                   bottomMargin=12 * mm, title="pick lists")
+    # 186 mm across: the codes of the sample city fit their columns on one line; product names (up to
+    # 70 mm) wrap in theirs, and FRAGILE 易碎 over two lines
+    widths = [24 * mm, 18 * mm, 33 * mm, 46 * mm, 19 * mm, 17 * mm, 8 * mm, 13 * mm, 8 * mm]
     story: list = []
     for i, pl in enumerate(lists):
         if i:
             story.append(PageBreak())
-        story.append(Paragraph(f"Pick list {pl['node']} {pl['name']} — {pl['date']}", styles["Title"]))
+        story.append(Paragraph(f"Pick list 拣货单 {escape(pl['node'])} {escape(pl['name'])} — {pl['date']}",
+                               sheet["Title"]))
         for tclass in TEMP_CLASSES:
             rows = pl["classes"][tclass]
             if not rows:
                 continue
-            story.append(Paragraph(f"{tclass} ({pl['litres'][tclass]:.1f} l)", styles["Heading2"]))
+            story.append(Paragraph(f"{tclass} ({pl['litres'][tclass]:.1f} l)", sheet["Heading2"]))
             data = [["order", "window", "sku", "product", "lot", "expires", "qty", "", "✓"]]
-            data += [[r["order_ref"], r["window"], r["sku"], r["name"][:18], r["lot"], r["expires"], str(r["qty"]),
-                      "FRAGILE" if r["fragile"] else "", "☐"] for r in rows]
-            table = Table(data, repeatRows=1, colWidths=[22 * mm, 22 * mm, 20 * mm, 40 * mm, 22 * mm, 22 * mm,
-                                                         10 * mm, 16 * mm, 8 * mm])
-            table.setStyle(TableStyle([
-                ("FONT", (0, 0), (-1, -1), "STSong-Light", 8),
+            data += [[r["order_ref"], r["window"], r["sku"], Paragraph(escape(r["name"]), cell), r["lot"],
+                      r["expires"], str(r["qty"]), Paragraph("FRAGILE 易碎", flag) if r["fragile"] else "", "□"]
+                     for r in rows]
+            table = Table(data, repeatRows=1, colWidths=widths)
+            table.setStyle(table_style(
                 ("BACKGROUND", (0, 0), (-1, 0), colors.HexColor("#dde7f0")),
                 ("GRID", (0, 0), (-1, -1), 0.25, colors.grey),
-                ("TEXTCOLOR", (7, 1), (7, -1), colors.red),
-            ]))
+                ("VALIGN", (0, 0), (-1, -1), "TOP"),
+                ("LEFTPADDING", (0, 0), (-1, -1), 3),
+                ("RIGHTPADDING", (0, 0), (-1, -1), 3),
+                ("FONTSIZE", (8, 1), (8, -1), 12),  # the box to tick
+                ("ALIGN", (8, 0), (8, -1), "CENTER"),
+            ))
             story += [table, Spacer(1, 4 * mm)]
     if not story:
-        story.append(Paragraph("No allocated orders.", styles["Normal"]))
+        story.append(Paragraph("No allocated orders.", sheet["Normal"]))
     doc.build(story)
     return path

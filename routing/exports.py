@@ -2,9 +2,9 @@
 and a map of the day (PNG).
 
 All read the depot's *current* plan of the day. GeoJSON follows RFC 7946: positions are
-``[lon, lat]``; extra properties ride on the FeatureCollection as foreign members. The PDF uses
-reportlab's built-in CID font STSong-Light for Chinese text (as the pick lists do); the map is drawn
-with matplotlib's Agg canvas directly (no pyplot, no global backend switch) and ASCII labels only.
+``[lon, lat]``; extra properties ride on the FeatureCollection as foreign members. The PDF embeds the
+CJK font of core.pdf (as every PDF does), so Chinese names and addresses show in any viewer; the map is
+drawn with matplotlib's Agg canvas directly (no pyplot, no global backend switch) and ASCII labels only.
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from core.errors import NotFound
+from core.pdf import document, paragraph_style, styles, table_style
+from core.pdf import escape as esc
 from core.timeutil import to_local
 from fulfillment.models import Order, OrderLine
 from routing.models import Plan, Route, RouteStop, UnservedOrder
 from routing.service import local_hhmm
 from warehouses.models import TEMP_CLASSES, Driver, Node, Vehicle
-
-FONT = "STSong-Light"
 
 
 @dataclass
@@ -124,30 +124,22 @@ def route_sheet_pdf(session: Session, day: date, vehicle_code: str, path: Path) 
     """A printable route sheet for the driver: the van's stops in order, what to hand over, where to sign."""
     from reportlab.lib import colors
     from reportlab.lib.pagesizes import A4, landscape
-    from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
     from reportlab.lib.units import mm
-    from reportlab.pdfbase import pdfmetrics
-    from reportlab.pdfbase.cidfonts import UnicodeCIDFont
-    from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
+    from reportlab.platypus import Paragraph, Spacer, Table
 
     v = _route(session, day, vehicle_code)
     depot, route, van = v.depot, v.route, v.van
     driver = session.scalar(select(Driver).where(Driver.vehicle_id == van.id))
-    if FONT not in pdfmetrics.getRegisteredFontNames():
-        pdfmetrics.registerFont(UnicodeCIDFont(FONT))
-    styles = getSampleStyleSheet()
-    base = ParagraphStyle("cell", parent=styles["Normal"], fontName=FONT, fontSize=8, leading=10, wordWrap="CJK")
-    title = ParagraphStyle("title", parent=styles["Title"], fontName=FONT, fontSize=16)
-    head = ParagraphStyle("head", parent=base, fontSize=9, leading=12)
-
-    def esc(text: object) -> str:
-        return str(text or "").replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    sheet = styles()
+    base = paragraph_style("cell", sheet["Normal"], fontSize=8, leading=10)
+    title = paragraph_style("title", sheet["Title"], bold=True, fontSize=16)
+    head = paragraph_style("head", base, fontSize=9, leading=12)
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    doc = SimpleDocTemplate(str(path), pagesize=landscape(A4), leftMargin=10 * mm, rightMargin=10 * mm,
-                            topMargin=10 * mm, bottomMargin=10 * mm, title=f"Route sheet {van.code} {day}",
-                            author="coldchain", subject=f"{van.code} {depot.code} {day}")
+    doc = document(path, pagesize=landscape(A4), leftMargin=10 * mm, rightMargin=10 * mm,
+                   topMargin=10 * mm, bottomMargin=10 * mm, title=f"Route sheet {van.code} {day}",
+                   author="coldchain", subject=f"{van.code} {depot.code} {day}")
     compartments = ", ".join(f"{c} {van.capacity_l(c):g} l" for c in TEMP_CLASSES if van.capacity_l(c))
     story: list = [Paragraph(f"Route sheet 送货单 — {esc(van.code)} — {day.isoformat()}", title)]
     info = [
@@ -160,8 +152,8 @@ def route_sheet_pdf(session: Session, day: date, vehicle_code: str, path: Path) 
                    + (f" — {esc(v.plan.reason)}" if v.plan.reason else ""), head)],
     ]
     info_table = Table(info, colWidths=[92 * mm, 92 * mm, 93 * mm])
-    info_table.setStyle(TableStyle([("BOX", (0, 0), (-1, -1), 0.5, colors.grey),
-                                    ("VALIGN", (0, 0), (-1, -1), "TOP")]))
+    info_table.setStyle(table_style(("BOX", (0, 0), (-1, -1), 0.5, colors.grey),
+                                    ("VALIGN", (0, 0), (-1, -1), "TOP"), size=9))
     story += [info_table, Spacer(1, 4 * mm)]
 
     rows = [[Paragraph(f"<b>{h}</b>", base) for h in
@@ -187,15 +179,15 @@ def route_sheet_pdf(session: Session, day: date, vehicle_code: str, path: Path) 
             Paragraph("<br/>".join(items) or "-", base), Paragraph(esc(s.status), base),
             Spacer(1, 16 * mm),  # room to sign
         ])
-    table = Table(rows, repeatRows=1, colWidths=[8 * mm, 13 * mm, 22 * mm, 22 * mm, 62 * mm, 80 * mm, 18 * mm,
-                                                 52 * mm])
-    table.setStyle(TableStyle([
-        ("FONT", (0, 0), (-1, -1), FONT, 8),
+    # the order column fits a sample ref (CD-261202-0267) on one line; the signature box gives up the room
+    table = Table(rows, repeatRows=1, colWidths=[8 * mm, 13 * mm, 22 * mm, 26 * mm, 62 * mm, 80 * mm, 18 * mm,
+                                                 48 * mm])
+    table.setStyle(table_style(
         ("BACKGROUND", (0, 0), (-1, 0), colors.HexColor("#dde7f0")),
         ("GRID", (0, 0), (-1, -1), 0.25, colors.grey),
         ("VALIGN", (0, 0), (-1, -1), "TOP"),
         *[("BACKGROUND", (0, r), (-1, r), colors.HexColor("#fff3cd")) for r in reload_rows],
-    ]))
+    ))
     story.append(table if route.stops else Paragraph("No stops on this route.", base))
     doc.build(story)
     return path
