@@ -158,6 +158,7 @@ class _Stop:
     lat: float
     lon: float
     arrive_at: datetime
+    leg_m: float = 0.0  # metres of the leg to it: a done stop's counts in its route's distance
 
 
 @dataclass
@@ -173,6 +174,8 @@ class _Van:
     route_status: str | None = None  # None: no route in the current plan
     started_at: datetime | None = None
     start_at: datetime | None = None
+    end_at: datetime | None = None  # of the current route: a van broken earlier keeps it
+    load: dict[str, float] | None = None  # of the current route: a van broken earlier keeps it
     stops: list[_Stop] = field(default_factory=list)
     broken: bool = False
     position: Position | None = None  # where it goes on from (started vans)
@@ -292,9 +295,10 @@ def _read(session: Session, day: date, depot_code: str, event: Event | None, now
         if van is None:
             continue
         van.route_status, van.started_at, van.start_at = route.status, route.started_at, route.start_at
+        van.end_at, van.load = route.end_at, route.load
         van.broken = route.status == "broken"
         van.stops = [_Stop(s.stop_id, s.seq, s.order_id, s.order.ref, s.status, s.order.lat, s.order.lon,
-                           s.arrive_at) for s in route.stops]
+                           s.arrive_at, s.leg_m) for s in route.stops]
     orders = _open_orders(session, day, depot)
     on_route = {s.ref: v.code for v in vans for s in v.stops if s.status not in DONE}
     code_of = {v.code: v for v in vans}
@@ -495,31 +499,99 @@ def _solve(snap: _Snapshot, day: date, depot_code: str, time_limit: float, worke
     return _Solved(sol_a, trips, back, back_m, unserved, seconds)
 
 
-# ---------------------------------------------------------------------------------- store
+# ---------------------------------------------------------------------------------- merge
 
 
-class _Stale(Exception):
-    """The plan changed between reading and storing."""
+@dataclass(frozen=True)
+class Times:
+    """When a stop still to do is reached, served and left, and the metres of the leg to it."""
+
+    arrive_at: datetime
+    service_at: datetime
+    depart_at: datetime
+    leg_m: float
+
+
+@dataclass
+class StopDraft:
+    """One stop of a new route.
+
+    ``reuse``: the stored row ``stop_id`` goes on with this ``seq`` and ``times`` (same van, goods not
+    moved: the driver keeps the stop id); else a new row with a new id. ``times`` None: a done stop,
+    its row untouched (seq, status and times as they were).
+    """
+
+    stop_id: str
+    ref: str
+    order_id: int
+    seq: int
+    status: str
+    reuse: bool
+    times: Times | None = None
+
+
+@dataclass
+class RouteDraft:
+    """One van's route in the new version, its stops in order."""
+
+    vehicle: str
+    vehicle_id: int
+    status: str
+    start_at: datetime
+    end_at: datetime
+    distance_m: float
+    cost: float
+    started_at: datetime | None
+    load: dict[str, float] | None
+    stops: list[StopDraft] = field(default_factory=list)
+
+
+@dataclass
+class OrderEventDraft:
+    """An order event to record (fulfillment.record_event); type ``cancelled`` is fulfillment.cancel_order."""
+
+    ref: str
+    type: str
+    to_status: str | None = None
+    data: dict | None = None
+    at: datetime | None = None  # None: when it is recorded
+
+
+@dataclass
+class UnservedDraft:
+    ref: str
+    order_id: int
+    reason: str
+
+
+@dataclass
+class Merged:
+    """What the new plan version is, decided from the snapshot and the solver's result alone."""
+
+    routes: list[RouteDraft]
+    event_effects: list[OrderEventDraft]  # the event's own: cancel, failed + reattempt; applied first
+    order_events: list[OrderEventDraft]  # planned / replanned / unplanned, once the new version is written
+    unserved: list[UnservedDraft]  # every order the new version does not serve
+    diff: dict  # Plan.diff without "version", which the store knows
+    stops: int  # stops still to do on the new routes
+    distance_m: float
+    cost: float
+    strategy: str
 
 
 def _hm(moment: datetime | None) -> str | None:
     return local_hhmm(moment) if moment is not None else None
 
 
-def _store(session: Session, day: date, depot_code: str, snap: _Snapshot, solved: _Solved, event: Event | None,
-           actor: str, time_limit: float) -> dict:
-    depot = session.scalar(select(Node).where(Node.code == depot_code))
-    plan = _current_plan(session, day, depot)
-    if plan is None or _fingerprint(plan) != snap.fingerprint:
-        raise _Stale
-    rows = {s.stop_id: s for r in plan.routes for s in r.stops}
-    old_route = {r.vehicle_id: r for r in plan.routes}
-    refs = set(snap.orders) | {s.ref for v in snap.vans for s in v.stops}
-    if isinstance(event, CancelOrder):
-        refs.add(event.order_ref)
-    orders = {o.ref: o for o in session.scalars(select(Order).where(Order.ref.in_(refs)))}
-    reason = snap.reason
+def merge(snap: _Snapshot, solved: _Solved, event: Event | None, day: date, depot_code: str,
+          new_id: Callable[[], str]) -> Merged:
+    """One route per van from the kept stops and the solver's trips, the order events and the diff.
 
+    Plain data in, plain data out, so that what stays, what moves and what the diff says can be
+    tested on hand-built snapshots; the store only writes it. ``new_id`` makes the stop id of a stop
+    that changes van (the goods moved, so the driver gets a new stop).
+    """
+    reason = snap.reason
     # where every stop still to do was, before
     old_van: dict[str, str] = {}
     old_eta: dict[str, datetime] = {}
@@ -531,32 +603,28 @@ def _store(session: Session, day: date, depot_code: str, snap: _Snapshot, solved
     previous = {v.code: [{"stop_id": s.stop_id, "order_ref": s.ref, "seq": s.seq, "status": s.status,
                           "eta": _hm(s.arrive_at)} for s in sorted(v.stops, key=lambda s: s.seq)]
                 for v in snap.vans if v.route_status is not None}
+    status = {ref: o.status for ref, o in snap.orders.items()}  # as the events below leave them
 
     # the event itself
+    effects: list[OrderEventDraft] = []
     cancelled: list[str] = []
     if isinstance(event, CancelOrder):
-        fulfillment.cancel_order(session, orders[event.order_ref], actor, reason=event.reason or reason)
+        effects.append(OrderEventDraft(event.order_ref, "cancelled", "cancelled",
+                                       {"reason": event.reason or reason}))
         cancelled.append(event.order_ref)
     if isinstance(event, Breakdown):
         broken = next(v for v in snap.vans if v.code == event.vehicle_code)
         for s in broken.stops:
-            o = orders[s.ref]
-            if s.status in DONE or o.status != "out_for_delivery":
+            if s.status in DONE or status.get(s.ref) != "out_for_delivery":
                 continue
             data = {"reason": reason, "vehicle": broken.code, "depot": depot_code,
                     "position": list(event.position) if event.position else None}
-            fulfillment.record_event(session, o, "failed", actor, to_status="failed", data=data, at=event.at)
-            fulfillment.record_event(session, o, "reattempt", actor, to_status="reattempt",
-                                     data={"reason": f"reloaded from {depot_code} stock after the {reason}"})
+            effects.append(OrderEventDraft(s.ref, "failed", "failed", data, at=event.at))
+            effects.append(OrderEventDraft(s.ref, "reattempt", "reattempt",
+                                           {"reason": f"reloaded from {depot_code} stock after the {reason}"}))
+            status[s.ref] = "reattempt"
 
-    # the new version
-    version = 1 + max(session.scalars(select(Plan.version).where(Plan.day == day, Plan.depot_id == depot.id)))
-    plan.status = "superseded"
-    session.flush()
-    new = Plan(day=day, depot_id=depot.id, version=version, status="current", created_at=utcnow(), created_by=actor,
-               time_limit=time_limit, seconds=solved.seconds, distance_m=0.0, cost=0.0, reason=reason,
-               strategy=("re-plan: " + " / ".join(s.strategy for s in (solved.loaded, *solved.trips) if s))[:200])
-    session.add(new)
+    # the new routes
     a_routes = {r.vehicle_id: r for r in (solved.loaded.routes if solved.loaded else [])}
     b_routes: dict[str, list[solver.Route]] = defaultdict(list)
     for sol in solved.trips:
@@ -567,18 +635,18 @@ def _store(session: Session, day: date, depot_code: str, snap: _Snapshot, solved
     new_stop: dict[str, str] = {}
     kept: list[dict] = []
     trips: dict[str, list[dict]] = {}  # van -> per load: what it carries ("aboard"), then each "depot" load
+    routes: list[RouteDraft] = []
     for v in snap.vans:
-        old = old_route.get(v.id)
-        done = [rows[s.stop_id] for s in sorted(v.stops, key=lambda s: s.seq) if s.status in DONE]
-        kept += [{"stop_id": r.stop_id, "order_ref": r.order.ref, "vehicle": v.code, "status": r.status} for r in done]
+        had = v.route_status is not None
+        done = [s for s in sorted(v.stops, key=lambda s: s.seq) if s.status in DONE]
+        kept += [{"stop_id": s.stop_id, "order_ref": s.ref, "vehicle": v.code, "status": s.status} for s in done]
         ra, rb = a_routes.get(v.code), b_routes.get(v.code, [])
-        done_m = sum(r.leg_m for r in done)
+        done_m = sum(s.leg_m for s in done)
         if v.broken:
             is_event = isinstance(event, Breakdown) and event.vehicle_code == v.code
-            end = event.at if is_event else (old.end_at if old else snap.now)
-            route = Route(vehicle_id=v.id, start_at=old.start_at if old else end, end_at=end, distance_m=done_m,
-                          cost=done_m / 1000 * v.cost_per_km, status="broken",
-                          started_at=old.started_at if old else None, load=old.load if old else None)
+            end = event.at if is_event else (v.end_at if had else snap.now)
+            route = RouteDraft(v.code, v.id, "broken", v.start_at if had else end, end, done_m,
+                               done_m / 1000 * v.cost_per_km, v.started_at if had else None, v.load if had else None)
         elif not done and not ra and not rb and not v.started:
             continue
         else:
@@ -588,16 +656,16 @@ def _store(session: Session, day: date, depot_code: str, snap: _Snapshot, solved
                     for c in TEMP_CLASSES}  # the most aboard at once, trip by trip
             if v.started:
                 end = rb[-1].end if rb else ra.end if ra else solved.back[v.code]
-                status = "started" if (ra or rb or v.route_status == "started") else "done"
-                route = Route(vehicle_id=v.id, start_at=old.start_at, end_at=local_at(day, end), distance_m=distance,
-                              cost=cost, status=status, started_at=old.started_at, load=load)
+                state = "started" if (ra or rb or v.route_status == "started") else "done"
+                route = RouteDraft(v.code, v.id, state, v.start_at, local_at(day, end), distance, cost,
+                                   v.started_at, load)
             else:
-                route = Route(vehicle_id=v.id, start_at=local_at(day, rb[0].start), end_at=local_at(day, rb[-1].end),
-                              distance_m=distance, cost=cost, status="planned", load=load)
-        new.routes.append(route)
-        for r in done:
-            route.stops.append(r)  # the same row: stop_id, seq, status and times untouched
-        seq = max((r.seq for r in done), default=0)
+                route = RouteDraft(v.code, v.id, "planned", local_at(day, rb[0].start), local_at(day, rb[-1].end),
+                                   distance, cost, None, load)
+        routes.append(route)
+        # done stops first, the same rows: stop_id, seq, status and times untouched
+        route.stops += [StopDraft(s.stop_id, s.ref, s.order_id, s.seq, s.status, reuse=True) for s in done]
+        seq = max((s.seq for s in done), default=0)
         mine = {s.ref: s for s in v.stops if s.status not in DONE}
         for trip in (ra, *rb):
             if trip is None:
@@ -606,47 +674,40 @@ def _store(session: Session, day: date, depot_code: str, snap: _Snapshot, solved
             for visit in trip.visits:
                 ref = visit.stop_id
                 seq += 1
-                same_van = ref in mine and (trip is ra or not v.started)
-                if same_van:
-                    row = rows[mine[ref].stop_id]  # same van, goods not moved: the driver keeps the stop id
-                    route.stops.append(row)
-                    row.seq = seq
+                times = Times(local_at(day, visit.arrival), local_at(day, visit.service_start),
+                              local_at(day, visit.departure), visit.distance)
+                if ref in mine and (trip is ra or not v.started):  # same van, goods not moved
+                    was = mine[ref]
+                    stop = StopDraft(was.stop_id, ref, was.order_id, seq, was.status, reuse=True, times=times)
                 else:
-                    row = RouteStop(stop_id=new_stop_id(), seq=seq, order_id=orders[ref].id, status="planned")
-                    route.stops.append(row)
-                row.arrive_at = local_at(day, visit.arrival)
-                row.service_at = local_at(day, visit.service_start)
-                row.depart_at = local_at(day, visit.departure)
-                row.leg_m = visit.distance
-                new_van[ref], new_eta[ref], new_stop[ref] = v.code, row.arrive_at, row.stop_id
-                trips[v.code][-1]["stop_ids"].append(row.stop_id)
-        new.distance_m += route.distance_m
-        new.cost += route.cost
+                    stop = StopDraft(new_id(), ref, snap.orders[ref].id, seq, "planned", reuse=False, times=times)
+                route.stops.append(stop)
+                new_van[ref], new_eta[ref], new_stop[ref] = v.code, times.arrive_at, stop.stop_id
+                trips[v.code][-1]["stop_ids"].append(stop.stop_id)
 
     # order events
+    events: list[OrderEventDraft] = []
     for ref, code in new_van.items():
-        o = orders[ref]
         data = {"vehicle": code, "depot": depot_code, "reason": reason}
         if ref in old_van and old_van[ref] != code:
             data["from"] = old_van[ref]
-        if o.status in ("allocated", "reattempt"):
-            fulfillment.record_event(session, o, "planned", actor, to_status="planned", data=data)
+        if status[ref] in ("allocated", "reattempt"):
+            events.append(OrderEventDraft(ref, "planned", "planned", data))
+            status[ref] = "planned"
         elif "from" in data:
-            fulfillment.record_event(session, o, "replanned", actor, data=data)
+            events.append(OrderEventDraft(ref, "replanned", None, data))
+    unserved: list[UnservedDraft] = []
     newly_unserved = []
     for ref, why in sorted(solved.unserved.items()):
-        o = orders[ref]
-        new.unserved.append(UnservedOrder(order_id=o.id, reason=why))
+        unserved.append(UnservedDraft(ref, snap.orders[ref].id, why))
         if ref in old_van or ref not in snap.unserved_before:
             newly_unserved.append({"order_ref": ref, "reason": why, "was": old_van.get(ref)})
-            fulfillment.record_event(session, o, "unplanned", actor,
-                                     to_status="allocated" if o.status == "planned" else None,
-                                     data={"reason": why, "replan": reason})
-    session.flush()
+            events.append(OrderEventDraft(ref, "unplanned", "allocated" if status[ref] == "planned" else None,
+                                          {"reason": why, "replan": reason}))
 
     diff = {
         "reason": reason, "event": event_dict(event), "now": snap.now.astimezone(UTC).isoformat(),
-        "previous_version": snap.plan_version, "version": version,
+        "previous_version": snap.plan_version,
         "kept": kept,
         "moved": [{"order_ref": ref, "from": old_van[ref], "to": code, "old_stop_id": old_stop[ref],
                    "stop_id": new_stop[ref]} for ref, code in sorted(new_van.items())
@@ -659,11 +720,94 @@ def _store(session: Session, day: date, depot_code: str, snap: _Snapshot, solved
         "trips": trips,
         "previous_routes": previous,
     }
-    new.diff = diff
+    distance_m = cost = 0.0
+    for r in routes:
+        distance_m += r.distance_m
+        cost += r.cost
+    strategy = ("re-plan: " + " / ".join(s.strategy for s in (solved.loaded, *solved.trips) if s))[:200]
+    return Merged(routes, effects, events, unserved, diff, len(new_van), distance_m, cost, strategy)
+
+
+# ---------------------------------------------------------------------------------- store
+
+
+class _Stale(Exception):
+    """The plan changed between reading and storing."""
+
+
+def _with_version(diff: dict, version: int) -> dict:
+    """The merge's diff with the new version after the previous one (the order Plan.diff always had)."""
+    out: dict = {}
+    for key, value in diff.items():
+        out[key] = value
+        if key == "previous_version":
+            out["version"] = version
+    return out
+
+
+def _store(session: Session, day: date, depot_code: str, snap: _Snapshot, solved: _Solved, event: Event | None,
+           actor: str, time_limit: float) -> dict:
+    """Write what :func:`merge` decided as the depot's next plan version, unless the plan changed since it was read.
+
+    The merge decided from the statuses it read: an order whose status moved since (cancelled
+    elsewhere, say) makes the snapshot stale like a changed stop does.
+    """
+    depot = session.scalar(select(Node).where(Node.code == depot_code))
+    plan = _current_plan(session, day, depot)
+    if plan is None or _fingerprint(plan) != snap.fingerprint:
+        raise _Stale
+    refs = set(snap.orders) | {s.ref for v in snap.vans for s in v.stops}
+    if isinstance(event, CancelOrder):
+        refs.add(event.order_ref)
+    orders = {o.ref: o for o in session.scalars(select(Order).where(Order.ref.in_(refs)))}
+    if any(ref not in orders or orders[ref].status != o.status for ref, o in snap.orders.items()):
+        raise _Stale
+    merged = merge(snap, solved, event, day, depot_code, new_stop_id)
+
+    # the event itself
+    for ev in merged.event_effects:
+        if ev.type == "cancelled":
+            fulfillment.cancel_order(session, orders[ev.ref], actor, reason=ev.data["reason"])
+        else:
+            fulfillment.record_event(session, orders[ev.ref], ev.type, actor, to_status=ev.to_status, data=ev.data,
+                                     at=ev.at)
+
+    # the new version
+    version = 1 + max(session.scalars(select(Plan.version).where(Plan.day == day, Plan.depot_id == depot.id)))
+    plan.status = "superseded"
     session.flush()
-    return {"depot": depot_code, "date": day.isoformat(), "plan": new.id, **diff,
-            "routes": sum(1 for r in new.routes if r.stops),
-            "stops": len(new_van), "unserved_total": len(solved.unserved),
+    new = Plan(day=day, depot_id=depot.id, version=version, status="current", created_at=utcnow(), created_by=actor,
+               time_limit=time_limit, seconds=solved.seconds, distance_m=merged.distance_m, cost=merged.cost,
+               reason=snap.reason, strategy=merged.strategy, diff=_with_version(merged.diff, version))
+    session.add(new)
+    rows = {s.stop_id: s for r in plan.routes for s in r.stops}
+    for draft in merged.routes:
+        route = Route(vehicle_id=draft.vehicle_id, start_at=draft.start_at, end_at=draft.end_at,
+                      distance_m=draft.distance_m, cost=draft.cost, status=draft.status, started_at=draft.started_at,
+                      load=draft.load)
+        new.routes.append(route)
+        for stop in draft.stops:
+            if stop.reuse:
+                row = rows[stop.stop_id]
+            else:
+                row = RouteStop(stop_id=stop.stop_id, seq=stop.seq, order_id=stop.order_id, status="planned")
+            route.stops.append(row)
+            if stop.times is not None:
+                row.seq = stop.seq
+                row.arrive_at, row.service_at = stop.times.arrive_at, stop.times.service_at
+                row.depart_at, row.leg_m = stop.times.depart_at, stop.times.leg_m
+    for u in merged.unserved:
+        new.unserved.append(UnservedOrder(order_id=u.order_id, reason=u.reason))
+    session.flush()  # the new version is written (new.id): what records it goes after this
+
+    # order events
+    for ev in merged.order_events:
+        fulfillment.record_event(session, orders[ev.ref], ev.type, actor, to_status=ev.to_status, data=ev.data,
+                                 at=ev.at)
+    session.flush()
+    return {"depot": depot_code, "date": day.isoformat(), "plan": new.id, **new.diff,
+            "routes": sum(1 for r in merged.routes if r.stops),
+            "stops": merged.stops, "unserved_total": len(solved.unserved),
             "distance_km": round(new.distance_m / 1000, 2), "seconds": round(solved.seconds, 2)}
 
 
