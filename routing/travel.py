@@ -23,13 +23,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-Point = tuple[float, float]  # (lat, lon) degrees
-
-ROAD_FACTOR = 1.3  # CONTRACTS.md section 5
-
-_A = 6378137.0
-_F = 1 / 298.257223563
-_B = (1 - _F) * _A
+from core.geo import ROAD_FACTOR, Point, geodesic_matrix
 
 
 @runtime_checkable
@@ -37,74 +31,6 @@ class TravelModel(Protocol):
     def matrix(self, points: Sequence[Point], speed_kmh: float) -> tuple[np.ndarray, np.ndarray]:
         """(seconds, metres) between every pair of points."""
         ...
-
-
-def geodesic_matrix(points: Sequence[Point]) -> np.ndarray:
-    """WGS-84 geodesic distances in metres between every pair of points."""
-    pts = np.asarray(points, dtype=float).reshape(-1, 2)
-    n = len(pts)
-    if n == 0:
-        return np.zeros((0, 0))
-    lat = np.radians(pts[:, 0])
-    lon = np.radians(pts[:, 1])
-    i, j = np.triu_indices(n, k=1)
-    d = np.zeros((n, n))
-    if len(i):
-        s, ok = _vincenty(lat[i], lon[i], lat[j], lon[j])
-        if not ok.all():
-            from geopy.distance import geodesic
-
-            for k in np.nonzero(~ok)[0]:
-                s[k] = geodesic(tuple(pts[i[k]]), tuple(pts[j[k]])).meters
-        d[i, j] = s
-        d[j, i] = s
-    return d
-
-
-def _vincenty(lat1, lon1, lat2, lon2, iterations: int = 100, tol: float = 1e-12):
-    """Vincenty's inverse formula on arrays; returns (metres, converged)."""
-    u1 = np.arctan((1 - _F) * np.tan(lat1))
-    u2 = np.arctan((1 - _F) * np.tan(lat2))
-    sin_u1, cos_u1 = np.sin(u1), np.cos(u1)
-    sin_u2, cos_u2 = np.sin(u2), np.cos(u2)
-    big_l = lon2 - lon1
-    lam = big_l.copy()
-    m = len(lam)
-    ok = np.zeros(m, dtype=bool)
-    out = np.zeros(m)
-    todo = np.arange(m)
-    for _ in range(iterations):
-        if not len(todo):
-            break
-        lt = lam[todo]
-        su1, cu1, su2, cu2 = sin_u1[todo], cos_u1[todo], sin_u2[todo], cos_u2[todo]
-        sin_lam, cos_lam = np.sin(lt), np.cos(lt)
-        sin_sigma = np.hypot(cu2 * sin_lam, cu1 * su2 - su1 * cu2 * cos_lam)
-        cos_sigma = su1 * su2 + cu1 * cu2 * cos_lam
-        sigma = np.arctan2(sin_sigma, cos_sigma)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            sin_alpha = np.where(sin_sigma > 0, cu1 * cu2 * sin_lam / sin_sigma, 0.0)
-            cos2_alpha = 1 - sin_alpha**2
-            cos_2sm = np.where(cos2_alpha > 0, cos_sigma - 2 * su1 * su2 / cos2_alpha, 0.0)
-        c = _F / 16 * cos2_alpha * (4 + _F * (4 - 3 * cos2_alpha))
-        new = big_l[todo] + (1 - c) * _F * sin_alpha * (
-            sigma + c * sin_sigma * (cos_2sm + c * cos_sigma * (-1 + 2 * cos_2sm**2)))
-        done = np.abs(new - lt) < tol
-        lam[todo] = new
-        if done.any():
-            u_sq = cos2_alpha[done] * (_A**2 - _B**2) / _B**2
-            a = 1 + u_sq / 16384 * (4096 + u_sq * (-768 + u_sq * (320 - 175 * u_sq)))
-            b = u_sq / 1024 * (256 + u_sq * (-128 + u_sq * (74 - 47 * u_sq)))
-            ss, cs, c2 = sin_sigma[done], cos_sigma[done], cos_2sm[done]
-            delta = b * ss * (c2 + b / 4 * (cs * (-1 + 2 * c2**2)
-                                            - b / 6 * c2 * (-3 + 4 * ss**2) * (-3 + 4 * c2**2)))
-            s = _B * a * (sigma[done] - delta)
-            idx = todo[done]
-            good = np.isfinite(s)
-            out[idx[good]] = s[good]
-            ok[idx[good]] = True
-            todo = todo[~done]
-    return out, ok
 
 
 class GeodesicTravel:
