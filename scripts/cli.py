@@ -22,6 +22,8 @@ db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_he
 app.add_typer(scenario_app, name="scenario")
 app.add_typer(user_app, name="user")
 app.add_typer(db_app, name="db")
+audit_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
 
 
 def ensure_schema() -> None:
@@ -109,6 +111,30 @@ def user_add(
         err.print(f"[red]{exc}")
         raise typer.Exit(2) from exc
     err.print(f"{'created' if created else 'updated'} user {username} ({role})")
+
+
+@audit_app.command("verify")
+def audit_verify(
+    batch: Annotated[int, typer.Option(help="records read per query")] = 5000,
+    json_out: Annotated[bool, typer.Option("--json", help="print the verdict as JSON")] = False,
+) -> None:
+    """Walk the audit chain in id order; exit 0 when intact, else 1 and print the id of the first bad record."""
+    from core import audit
+    from core.db import session_scope
+
+    ensure_schema()
+    with session_scope(write=False) as session:
+        total = audit.count(session)
+        with progress_bar() as bar:
+            task = bar.add_task("verifying audit_log", total=total)
+            verdict = audit.verify(session, batch=max(batch, 1), progress=lambda n: bar.advance(task, n))
+    if json_out:
+        print_json(verdict.as_dict())
+    elif verdict.ok:
+        typer.echo(f"audit log intact: {verdict.records} records; head {verdict.head_id} {verdict.head_hash}")
+    else:
+        typer.echo(f"first bad record: {verdict.first_bad}: {verdict.reason}")
+    raise typer.Exit(0 if verdict.ok else 1)
 
 
 @app.command()
