@@ -48,6 +48,7 @@ import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
+from core import audit
 from core.errors import Conflict, Invalid, NotFound
 from core.settings import get_settings
 from core.timeutil import utcnow
@@ -645,6 +646,10 @@ def _store(session: Session, day: date, depot_code: str, snap: _Snapshot, solved
     }
     new.diff = diff
     session.flush()
+    audit.append(session, actor, "plan.replanned", "plan", new.id,
+                 {"day": day, "depot": depot_code, "version": version, "superseded": plan.id,
+                  "moved": diff["moved"], "added": diff["added"], "cancelled": cancelled,
+                  "unserved": newly_unserved, "event": diff["event"]}, why=reason)
     return {"depot": depot_code, "date": day.isoformat(), "plan": new.id, **diff,
             "routes": sum(1 for r in new.routes if r.stops),
             "stops": len(new_van), "unserved_total": len(solved.unserved),

@@ -57,7 +57,8 @@ def db_downgrade(revision: str = typer.Argument(..., help="target revision, or '
 def load_with_progress(directory: Path):  # noqa: ANN201
     """Load a scenario folder in one transaction, with a progress bar on stderr."""
     from core.db import session_scope
-    from fulfillment.scenario import count_rows, load_scenario
+    from fulfillment.scenario import count_rows
+    from traceability.flows import load_scenario  # the load, and its stock received at the nodes (custody)
 
     total = count_rows(directory)
     with progress_bar() as bar, session_scope() as session:
@@ -289,11 +290,12 @@ def picklists(
 ) -> None:
     """Each node's pick list (PDF, grouped by temperature class) and the consolidated demand per SKU."""
     from core.db import session_scope
-    from fulfillment.picklists import demand, pick_lists, render_pdf
+    from fulfillment.picklists import demand, render_pdf
+    from traceability.flows import issue_pick_lists  # the lists, and custody "picked" as they are issued
 
     ensure_schema()
     with session_scope() as session:
-        lists = pick_lists(session, day.date(), node)
+        lists = issue_pick_lists(session, day.date(), node, actor="cli")
         needs = demand(session, day.date())
     pdf = render_pdf(lists, out / f"picklists-{day:%Y-%m-%d}{'-' + node if node else ''}.pdf")
     err.print(f"{len(lists)} pick lists written to {pdf}")

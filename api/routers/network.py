@@ -59,7 +59,7 @@ class ScenarioLoadRequest(BaseModel):
 @router.post("/scenarios/load", status_code=202)
 def load_scenario(body: ScenarioLoadRequest, request: Request, _caller: Dispatcher) -> dict:
     """Queue a scenario load on the Celery workers; poll the job link for progress."""
-    from fulfillment.tasks import load_scenario_task
+    from traceability.tasks import load_scenario_task  # the load with its stock received (custody)
 
     directory = Path(body.directory)
     if not directory.is_dir():
