@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = '0007'
-down_revision = '0005'  # TODO: '0006' (0006_delivery) once it lands
+down_revision = '0006'  # 0006_delivery (written concurrently by the driver API helper)
 branch_labels = None
 depends_on = None
 
