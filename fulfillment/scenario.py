@@ -6,6 +6,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
+from core import audit
 from core.timeutil import utcnow
 from fulfillment.service import load_orders_csv
 from warehouses.models import ScenarioLoad
@@ -35,8 +36,10 @@ def load_scenario(session: Session, directory: Path, progress: Progress | None =
         load_orders_csv(session, orders, report)
         if progress:
             progress("orders.csv", sum(report.file("orders.csv").as_dict().values()))
-    session.add(ScenarioLoad(directory=str(directory.resolve()), at=utcnow(),
-                             counts={k: v.as_dict() for k, v in report.counts.items()},
-                             rejected=[e.as_dict() for e in report.errors]))
+    session.add(load := ScenarioLoad(directory=str(directory.resolve()), at=utcnow(),
+                                     counts={k: v.as_dict() for k, v in report.counts.items()},
+                                     rejected=[e.as_dict() for e in report.errors]))
     session.flush()
+    audit.append(session, "scenario", "scenario.loaded", "scenario_load", load.id,
+                 {"directory": load.directory, "counts": load.counts, "rejected": len(load.rejected)}, at=load.at)
     return report

@@ -11,6 +11,7 @@ from pathlib import Path
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from core import audit
 from core.bulk import copy_rows, update_rows
 from core.csvio import CsvFileError, RowError, read_rows, validate_row
 from core.errors import Conflict, Invalid
@@ -35,6 +36,8 @@ def record_event(session: Session, order: Order, type_: str, actor: str, to_stat
             raise Conflict(str(exc)) from exc
     event = OrderEvent(at=at or utcnow(), actor=actor, type=type_, from_status=order.status,
                        to_status=to_status or order.status, data=data)
+    audit.append(session, actor, f"order.{type_}", "order", order.ref, _audit_data(event), why=_why(data),
+                 at=event.at)
     if order.id is None:  # a new order: the event rides along in the same flush (no flush per order)
         order.events.append(event)
     else:
@@ -43,6 +46,17 @@ def record_event(session: Session, order: Order, type_: str, actor: str, to_stat
     if to_status:
         order.status = to_status
     return event
+
+
+def _audit_data(event: OrderEvent | dict) -> dict:
+    """An order event as the audit log keeps it: the status move and the event's facts."""
+    get = event.get if isinstance(event, dict) else lambda k: getattr(event, k)
+    return {"from": get("from_status"), "to": get("to_status"), "data": get("data")}
+
+
+def _why(data: dict | None) -> str | None:
+    reason = (data or {}).get("reason")
+    return reason if isinstance(reason, str) else None
 
 
 def load_orders_csv(session: Session, path: Path, report: LoadReport, *, actor: str = "scenario",
@@ -344,9 +358,24 @@ def allocate_day(session: Session, day: date, actor: str = "system") -> DayAlloc
     update_rows(session, Order.__table__, "id", [{"id": u["oid"], "status": u["status"], "node_id": u["node_id"],
                                                   "status_reason": u["reason"]} for u in order_updates.values()])
     copy_rows(session, OrderEvent.__table__, events)
+    _audit_allocation(session, events, {o.id: o.ref for o in open_orders}, result.allocations, actor)
     session.expire_all()
     return DayAllocation(day, len({a.order_ref for a in result.allocations}), len(result.unallocated),
                          time.perf_counter() - started, result)
+
+
+def _audit_allocation(session: Session, events: list[dict], refs: dict[int, str], allocations: list,
+                      actor: str) -> None:
+    """The bulk path's order events into the audit log in one go, each allocation with the lots it reserved."""
+    reserved: dict[str, list[dict]] = defaultdict(list)
+    for alloc in allocations:
+        reserved[alloc.order_ref] += [{"node": alloc.node, "sku": sku, "lot": lot, "qty": qty}
+                                      for sku, lot, qty in alloc.lines]
+    audit.append_many(session, [
+        audit.Entry(actor, f"order.{e['type']}", "order", refs[e["order_id"]],
+                    {**_audit_data(e), **({"reserved": reserved[refs[e["order_id"]]]} if e["type"] == "allocated"
+                                          else {})}, why=_why(e["data"]), at=e["at"])
+        for e in events])
 
 
 def suggest_transfers_for(session: Session, day: date) -> list[dict]:

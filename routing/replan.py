@@ -48,6 +48,7 @@ import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
+from core import audit
 from core.errors import Conflict, Invalid, NotFound
 from core.settings import get_settings
 from core.timeutil import utcnow
@@ -799,6 +800,11 @@ def _store(session: Session, day: date, depot_code: str, snap: _Snapshot, solved
     for u in merged.unserved:
         new.unserved.append(UnservedOrder(order_id=u.order_id, reason=u.reason))
     session.flush()  # the new version is written (new.id): what records it goes after this
+    diff = merged.diff
+    audit.append(session, actor, "plan.replanned", "plan", new.id,
+                 {"day": day, "depot": depot_code, "version": version, "superseded": plan.id,
+                  "moved": diff["moved"], "added": diff["added"], "cancelled": diff["cancelled"],
+                  "unserved": diff["unserved"], "event": diff["event"]}, why=snap.reason)
 
     # order events
     for ev in merged.order_events:

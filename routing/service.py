@@ -16,6 +16,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
+from core import audit
 from core.settings import get_settings
 from core.timeutil import utcnow
 from fulfillment.models import Order, OrderLine, Reservation
@@ -156,6 +157,12 @@ def store_solution(session: Session, day: date, depot: Node, solution: solver.So
         if order.status == "planned":
             record_event(session, order, "unplanned", actor, to_status="allocated", data={"reason": u.reason})
     session.flush()
+    audit.append(session, actor, "plan.stored", "plan", plan.id,
+                 {"day": day, "depot": depot.code, "version": version, "superseded": [p.id for p in previous],
+                  "routes": [{"vehicle": r.vehicle_id, "stops": [v.stop_id for v in r.visits]}
+                             for r in solution.routes],
+                  "unserved": {u.stop_id: u.reason for u in solution.unserved},
+                  "distance_m": solution.distance, "cost": solution.cost}, why=reason)
     return plan
 
 

@@ -22,6 +22,8 @@ db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_he
 app.add_typer(scenario_app, name="scenario")
 app.add_typer(user_app, name="user")
 app.add_typer(db_app, name="db")
+audit_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
 
 
 def ensure_schema() -> None:
@@ -55,7 +57,8 @@ def db_downgrade(revision: str = typer.Argument(..., help="target revision, or '
 def load_with_progress(directory: Path):  # noqa: ANN201
     """Load a scenario folder in one transaction, with a progress bar on stderr."""
     from core.db import session_scope
-    from fulfillment.scenario import count_rows, load_scenario
+    from fulfillment.scenario import count_rows
+    from traceability.flows import load_scenario  # the load, and its stock received at the nodes (custody)
 
     total = count_rows(directory)
     with progress_bar() as bar, session_scope() as session:
@@ -109,6 +112,30 @@ def user_add(
         err.print(f"[red]{exc}")
         raise typer.Exit(2) from exc
     err.print(f"{'created' if created else 'updated'} user {username} ({role})")
+
+
+@audit_app.command("verify")
+def audit_verify(
+    batch: Annotated[int, typer.Option(help="records read per query")] = 5000,
+    json_out: Annotated[bool, typer.Option("--json", help="print the verdict as JSON")] = False,
+) -> None:
+    """Walk the audit chain in id order; exit 0 when intact, else 1 and print the id of the first bad record."""
+    from core import audit
+    from core.db import session_scope
+
+    ensure_schema()
+    with session_scope(write=False) as session:
+        total = audit.count(session)
+        with progress_bar() as bar:
+            task = bar.add_task("verifying audit_log", total=total)
+            verdict = audit.verify(session, batch=max(batch, 1), progress=lambda n: bar.advance(task, n))
+    if json_out:
+        print_json(verdict.as_dict())
+    elif verdict.ok:
+        typer.echo(f"audit log intact: {verdict.records} records; head {verdict.head_id} {verdict.head_hash}")
+    else:
+        typer.echo(f"first bad record: {verdict.first_bad}: {verdict.reason}")
+    raise typer.Exit(0 if verdict.ok else 1)
 
 
 @app.command()
@@ -263,11 +290,12 @@ def picklists(
 ) -> None:
     """Each node's pick list (PDF, grouped by temperature class) and the consolidated demand per SKU."""
     from core.db import session_scope
-    from fulfillment.picklists import demand, pick_lists, render_pdf
+    from fulfillment.picklists import demand, render_pdf
+    from traceability.flows import issue_pick_lists  # the lists, and custody "picked" as they are issued
 
     ensure_schema()
     with session_scope() as session:
-        lists = pick_lists(session, day.date(), node)
+        lists = issue_pick_lists(session, day.date(), node, actor="cli")
         needs = demand(session, day.date())
     pdf = render_pdf(lists, out / f"picklists-{day:%Y-%m-%d}{'-' + node if node else ''}.pdf")
     err.print(f"{len(lists)} pick lists written to {pdf}")

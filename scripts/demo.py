@@ -204,6 +204,7 @@ def allocate_stage(day, output: Path) -> list[str]:  # noqa: ANN001
     from core.db import session_scope
     from fulfillment.picklists import demand, pick_lists, render_pdf
     from fulfillment.service import allocate_day, day_allocations, suggest_transfers_for
+    from traceability.flows import record_picks
 
     with session_scope() as session:
         outcome = allocate_day(session, day, actor="demo")
@@ -211,6 +212,7 @@ def allocate_stage(day, output: Path) -> list[str]:  # noqa: ANN001
         plan = day_allocations(session, day)
         transfers = suggest_transfers_for(session, day)
         lists = pick_lists(session, day)
+        record_picks(session, day, actor="demo")  # custody: picked as the pick lists are issued
         needs = demand(session, day)
     err.print(f"[bold]2. allocation[/] {outcome.allocated} orders allocated, {outcome.unallocated} not "
               f"({outcome.seconds:.2f} s)")

@@ -24,6 +24,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session, joinedload
 from sqlalchemy.sql.functions import FunctionElement
 
+from core import audit
 from core.bulk import copy_rows
 from core.timeutil import utcnow
 from telemetry.decoding import Sample, decode_message, readings_of
@@ -275,8 +276,10 @@ def apply_alert_events(session: Session, events: Iterable[AlertEvent], vehicle_i
                        now: datetime) -> list[dict]:
     """Open, update or close alert rows; return each changed alert as CONTRACTS.md section 3 shows it."""
     changed: list[Alert] = []
+    was: list[str | None] = []  # each changed alert's status before, for the audit log
     for ev in events:
         alert = session.scalar(select(Alert).where(Alert.key == ev.key))
+        was.append(alert.status if alert is not None else None)
         if alert is None:
             alert = Alert(key=ev.key, vehicle_id=vehicle_ids[ev.vehicle], compartment=ev.compartment, kind=ev.kind,
                           status="open", started_at=ev.started_at, raised_at=now, minutes_out=0, late=ev.late)
@@ -294,7 +297,23 @@ def apply_alert_events(session: Session, events: Iterable[AlertEvent], vehicle_i
         changed.append(alert)
     session.flush()
     codes = {v: c for c, v in vehicle_ids.items()}
+    _audit_alerts(session, changed, was, codes)
     return [alert_view(a, codes[a.vehicle_id]) for a in changed]
+
+
+def _audit_alerts(session: Session, changed: list[Alert], was: list[str | None], codes: dict[int, str]) -> None:
+    """Alerts raised, closed and reopened into the audit log, one append_many per batch (peak and
+    duration updates of an open alert are not history: the alert row keeps them)."""
+    entries = []
+    for alert, before in zip(changed, was, strict=True):
+        if before == alert.status:
+            continue
+        action = "raised" if before is None else "reopened" if alert.status == "open" else alert.status
+        entries.append(audit.Entry("telemetry.rules", f"alert.{action}", "alert", alert.id, {
+            "vehicle": codes[alert.vehicle_id], "compartment": alert.compartment, "kind": alert.kind,
+            "status": alert.status, "started_at": alert.started_at, "ended_at": alert.ended_at, "peak": alert.peak,
+            "minutes_out": alert.minutes_out, "late": alert.late, "details": alert.details}))
+    audit.append_many(session, entries)
 
 
 def alert_view(alert: Alert, vehicle_code: str | None = None) -> dict:
@@ -573,4 +592,7 @@ def acknowledge_alert(session: Session, alert_id: int, who: str, note: str, now:
     if alert.status == "open":
         alert.status = "acknowledged"
     session.flush()
+    audit.append(session, who, "alert.acknowledged", "alert", alert.id,
+                 {"status": alert.status, "kind": alert.kind, "vehicle_id": alert.vehicle_id,
+                  "compartment": alert.compartment}, why=note, at=alert.acknowledged_at)
     return alert

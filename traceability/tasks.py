@@ -1,11 +1,13 @@
-"""Background jobs of the flows that span rooms (planning, re-planning) and Celery beat's periodic sync."""
+"""Background jobs of the flows that span rooms (planning, re-planning, scenario loads with their stock
+received) and Celery beat's periodic sync of what each van carries."""
 
 from __future__ import annotations
 
 import time
 from datetime import date, datetime
+from pathlib import Path
 
-from core.celery_app import celery_app
+from core.celery_app import celery_app, progress
 from core.db import session_scope
 from routing.replan import event_from_dict
 from traceability.flows import plan_depot_flow, replan_flow
@@ -23,15 +25,15 @@ def plan_depot_task(self, day: str, depot: str, time_limit: float, actor: str = 
     """Plan one depot's day within time_limit seconds; progress is the elapsed share of the limit."""
     last = [0.0]
 
-    def progress(fraction: float) -> None:
+    def report(fraction: float) -> None:
         now = time.monotonic()
         if now - last[0] >= 0.5 or fraction >= 1.0:
             last[0] = now
             self.update_state(state="PROGRESS", meta={"depot": depot, "fraction": round(fraction, 3)})
 
-    progress(0.0)
+    report(0.0)
     # in a prefork worker the solver runs in-process: daemonic children cannot start pools
-    return plan_depot_flow(date.fromisoformat(day), depot, time_limit, actor=actor, workers=1, progress=progress)
+    return plan_depot_flow(date.fromisoformat(day), depot, time_limit, actor=actor, workers=1, progress=report)
 
 
 @celery_app.task(bind=True, name="traceability.replan", acks_late=True)
@@ -41,3 +43,24 @@ def replan_task(self, day: str, depot: str, event: dict | None, time_limit: floa
     self.update_state(state="PROGRESS", meta={"depot": depot, "stage": "solving", "time_limit": time_limit})
     return replan_flow(date.fromisoformat(day), event_from_dict(event), time_limit=time_limit, actor=actor,
                        now=datetime.fromisoformat(now) if now else None, depot=depot)
+
+
+@celery_app.task(bind=True, name="traceability.load_scenario")
+def load_scenario_task(self, directory: str) -> dict:  # noqa: ANN001
+    """fulfillment.load_scenario's job, plus custody: the stock loaded is received at its nodes."""
+    from fulfillment.scenario import count_rows
+    from traceability.flows import load_scenario
+
+    total = count_rows(Path(directory))
+    state = {"done": 0, "last": 0}
+
+    def tick(_name: str, n: int) -> None:
+        state["done"] += n
+        if state["done"] - state["last"] >= max(total // 50, 1):
+            state["last"] = state["done"]
+            progress(self, min(state["done"], total), total)
+
+    with session_scope() as session:
+        report = load_scenario(session, Path(directory), tick)
+    progress(self, total, total)
+    return report.as_dict()

@@ -21,6 +21,7 @@ from shapely.validation import explain_validity
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from core import audit
 from core.csvio import CsvFileError, RowError, read_rows, validate_row
 from core.security import ROLES, hash_password
 from warehouses.models import TEMP_CLASSES, Compartment, Driver, Node, Product, StockLot, User, Vehicle
@@ -340,8 +341,9 @@ def _load_drivers(
         existing[rec.username] = _upsert(session, counts, existing.get(rec.username), Driver, values)
 
 
-def upsert_user(session: Session, username: str, role: str, password: str) -> tuple[User, bool]:
-    """Create or update a login; returns (user, created)."""
+def upsert_user(session: Session, username: str, role: str, password: str,
+                actor: str = "cli") -> tuple[User, bool]:
+    """Create or update a login; returns (user, created). The audit log names who did it, never the password."""
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
     if len(password) < 8:
@@ -356,6 +358,8 @@ def upsert_user(session: Session, username: str, role: str, password: str) -> tu
         user.password_hash = hash_password(password)
         user.active = True
     session.flush()
+    audit.append(session, actor, "user.created" if created else "user.updated", "user", username,
+                 {"role": role, "active": True, "password_changed": True})  # never the password or its hash
     return user, created
 
 

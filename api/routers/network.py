@@ -65,7 +65,7 @@ class JobStarted(BaseModel):
 @router.post("/scenarios/load", status_code=202, response_model=JobStarted)
 def load_scenario(body: ScenarioLoadRequest, request: Request, session: SessionDep, caller: Dispatcher) -> JobStarted:
     """Queue a scenario load on the Celery workers (sent once this request commits); poll the job link."""
-    from fulfillment.tasks import load_scenario_task
+    from traceability.tasks import load_scenario_task  # the load with its stock received (custody)
 
     directory = Path(body.directory)
     if not directory.is_dir():
