@@ -159,7 +159,9 @@ def test_sigkill_mid_stream_loses_nothing_and_stores_nothing_twice(databases, tm
             sent += batch
             infos.append(pub.publish(f"coldchain/v1/vehicles/{van}/telemetry", json.dumps(batch), qos=1))
             if m == messages // 3:
+                deadline = time.monotonic() + 60
                 while run.count() == 0:
+                    assert time.monotonic() < deadline, "nothing stored within 60 s: no ingestor to kill mid-stream"
                     time.sleep(0.01)
                 proc.kill()  # SIGKILL: no chance to flush or ack anything
                 proc.wait(10)
