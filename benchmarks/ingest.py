@@ -200,7 +200,16 @@ def _run(args, con, url: str, work: Path, db_url: str, engine, ingest: list) -> 
                                stdout=subprocess.DEVNULL,
                                stderr=open(work / f"ingest-{k}.log", "w"), cwd=ROOT)  # noqa: SIM115
               for k in range(args.ingestors))
-    time.sleep(4)
+    # a $share group holds nothing for members that have not joined: publish only once all have
+    subscribers = args.ingestors * max(1, args.processes)
+    deadline = time.monotonic() + 120
+    while sum((work / f"ingest-{k}.log").read_text().count("subscribed to") for k in range(args.ingestors)) \
+            < subscribers:
+        if time.monotonic() > deadline or any(p.poll() is not None for p in ingest):
+            con.print(f"[red]the ingestors did not all subscribe; see {work}/ingest-*.log (BENCH_KEEP=1 keeps it)")
+            return 2
+        time.sleep(0.2)
+    time.sleep(1)
     con.print(f"broker {url}; database {name}; {len(vans)} vans; publishing {args.samples:,} samples, "
               f"{args.per_message} per message")
     # the load's samples end an hour ago, so the probes' excursions are not mixed with them
@@ -211,10 +220,15 @@ def _run(args, con, url: str, work: Path, db_url: str, engine, ingest: list) -> 
     pub.start()
     stored = 0
     deadline = time.monotonic() + 600
+    changed = time.monotonic()
     while stored < args.samples and time.monotonic() < deadline:
         time.sleep(0.1)
         with engine.connect() as conn:
-            stored = conn.scalar(select(func.count()).select_from(TelemetrySample))
+            now_stored = conn.scalar(select(func.count()).select_from(TelemetrySample))
+        if now_stored != stored:
+            stored, changed = now_stored, time.monotonic()
+        elif not pub.is_alive() and time.monotonic() - changed > 30:
+            break  # published, and nothing more for 30 s: what is missing is lost (counted below)
     last_stored = time.time()
     pub.join(60)
     first_publish, publish_s = done.get(timeout=10)
