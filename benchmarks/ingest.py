@@ -4,9 +4,11 @@
 
 A publisher in a separate process sends N samples (QoS 1) for 60 vans to the broker;
 `coldchain ingest` (a separate process, as in production) stores them; this process
-counts what is stored in the database until every sample is there, then checks that
-none was lost or stored twice. Then 100 probes each publish a 16-minute chilled
-excursion for one van and time the alert's arrival on coldchain/v1/alerts/{van}.
+counts what is stored in the database until every sample is there, then counts the readings
+per (device, seq, kind, compartment) against what was sent: none lost, none stored twice
+(telemetry.service.reading_counts; readings have no key, so that is where a repeat would
+land). Then 100 probes each publish a 16-minute chilled excursion for one van and time the
+alert's arrival on coldchain/v1/alerts/{van}.
 
 Without --mqtt it starts Mosquitto with the repository's deploy/mosquitto.conf on a free
 port (the machine's default configuration drops QoS 1 messages beyond 1000 queued).
@@ -30,6 +32,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -75,17 +78,13 @@ def _client(url: str, name: str):  # noqa: ANN202
     return client
 
 
-def publisher(url: str, vans: list[tuple[str, str]], samples: int, per_message: int, start: str,
-              done: mp.Queue) -> None:
-    """Send `samples` samples for the vans, round robin, `per_message` per MQTT message.
+def messages_of(vans: list[tuple[str, str]], samples: int, per_message: int,
+                start: str) -> Iterator[tuple[str, list[dict]]]:
+    """The benchmark's stream, as (van, samples of one message): vans round robin, consecutive seqs.
 
-    Payloads are built before the clock starts, so the publisher's share of this 2-core machine
-    during the run is paho's publishing, not JSON building; it reports the wall-clock time of its
-    first publish (the benchmark's start) and how long publishing took."""
-    client = _client(url, "bench-pub")
+    Deterministic, so that the counting after the run regenerates exactly what the publisher sent."""
     base = datetime.fromisoformat(start)
     seq = dict.fromkeys((d for _v, d in vans), 0)
-    messages: list[tuple[str, str]] = []
     sent, i = 0, 0
     while sent < samples:
         van, device = vans[i % len(vans)]
@@ -98,8 +97,20 @@ def publisher(url: str, vans: list[tuple[str, str]], samples: int, per_message: 
             ts = base + timedelta(seconds=5 * s)
             batch.append({"device": device, "seq": s, "ts": ts.isoformat(), "temp_c": {"chilled": 3.5, "frozen": -19.0},
                           "door": {"chilled": "closed"}, "pos": [30.65, 104.06], "battery": 0.9})
-        messages.append((f"coldchain/v1/vehicles/{van}/telemetry", json.dumps(batch if per_message > 1 else batch[0])))
+        yield van, batch
         sent += n
+
+
+def publisher(url: str, vans: list[tuple[str, str]], samples: int, per_message: int, start: str,
+              done: mp.Queue) -> None:
+    """Send `samples` samples for the vans, round robin, `per_message` per MQTT message.
+
+    Payloads are built before the clock starts, so the publisher's share of this 2-core machine
+    during the run is paho's publishing, not JSON building; it reports the wall-clock time of its
+    first publish (the benchmark's start) and how long publishing took."""
+    client = _client(url, "bench-pub")
+    messages = [(f"coldchain/v1/vehicles/{van}/telemetry", json.dumps(batch if per_message > 1 else batch[0]))
+                for van, batch in messages_of(vans, samples, per_message, start)]
     infos = []
     first, t0 = time.time(), time.perf_counter()
     for topic, payload in messages:
@@ -164,11 +175,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args, con, url: str, work: Path, db_url: str, engine, ingest: list) -> int:  # noqa: ANN001
     from rich.table import Table
-    from sqlalchemy import func, select, text
+    from sqlalchemy import func, select
     from sqlalchemy.orm import Session
 
     from fulfillment.scenario import load_scenario
     from telemetry.models import TelemetrySample
+    from telemetry.service import reading_counts
     from warehouses import samplegen
 
     name = db_url.rsplit("/", 1)[-1]
@@ -188,7 +200,16 @@ def _run(args, con, url: str, work: Path, db_url: str, engine, ingest: list) -> 
                                stdout=subprocess.DEVNULL,
                                stderr=open(work / f"ingest-{k}.log", "w"), cwd=ROOT)  # noqa: SIM115
               for k in range(args.ingestors))
-    time.sleep(4)
+    # a $share group holds nothing for members that have not joined: publish only once all have
+    subscribers = args.ingestors * max(1, args.processes)
+    deadline = time.monotonic() + 120
+    while sum((work / f"ingest-{k}.log").read_text().count("subscribed to") for k in range(args.ingestors)) \
+            < subscribers:
+        if time.monotonic() > deadline or any(p.poll() is not None for p in ingest):
+            con.print(f"[red]the ingestors did not all subscribe; see {work}/ingest-*.log (BENCH_KEEP=1 keeps it)")
+            return 2
+        time.sleep(0.2)
+    time.sleep(1)
     con.print(f"broker {url}; database {name}; {len(vans)} vans; publishing {args.samples:,} samples, "
               f"{args.per_message} per message")
     # the load's samples end an hour ago, so the probes' excursions are not mixed with them
@@ -199,10 +220,15 @@ def _run(args, con, url: str, work: Path, db_url: str, engine, ingest: list) -> 
     pub.start()
     stored = 0
     deadline = time.monotonic() + 600
+    changed = time.monotonic()
     while stored < args.samples and time.monotonic() < deadline:
         time.sleep(0.1)
         with engine.connect() as conn:
-            stored = conn.scalar(select(func.count()).select_from(TelemetrySample))
+            now_stored = conn.scalar(select(func.count()).select_from(TelemetrySample))
+        if now_stored != stored:
+            stored, changed = now_stored, time.monotonic()
+        elif not pub.is_alive() and time.monotonic() - changed > 30:
+            break  # published, and nothing more for 30 s: what is missing is lost (counted below)
     last_stored = time.time()
     pub.join(60)
     first_publish, publish_s = done.get(timeout=10)
@@ -210,9 +236,8 @@ def _run(args, con, url: str, work: Path, db_url: str, engine, ingest: list) -> 
     time.sleep(1)
     with engine.connect() as conn:
         final = conn.scalar(select(func.count()).select_from(TelemetrySample))
-        per_key = conn.scalar(text("SELECT count(*) FROM (SELECT device, seq FROM telemetry_samples "
-                                   "GROUP BY device, seq HAVING count(*) > 1) d"))
-        readings = conn.scalar(text("SELECT count(*) FROM telemetry_readings"))
+        counts = reading_counts(conn, (s for _van, batch in messages_of(vans, args.samples, args.per_message,
+                                                                         start) for s in batch))
     latencies = probe_alerts(url, vans, args.probes)
     table = Table(title="ingestion, end to end", title_justify="left")
     table.add_column("figure")
@@ -221,9 +246,10 @@ def _run(args, con, url: str, work: Path, db_url: str, engine, ingest: list) -> 
     table.add_row("ingestor processes", f"{args.ingestors} × {args.processes}")
     table.add_row("publisher finished after", f"{publish_s:.1f} s")
     table.add_row("samples stored", f"{final:,}")
-    table.add_row("readings stored", f"{readings:,}")
-    table.add_row("lost", f"{args.samples - final:,}")
-    table.add_row("stored twice", f"{per_key:,}")
+    table.add_row("readings sent / stored", f"{counts.sent:,} / {counts.stored:,}")
+    table.add_row("lost (readings sent, none stored)", f"{counts.lost:,}")
+    table.add_row("stored twice (readings with a second row)", f"{counts.twice:,}")
+    table.add_row("readings never sent", f"{counts.unexpected:,}")
     table.add_row("[bold]samples/s stored (first publish to last stored)", f"[bold]{final / elapsed:,.0f}")
     if latencies:
         q = statistics.quantiles(latencies, n=100, method="inclusive")
@@ -231,7 +257,10 @@ def _run(args, con, url: str, work: Path, db_url: str, engine, ingest: list) -> 
                       f"{q[49] * 1000:.0f} / {q[98] * 1000:.0f} / {max(latencies) * 1000:.0f}")
     table.add_row("alerts received", f"{len(latencies)} of {min(args.probes, len(vans))} probes")
     con.print(table)
-    return 0 if final == args.samples and per_key == 0 else 1
+    if not counts.ok or final != args.samples:
+        con.print(f"[red]FAILED: {args.samples - final:,} samples missing; {counts}")
+        return 1
+    return 0
 
 
 def probe_alerts(url: str, vans: list[tuple[str, str]], probes: int) -> list[float]:

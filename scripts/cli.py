@@ -557,11 +557,26 @@ def demo(
     output: Annotated[Path, typer.Option(help="where the demo writes its files")] = Path("demo-output"),
     orders: Annotated[int, typer.Option(help="orders to generate for tomorrow")] = 300,
     time_limit: Annotated[float, typer.Option("--time-limit", help="routing seconds per depot")] = 3.0,
+    telemetry_minutes: Annotated[float | None, typer.Option(
+        "--telemetry-minutes", help="simulate only the first N minutes of the vans' day (default: all of it)")]
+    = None,
+    withhold_incident: Annotated[list[str] | None, typer.Option(
+        "--withhold-incident", hidden=True,
+        help="leave a staged incident (warming, door_left_open, hard_shock) out of the telemetry while still "
+        "expecting its alert: the demo must then fail")] = None,
 ) -> None:
-    """The whole day on embedded defaults; writes its files under ./demo-output/."""
-    from scripts.demo import run_demo
+    """The whole day on embedded defaults; writes its files under ./demo-output/.
 
-    run_demo(output, orders, time_limit)
+    Exits 1 when any stage's outcome differs from what was staged (each difference printed)."""
+    from scripts.demo import run_demo
+    from telemetry.simulator import WITHHOLDABLE
+
+    bad = sorted(set(withhold_incident or ()) - set(WITHHOLDABLE))
+    if bad:
+        err.print(f"[red]--withhold-incident: unknown incident {', '.join(bad)} (one of {', '.join(WITHHOLDABLE)})")
+        raise typer.Exit(2)
+    raise typer.Exit(run_demo(output, orders, time_limit, telemetry_minutes=telemetry_minutes,
+                              withhold=withhold_incident or ()))
 
 
 def check_settings() -> None:

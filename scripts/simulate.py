@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 from urllib.parse import urlparse
@@ -144,7 +145,8 @@ def _client(url: str, code: str, tag: str):  # noqa: ANN202
 def simulate_fleet(mqtt_url: str, *, date: dt.date | dt.datetime, speed: float = 60.0,
                    vehicles: list[str] | None = None, seed: int = 0, garbage: bool = False,
                    incidents: bool = True, duration_min: float | None = None, console: Console | None = None,
-                   interval_s: float = 30.0, clock_shift_days: int | None = None) -> dict[str, Any]:
+                   interval_s: float = 30.0, clock_shift_days: int | None = None, withhold: Sequence[str] = (),
+                   keep_samples: bool = False) -> dict[str, Any]:
     """Publish the simulated day of the configured fleet to ``mqtt_url``; return what was sent and expected.
 
     ``date``: the local day (its vans' shifts and current plans); ``speed``: simulated seconds
@@ -152,7 +154,9 @@ def simulate_fleet(mqtt_url: str, *, date: dt.date | dt.datetime, speed: float =
     ``incidents``: stage warming, blip, door left open, hard shock, signal loss and duplicates;
     ``garbage``: also publish one message of each unusable kind; ``duration_min``: simulate
     only the first minutes of the span; ``clock_shift_days``: set device clocks back by this
-    many days (None: as few as keep every sample in the past).
+    many days (None: as few as keep every sample in the past); ``withhold``: incidents to leave
+    out of the stream while still expecting them (to see a check fail, telemetry/simulator.py);
+    ``keep_samples``: also return ``valid_samples``, every sample a correct ingestor stores.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -179,10 +183,11 @@ def simulate_fleet(mqtt_url: str, *, date: dt.date | dt.datetime, speed: float =
         notes.append(f"samples older than {MAX_AGE_DAYS} days: the ingestor will reject them as too old")
     scenario = Scenario(garbage=garbage) if incidents else replace(Scenario.quiet(), garbage=garbage)
     sim = Simulation(vans, start, end, interval_s=interval_s, seed=seed, scenario=scenario,
-                     clock_offset=-dt.timedelta(days=shift))
+                     clock_offset=-dt.timedelta(days=shift), withhold=withhold)
     expected = sim.expected
     messages = sim.messages()
     notes += [f"incident not staged: {s}" for s in expected.skipped]
+    notes += [f"{kind} withheld from the stream but still expected" for kind in sorted(sim.withhold)]
     maybe: list[dict[str, Any]] = []
     for inc in expected.incidents:
         if inc.kind == "signal_loss" and speed > 0 and (inc.end - inc.start).total_seconds() / speed >= SILENCE_S:
@@ -244,7 +249,7 @@ def simulate_fleet(mqtt_url: str, *, date: dt.date | dt.datetime, speed: float =
     console.print(f"published {published} telemetry messages and {status} status messages in {seconds:.1f} s; "
                   f"expected: {expected.samples} samples, {expected.rejects} rejects, "
                   f"{len(expected.alerts)} alerts")
-    return {
+    result = {
         **expected.to_dict(),
         "published": published,
         "status_published": status,
@@ -259,4 +264,8 @@ def simulate_fleet(mqtt_url: str, *, date: dt.date | dt.datetime, speed: float =
         "seconds": round(seconds, 2),
         "maybe_alerts": maybe,
         "notes": notes,
+        "withheld": sorted(sim.withhold),
     }
+    if keep_samples:
+        result["valid_samples"] = list(sim.valid_samples())
+    return result

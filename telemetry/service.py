@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import and_, or_, select, text
+from sqlalchemy import Connection, and_, func, or_, select, text
 from sqlalchemy.exc import IntegrityError, ProgrammingError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session, joinedload
@@ -596,3 +596,68 @@ def acknowledge_alert(session: Session, alert_id: int, who: str, note: str, now:
                  {"status": alert.status, "kind": alert.kind, "vehicle_id": alert.vehicle_id,
                   "compartment": alert.compartment}, why=note, at=alert.acknowledged_at)
     return alert
+
+
+@dataclass(frozen=True)
+class ReadingCounts:
+    """Readings stored against what was sent, per (device, seq, kind, compartment).
+
+    telemetry_readings has no key (migration 0005), so this, not telemetry_samples (whose
+    primary key makes a repeat impossible there), is where a sample stored twice would show.
+    """
+
+    sent: int  # distinct reading keys the sent samples carry
+    stored: int  # of those, keys with at least one reading
+    lost: int  # sent, no reading
+    twice: int  # keys with more than one reading
+    extra_rows: int  # readings beyond one per key (twice's surplus), plus readings of keys never sent
+    unexpected: int  # keys of the sent devices that were never sent
+
+    @property
+    def ok(self) -> bool:
+        return self.lost == 0 and self.twice == 0 and self.unexpected == 0
+
+    def __str__(self) -> str:
+        return (f"{self.sent} readings sent, {self.stored} stored: {self.lost} lost, {self.twice} stored twice "
+                f"or more, {self.unexpected} never sent ({self.extra_rows} surplus rows)")
+
+
+def _reading_kinds(sample: dict, cache: dict) -> frozenset[tuple[str, str]]:
+    """(kind, compartment) of the readings a contract-shaped sample makes, as readings_of decides."""
+    shape = (tuple(sample.get("temp_c") or ()), tuple(sample.get("door") or ()), sample.get("shock_g") is not None,
+             sample.get("pos") is not None, sample.get("battery") is not None)
+    kinds = cache.get(shape)
+    if kinds is None:
+        probe = Sample("", "", 0, datetime.min, dict.fromkeys(shape[0], 0.0), dict.fromkeys(shape[1], "closed"),
+                       0.0 if shape[2] else None, (0.0, 0.0) if shape[3] else None, 0.5 if shape[4] else None)
+        kinds = cache[shape] = frozenset((r.kind, r.compartment or "") for r in readings_of(probe))
+    return kinds
+
+
+def reading_counts(bind: Session | Connection, sent: Iterable[dict]) -> ReadingCounts:
+    """Count the stored readings of the sent samples' devices against the samples (contract-shaped dicts,
+    repeats allowed: a sample published twice is still owed once).
+
+    Used by the ingestion benchmark and the ingestor's crash, restart and shared-stream tests, so that
+    "lost" and "stored twice" mean the same everywhere.
+    """
+    cache: dict = {}
+    owed: dict[tuple[str, int], frozenset[tuple[str, str]]] = {}
+    for sample in sent:
+        owed[(sample["device"], sample["seq"])] = _reading_kinds(sample, cache)
+    devices = sorted({device for device, _seq in owed})
+    r = TelemetryReading
+    query = (select(r.device, r.seq, r.kind, r.compartment, func.count())
+             .where(r.device.in_(devices)).group_by(r.device, r.seq, r.kind, r.compartment))
+    stored = twice = extra_rows = unexpected = 0
+    for device, seq, kind, compartment, n in bind.execute(query.execution_options(yield_per=20_000)):
+        if (kind, compartment) in owed.get((device, seq), ()):
+            stored += 1
+            if n > 1:
+                twice += 1
+                extra_rows += n - 1
+        else:
+            unexpected += 1
+            extra_rows += n
+    total = sum(len(kinds) for kinds in owed.values())
+    return ReadingCounts(total, stored, total - stored, twice, extra_rows, unexpected)

@@ -51,6 +51,12 @@ and the last two minutes of the span are quiet, so the expected alerts are exact
 
 ``clock_offset`` shifts every ``ts`` (the device clocks) and :attr:`Expected` times but
 not ``at``: a publisher replaying a future day can stamp it into the past.
+
+What was staged is data: :attr:`Simulation.expected` (counts, reject reasons, alerts by
+vehicle, compartment and kind) and :meth:`Simulation.valid_samples` (every sample a correct
+ingestor stores, once). ``withhold`` names incidents that stay in :attr:`Expected` but are
+left out of the stream: a defect put in on purpose, so that a check comparing what was
+staged with what was found can be seen to fail (``coldchain demo --withhold-incident``).
 """
 
 from __future__ import annotations
@@ -59,7 +65,8 @@ import heapq
 import json
 import math
 import random
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections import Counter
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
@@ -69,6 +76,7 @@ from telemetry.rules import RuleConfig
 
 __all__ = [
     "COMPARTMENT_PROFILES",
+    "WITHHOLDABLE",
     "Expected",
     "ExpectedAlert",
     "Incident",
@@ -76,7 +84,9 @@ __all__ = [
     "PlannedStop",
     "Scenario",
     "Simulation",
+    "Tally",
     "VanSpec",
+    "tally",
     "simulate",
     "status_topic",
 ]
@@ -164,6 +174,8 @@ DOOR_LEFT_OPEN = timedelta(minutes=7)
 SIGNAL_LOSS = timedelta(minutes=20)
 STOP_DOOR_MAX = timedelta(minutes=3.5)
 QUIET_END = timedelta(minutes=2)
+# incidents that can be withheld from the stream while staying expected (see the module docstring)
+WITHHOLDABLE = ("warming", "door_left_open", "hard_shock")
 PAD = timedelta(minutes=4)  # between incidents on one van
 
 
@@ -236,6 +248,32 @@ class Expected:
             "incidents": [{k: iso(v) for k, v in asdict(i).items()} for i in self.incidents],
             "skipped": list(self.skipped),
         }
+
+
+class Tally(NamedTuple):
+    """How many times a key was staged and how many times it was found."""
+
+    key: Any
+    expected: int
+    found: int
+
+    @property
+    def ok(self) -> bool:
+        return self.expected == self.found
+
+
+def tally(expected: Iterable[Hashable], found: Iterable[Hashable]) -> list[Tally]:
+    """Compare two multisets key by key (every key of either side, sorted; None sorts first).
+
+    Multisets, not sets: two door alerts on one van where one was staged is a difference,
+    and so is one where two were staged."""
+    want, got = Counter(expected), Counter(found)
+
+    def order(key: Hashable) -> Any:
+        parts = key if isinstance(key, tuple) else (key,)
+        return tuple((p is not None, "" if p is None else str(p)) for p in parts)
+
+    return [Tally(k, want[k], got[k]) for k in sorted(want.keys() | got.keys(), key=order)]
 
 
 def _iso(moment: datetime) -> str:
@@ -378,7 +416,12 @@ class Simulation:
 
     def __init__(self, vans: Sequence[VanSpec], start: datetime, end: datetime, *, interval_s: float = 30.0,
                  seed: int = 0, scenario: Scenario | None = None, clock_offset: timedelta = timedelta(0),
-                 rules: RuleConfig | None = None) -> None:
+                 rules: RuleConfig | None = None, withhold: Iterable[str] = ()) -> None:
+        withhold = frozenset(withhold)
+        if withhold - set(WITHHOLDABLE):
+            raise ValueError(f"cannot withhold {', '.join(sorted(withhold - set(WITHHOLDABLE)))}: "
+                             f"only {', '.join(WITHHOLDABLE)}")
+        self.withhold = withhold
         if start.tzinfo is None or end.tzinfo is None:
             raise ValueError("start and end must be aware datetimes")
         if end <= start:
@@ -401,6 +444,7 @@ class Simulation:
         self._duplicated: set[tuple[str, int]] = set()
         self._stage()
         self._messages: list[Message] | None = None
+        self._sample_cache: dict[str, list[dict[str, Any]]] = {}
 
     # -- planning ---------------------------------------------------------------------------
 
@@ -474,7 +518,8 @@ class Simulation:
                 day, t0 = got
                 cls = with_temp_class(day)
                 a = t0 + RAMP
-                day.temp_incidents.append((cls, a, a + out_for, limits(day)[cls]))
+                if kind not in self.withhold:
+                    day.temp_incidents.append((cls, a, a + out_for, limits(day)[cls]))
                 self._incident(kind, day, cls, a, a + out_for, alert=alert)
         if sc.door_left_open:
             got = pick("door_left_open", DOOR_LEFT_OPEN + timedelta(minutes=3), order)
@@ -484,7 +529,8 @@ class Simulation:
                 a, b = t0 + timedelta(minutes=1), t0 + timedelta(minutes=1) + DOOR_LEFT_OPEN
                 for c in day.doors:  # the other openings of that door around it are folded into this one
                     day.doors[c] = [(x, y) for x, y in day.doors[c] if c != cls or y <= a - PAD or x >= b + PAD]
-                day.doors[cls].append((a, b))
+                if "door_left_open" not in self.withhold:
+                    day.doors[cls].append((a, b))
                 self._incident("door_left_open", day, cls, a, b, alert="door")
         if sc.hard_shock:
             got = pick("hard_shock", timedelta(minutes=2), order, ok=lambda d, t: d.driving_at(t))
@@ -494,7 +540,9 @@ class Simulation:
             if got:
                 day, t0 = got
                 i = self._index_at(day, t0)
-                day.shocks[i] = round(rng.uniform(4.3, 5.8), 2)
+                g = round(rng.uniform(4.3, 5.8), 2)
+                if "hard_shock" not in self.withhold:
+                    day.shocks[i] = g
                 self._incident("hard_shock", day, None, day.times[i], day.times[i], alert="shock")
         if sc.signal_loss:
             def clean_before(day: _VanDay, t0: datetime) -> bool:
@@ -601,6 +649,21 @@ class Simulation:
     # -- values -----------------------------------------------------------------------------
 
     def _samples(self, day: _VanDay) -> list[dict[str, Any]]:
+        cached = self._sample_cache.get(day.spec.code)
+        if cached is None:
+            cached = self._sample_cache[day.spec.code] = self._make_samples(day)
+        return cached
+
+    def valid_samples(self) -> Iterator[dict[str, Any]]:
+        """Every sample a correct ingestor stores (once), as published: the 500 °C one is left out.
+
+        Contract-shaped dicts, as `telemetry.service.reading_counts` takes them."""
+        for day in self._days:
+            for i, sample in enumerate(self._samples(day)):
+                if i != day.hot_index:
+                    yield sample
+
+    def _make_samples(self, day: _VanDay) -> list[dict[str, Any]]:
         spec = day.spec
         rng = random.Random(f"{self.seed}:{spec.code}:values")
         seq0 = rng.randrange(1, 50_000)

@@ -24,7 +24,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
+# the project's shared folder beside the clone (CI keeps a copy there); COLDCHAIN_SHARED_DIR points
+# elsewhere, e.g. from a git worktree whose parent has none
+SHARED = Path(os.environ.get("COLDCHAIN_SHARED_DIR") or ROOT.parent / "shared")
+CHECK_PLAN = SHARED / "tools" / "check_plan.py"
 SERVER_URL = os.environ.get("COLDCHAIN_DATABASE_URL")  # the server CI points us at, if any
 
 
@@ -205,3 +208,25 @@ def token(api, make_user):  # noqa: ANN001, ANN201
 def coldchain_cmd() -> list[str]:
     exe = Path(sys.executable).with_name("coldchain")
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "scripts.cli"]
+
+
+def check_plan_path() -> Path:
+    """The independent checker ../shared/tools/check_plan.py, for a test to run on its plan.
+
+    Missing, the test is skipped with the reason rather than passing without the check; with
+    COLDCHAIN_REQUIRE_CHECK_PLAN=1 (CI's .ci/run) it fails instead, so a skip cannot hide there.
+    Called where the check happens, so the rest of the test has run by then."""
+    if not CHECK_PLAN.exists():
+        test = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" (", 1)[0]
+        reason = (f"{test}: {CHECK_PLAN} not found, so its plan was not checked by the independent checker "
+                  "(set COLDCHAIN_SHARED_DIR to the folder holding tools/check_plan.py)")
+        if os.environ.get("COLDCHAIN_REQUIRE_CHECK_PLAN") == "1":
+            pytest.fail(f"COLDCHAIN_REQUIRE_CHECK_PLAN=1 and {reason}", pytrace=False)
+        pytest.skip(reason)
+    return CHECK_PLAN
+
+
+@pytest.fixture
+def check_plan() -> Path:
+    """check_plan_path() for a test that is nothing but the independent checker's verdict."""
+    return check_plan_path()

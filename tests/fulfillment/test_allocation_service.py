@@ -16,7 +16,7 @@ from fulfillment.models import Order, OrderEvent, Reservation
 from fulfillment.scenario import load_scenario
 from fulfillment.service import allocate_day, cancel_order, day_allocations, delivery_date_for
 from tests import scenario_files
-from tests.conftest import SHARED, coldchain_cmd
+from tests.conftest import check_plan_path, coldchain_cmd
 from warehouses.models import StockLot
 
 DAY = date(2026, 11, 24)
@@ -106,7 +106,6 @@ def test_parallel_allocators_never_oversell(databases, tmp_path: Path) -> None: 
 
 
 def test_export_passes_the_independent_checker(databases, tmp_path: Path) -> None:  # noqa: ANN001
-    checker = SHARED / "tools" / "check_plan.py"
     env = {**os.environ, "COLDCHAIN_DATABASE_URL": databases.new("export"), "COLDCHAIN_DATA_DIR": str(tmp_path)}
     folder = scenario_files.write(tmp_path / "scen")
     for args in (["scenario", "load", str(folder)], ["allocate", "--date", "2026-11-24"]):
@@ -116,9 +115,8 @@ def test_export_passes_the_independent_checker(databases, tmp_path: Path) -> Non
     plan = json.loads(run.stdout)
     assert {a["order_ref"] for a in plan["allocations"]} == {"A1", "A2"}
     (tmp_path / "plan.json").write_text(run.stdout)
-    if checker.exists():
-        import sys
+    import sys
 
-        check = subprocess.run([sys.executable, str(checker), str(folder), str(tmp_path / "plan.json"),
-                                "--alloc-only"], capture_output=True, text=True, timeout=120)
-        assert check.returncode == 0, check.stdout
+    check = subprocess.run([sys.executable, str(check_plan_path()), str(folder), str(tmp_path / "plan.json"),
+                            "--alloc-only"], capture_output=True, text=True, timeout=120)
+    assert check.returncode == 0, check.stdout

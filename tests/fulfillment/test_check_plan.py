@@ -18,7 +18,6 @@ from fulfillment.allocation import Lot, Node, Order, Product, allocate, to_contr
 
 from .helpers import DAY, at, square
 
-CHECKER = Path(__file__).resolve().parents[3] / "shared" / "tools" / "check_plan.py"
 PRODUCTS = [
     Product("MILK-1L", "chilled", 1.0),
     Product("EGG-30", "chilled", 2.5),
@@ -103,9 +102,8 @@ def scenario(seed: int, ample: bool):
     return nodes, lots, orders
 
 
-@pytest.mark.skipif(not CHECKER.exists(), reason=f"{CHECKER} not found")
 @pytest.mark.parametrize(("seed", "ample"), [(1, False), (2, False), (3, True)])
-def test_allocation_passes_check_plan(tmp_path, seed, ample):
+def test_allocation_passes_check_plan(tmp_path, seed, ample, check_plan):
     nodes, lots, orders = scenario(seed, ample)
     write_scenario(tmp_path, nodes, lots, orders)
     res = allocate(nodes, PRODUCTS, lots, orders)
@@ -115,7 +113,7 @@ def test_allocation_passes_check_plan(tmp_path, seed, ample):
                                        for o in orders)
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps(to_contract(res, DAY)))
-    args = [sys.executable, str(CHECKER), str(tmp_path), str(plan), "--alloc-only"]
+    args = [sys.executable, str(check_plan), str(tmp_path), str(plan), "--alloc-only"]
     args += ["--ample"] if ample else []
     out = subprocess.run(args, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr

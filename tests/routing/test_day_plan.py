@@ -20,10 +20,9 @@ from fulfillment.service import allocate_day, day_allocations
 from routing.models import Plan, RouteStop
 from routing.service import day_routes, plan_depot
 from tests import scenario_files
-from tests.conftest import SHARED, coldchain_cmd
+from tests.conftest import check_plan_path, coldchain_cmd
 
 DAY = date(2026, 11, 24)
-CHECKER = SHARED / "tools" / "check_plan.py"
 MORE = ("B1,2026-11-24,delivery,30.660,104.060,10:00,12:00,EGG-30,1,,,,\n"
         "B2,2026-11-24,delivery,30.640,104.085,13:00,15:00,DUMP-1,2,,,,\n"
         "B3,2026-11-24,delivery,30.655,104.075,07:00,07:10,DUMP-1,1,,,,\n")
@@ -41,8 +40,8 @@ def same(session):  # noqa: ANN001, ANN201
 def check(folder: Path, plan: dict, tmp_path: Path) -> subprocess.CompletedProcess:
     path = tmp_path / "plan.json"
     path.write_text(json.dumps(plan))
-    return subprocess.run([sys.executable, str(CHECKER), str(folder), str(path)], capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run([sys.executable, str(check_plan_path()), str(folder), str(path)], capture_output=True,
+                          text=True, timeout=120)
 
 
 def test_plan_routes_every_servable_order_and_explains_the_rest(session, tmp_path: Path) -> None:
@@ -60,9 +59,8 @@ def test_plan_routes_every_servable_order_and_explains_the_rest(session, tmp_pat
     assert all(s["stop_id"].startswith("s-") for s in stops)
     b1 = session.scalar(select(Order).where(Order.ref == "B1"))
     assert b1.status == "planned"
-    if CHECKER.exists():
-        result = check(folder, {"date": DAY.isoformat(), **day_allocations(session, DAY), **routes}, tmp_path)
-        assert result.returncode == 0, result.stdout
+    result = check(folder, {"date": DAY.isoformat(), **day_allocations(session, DAY), **routes}, tmp_path)
+    assert result.returncode == 0, result.stdout
 
 
 def test_replanning_supersedes_and_keeps_one_current_plan(session, tmp_path: Path) -> None:
@@ -89,9 +87,8 @@ def test_cli_plans_depots_on_real_workers_and_exports_json(databases, tmp_path: 
     plan = json.loads(run.stdout)
     assert [r["vehicle"] for r in plan["routes"]] == ["VAN-01"]
     assert "FS-01" in run.stderr and "1 vans, 3 stops" in run.stderr
-    if CHECKER.exists():
-        result = check(folder, plan, tmp_path)
-        assert result.returncode == 0, result.stdout
+    result = check(folder, plan, tmp_path)
+    assert result.returncode == 0, result.stdout
 
 
 def test_an_order_split_across_nodes_is_delivered_in_one_visit(session, tmp_path: Path) -> None:
@@ -109,6 +106,5 @@ def test_an_order_split_across_nodes_is_delivered_in_one_visit(session, tmp_path
     routes = day_routes(session, DAY)
     visits = [(r["vehicle"], s["order_ref"]) for r in routes["routes"] for s in r["stops"] if s["order_ref"] == "SP1"]
     assert len(visits) == 1
-    if CHECKER.exists():
-        result = check(folder, {"date": DAY.isoformat(), **day_allocations(session, DAY), **routes}, tmp_path)
-        assert result.returncode == 0, result.stdout
+    result = check(folder, {"date": DAY.isoformat(), **day_allocations(session, DAY), **routes}, tmp_path)
+    assert result.returncode == 0, result.stdout

@@ -20,6 +20,7 @@ from sqlalchemy import func, select
 
 from core.db import make_engine
 from telemetry.models import Alert, TelemetryReject, TelemetrySample
+from telemetry.service import ReadingCounts, reading_counts
 from tests import scenario_files
 from tests.conftest import coldchain_cmd
 
@@ -55,6 +56,11 @@ class Run:
     def count(self, model=TelemetrySample) -> int:  # noqa: ANN001
         with self.engine.connect() as conn:
             return conn.scalar(select(func.count()).select_from(model))
+
+    def readings(self, sent: list[dict]) -> ReadingCounts:
+        """Readings stored against the samples sent: lost and stored twice per (device, seq, kind, compartment)."""
+        with self.engine.connect() as conn:
+            return reading_counts(conn, sent)
 
     def wait_for(self, n: int, timeout: float = 60, model=TelemetrySample) -> int:  # noqa: ANN001
         deadline = time.monotonic() + timeout
@@ -133,6 +139,8 @@ def test_ingest_stores_once_keeps_rejects_and_raises_alerts(databases, tmp_path:
     assert "Traceback" not in log, log
     time.sleep(0.5)
     assert run.count() == 40
+    counts = run.readings(backlog)
+    assert (counts.sent, counts.lost, counts.twice) == (40, 0, 0) and counts.ok, counts
 
 
 def test_sigkill_mid_stream_loses_nothing_and_stores_nothing_twice(databases, tmp_path: Path,  # noqa: ANN001
@@ -143,14 +151,17 @@ def test_sigkill_mid_stream_loses_nothing_and_stores_nothing_twice(databases, tm
     pub = publisher(mqtt_url)
     base = datetime.now(UTC) - timedelta(hours=8)  # 400 minutes of history, all in the past
     per_message, messages = 10, 400
-    infos = []
+    infos, sent = [], []
     try:
         for m in range(messages):
             van, device = (run.vans[m % 2], run.devices[m % 2])
             batch = samples(device, (m // 2) * per_message, per_message, base + timedelta(minutes=m))
+            sent += batch
             infos.append(pub.publish(f"coldchain/v1/vehicles/{van}/telemetry", json.dumps(batch), qos=1))
             if m == messages // 3:
+                deadline = time.monotonic() + 60
                 while run.count() == 0:
+                    assert time.monotonic() < deadline, "nothing stored within 60 s: no ingestor to kill mid-stream"
                     time.sleep(0.01)
                 proc.kill()  # SIGKILL: no chance to flush or ack anything
                 proc.wait(10)
@@ -168,6 +179,8 @@ def test_sigkill_mid_stream_loses_nothing_and_stores_nothing_twice(databases, tm
                                            .group_by(TelemetrySample.device)).all())
             assert conn.scalar(select(func.count()).select_from(TelemetryReject)) == 0
         assert per_device == {run.devices[0]: total // 2, run.devices[1]: total // 2}
+        counts = run.readings(sent)  # readings have no key: a replayed batch would land here twice
+        assert (counts.sent, counts.lost, counts.twice) == (total, 0, 0) and counts.ok, counts
     finally:
         pub.loop_stop()
         pub.disconnect()
@@ -200,10 +213,11 @@ def test_three_ingestors_sharing_one_stream_store_once_and_alert_once(databases,
         assert sum(f.read_text().count("subscribed to") for f in log_files) == 3
         pub = publisher(mqtt_url)
         base = datetime.now(UTC) - timedelta(hours=6)  # 300 minutes of history, all in the past
-        infos = []
+        infos, sent = [], []
         for m in range(300):  # one sample per message: consecutive samples go to different ingestors
             sample = {"device": run.devices[0], "seq": m, "ts": (base + timedelta(minutes=m)).isoformat(),
                       "temp_c": {"chilled": 12.0 if 100 <= m < 130 else 4.0}}
+            sent.append(sample)
             infos.append(pub.publish(f"coldchain/v1/vehicles/{run.vans[0]}/telemetry", json.dumps(sample),
                                      qos=1))
         for info in infos:
@@ -227,6 +241,8 @@ def test_three_ingestors_sharing_one_stream_store_once_and_alert_once(databases,
     assert all(proc.returncode == 0 for proc in procs), logs
     assert sum(log.count("stopped") for log in logs) >= 3  # every ingestor shut down cleanly
     assert run.count() == 300
+    counts = run.readings(sent)
+    assert (counts.sent, counts.lost, counts.twice) == (300, 0, 0) and counts.ok, counts
 
 
 def test_pool_children_stop_when_the_pool_process_is_killed(databases, tmp_path: Path, mqtt_url: str) -> None:  # noqa: ANN001

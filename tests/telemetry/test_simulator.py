@@ -230,6 +230,7 @@ def test_end_to_end_through_broker_and_ingestor(fleet_db, mqtt_url: str) -> None
     from core.db import get_engine
     from scripts.simulate import simulate_fleet
     from telemetry.models import Alert, TelemetryReject, TelemetrySample
+    from telemetry.service import reading_counts
     from warehouses.models import Vehicle
 
     engine = get_engine()
@@ -241,7 +242,7 @@ def test_end_to_end_through_broker_and_ingestor(fleet_db, mqtt_url: str) -> None
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
         console = Console(stderr=True, quiet=True)
         result = simulate_fleet(mqtt_url, date=fleet_db["day"], speed=0, vehicles=None, seed=2, garbage=True,
-                                incidents=True, duration_min=None, console=console)
+                                incidents=True, duration_min=None, console=console, keep_samples=True)
         assert result["routes"] == 1 and result["clock_shift_days"] >= 1  # tomorrow's plan, stamped in the past
         assert result["skipped"] == [] and result["published"] == result["messages"]
         assert sorted(result["vehicles"]) == sorted(fleet_db["vans"])
@@ -265,6 +266,9 @@ def test_end_to_end_through_broker_and_ingestor(fleet_db, mqtt_url: str) -> None
                 break
             time.sleep(0.3)
         assert n == result["samples"]
+        with engine.connect() as conn:  # the staged duplicates: none may land twice among the readings
+            counts = reading_counts(conn, result["valid_samples"])
+        assert (counts.lost, counts.twice) == (0, 0) and counts.ok, counts
         assert reasons == result["reject_reasons"]
         assert real == expected
         # replaying hours of history in seconds, the ingestor may carry a last reading (a door open
