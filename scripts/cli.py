@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from scripts.console import err, print_json, progress_bar
+from scripts.console import ensure_schema, err, load_with_progress, mqtt_url_or_embedded, print_json, progress_bar
 
 app = typer.Typer(help="coldchain: cold-chain fulfillment, routing, telemetry and traceability.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -24,14 +24,6 @@ app.add_typer(user_app, name="user")
 app.add_typer(db_app, name="db")
 audit_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
-
-
-def ensure_schema() -> None:
-    """Migrations run before any command that touches the database (full-stack template habit)."""
-    from core import migrate
-    from core.db import get_engine
-
-    migrate.upgrade(get_engine())
 
 
 @db_app.command("upgrade")
@@ -52,20 +44,6 @@ def db_downgrade(revision: str = typer.Argument(..., help="target revision, or '
 
     migrate.downgrade(get_engine(), revision)
     err.print(f"database at {migrate.current(get_engine())}")
-
-
-def load_with_progress(directory: Path):  # noqa: ANN201
-    """Load a scenario folder in one transaction, with a progress bar on stderr."""
-    from core.db import session_scope
-    from fulfillment.scenario import count_rows
-    from traceability.flows import load_scenario  # the load, and its stock received at the nodes (custody)
-
-    total = count_rows(directory)
-    with progress_bar() as bar, session_scope() as session:
-        task = bar.add_task(f"loading {directory.name}", total=total)
-        report = load_scenario(session, directory, lambda _name, n: bar.advance(task, n))
-        bar.update(task, completed=total)
-    return report
 
 
 @scenario_app.command("load")
@@ -343,20 +321,6 @@ def export_plan(day: DateOpt, json_out: Annotated[bool, typer.Option("--json")] 
         if day_routes is not None:
             plan.update(day_routes(session, day.date()))
     print_json(plan)
-
-
-def mqtt_url_or_embedded(stack):  # noqa: ANN001, ANN201
-    """The configured broker, or an embedded one started for this process (its URL printed)."""
-    from core.settings import get_settings
-
-    url = get_settings().mqtt_url
-    if url:
-        return url
-    from telemetry.broker import start_embedded_broker
-
-    broker = stack.enter_context(start_embedded_broker())
-    err.print(f"embedded MQTT broker at [bold]{broker.url}[/] (MQTT 5; 3.1.1 at {broker.url_v311})")
-    return broker.url
 
 
 @app.command()

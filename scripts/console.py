@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -24,3 +25,39 @@ def print_json(data: Any) -> None:
 def progress_bar() -> Progress:
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), console=err, transient=False)
+
+
+def ensure_schema() -> None:
+    """Migrations run before any command that touches the database (full-stack template habit)."""
+    from core import migrate
+    from core.db import get_engine
+
+    migrate.upgrade(get_engine())
+
+
+def load_with_progress(directory: Path):  # noqa: ANN201
+    """Load a scenario folder in one transaction, with a progress bar on stderr."""
+    from core.db import session_scope
+    from fulfillment.scenario import count_rows
+    from traceability.flows import load_scenario  # the load, and its stock received at the nodes (custody)
+
+    total = count_rows(directory)
+    with progress_bar() as bar, session_scope() as session:
+        task = bar.add_task(f"loading {directory.name}", total=total)
+        report = load_scenario(session, directory, lambda _name, n: bar.advance(task, n))
+        bar.update(task, completed=total)
+    return report
+
+
+def mqtt_url_or_embedded(stack):  # noqa: ANN001, ANN201
+    """The configured broker, or an embedded one started for this process (its URL printed)."""
+    from core.settings import get_settings
+
+    url = get_settings().mqtt_url
+    if url:
+        return url
+    from telemetry.broker import start_embedded_broker
+
+    broker = stack.enter_context(start_embedded_broker())
+    err.print(f"embedded MQTT broker at [bold]{broker.url}[/] (MQTT 5; 3.1.1 at {broker.url_v311})")
+    return broker.url

@@ -173,7 +173,7 @@ def telemetry_stage(day, output: Path, problems: list[str], minutes: float | Non
 
     from core.db import session_scope
     from core.timeutil import to_local
-    from scripts.cli import mqtt_url_or_embedded
+    from scripts.console import mqtt_url_or_embedded
     from scripts.simulate import simulate_fleet
     from telemetry.ingest import Ingestor
     from telemetry.models import Alert, TelemetryReject, TelemetrySample
@@ -280,7 +280,7 @@ def run_demo(output: Path, n_orders: int = 300, time_limit: float = 3.0, telemet
     started = time.perf_counter()
     _embedded_environment(output)
     from core.db import session_scope
-    from scripts.cli import ensure_schema, load_with_progress
+    from scripts.console import ensure_schema, load_with_progress
     from warehouses.service import network_summary
 
     problems: list[str] = []
