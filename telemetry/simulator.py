@@ -71,6 +71,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
+from core.geo import local_km1, offset
 from telemetry.decoding import COMPARTMENTS, telemetry_topic
 from telemetry.rules import RuleConfig
 
@@ -289,9 +290,7 @@ def _dumps(obj: Any) -> bytes:
 
 
 def _metres(a: tuple[float, float], b: tuple[float, float]) -> float:
-    dlat = (b[0] - a[0]) * 111_320.0
-    dlon = (b[1] - a[1]) * 111_320.0 * math.cos(math.radians((a[0] + b[0]) / 2))
-    return math.hypot(dlat, dlon)
+    return local_km1(a[0], a[1], b[0], b[1]) * 1000.0
 
 
 def _lerp(a: float, b: float, f: float) -> float:
@@ -367,8 +366,8 @@ def _plan_legs(spec: VanSpec, start: datetime, end: datetime, rng: random.Random
         while True:
             bearing = rng.uniform(0, 2 * math.pi)
             radius = rng.uniform(600, 3000)
-            there = (spec.depot[0] + radius * math.cos(bearing) / 111_320.0,
-                     spec.depot[1] + radius * math.sin(bearing) / (111_320.0 * math.cos(math.radians(spec.depot[0]))))
+            there = offset(spec.depot[0], spec.depot[1], radius * math.sin(bearing) / 1000.0,
+                           radius * math.cos(bearing) / 1000.0)
             drive = timedelta(seconds=max(240.0, _metres(here, there) / speed_mps))
             service = timedelta(minutes=rng.uniform(4, 9))
             back = timedelta(seconds=max(240.0, _metres(there, spec.depot) / speed_mps))
