@@ -7,7 +7,7 @@ metadata; nothing in core calls into them.
 import importlib
 
 MODEL_MODULES = ("warehouses.models", "fulfillment.models", "routing.models", "telemetry.models",
-                 "traceability.models")
+                 "traceability.models", "delivery.models")
 
 for _module in MODEL_MODULES:
     try:
