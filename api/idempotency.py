@@ -239,7 +239,15 @@ class DriverRoute(APIRoute):
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         original = super().get_route_handler()
         if "POST" not in self.methods:
-            return original
+            async def read_handler(request: Request) -> Response:
+                try:
+                    return await original(request)
+                except DomainError as exc:
+                    if exc.status_code != 404:
+                        raise
+                    return _problem_for(request, exc)
+
+            return read_handler
         reader = getattr(self.endpoint, "body_reader", None)
 
         async def handler(request: Request) -> Response:

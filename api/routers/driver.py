@@ -34,7 +34,7 @@ from delivery.schemas import (
 )
 
 router = APIRouter(prefix="/driver", tags=["driver"], route_class=DriverRoute)
-staff = APIRouter(tags=["proofs"])
+staff = APIRouter(tags=["proofs"], route_class=DriverRoute)  # its 404s carry no id either
 
 StopId = Annotated[str, Path(max_length=64, description="the stop's opaque id from the route")]
 _KEY = {"parameters": [{"name": "Idempotency-Key", "in": "header", "required": True,

@@ -13,7 +13,6 @@ from contextlib import AbstractContextManager, contextmanager
 from datetime import date, timedelta
 from pathlib import Path
 
-import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -81,9 +80,9 @@ def routes_by_van(session: Session, day: date) -> dict[str, Route]:
     return {r.vehicle.code: r for p in plans for r in p.routes}
 
 
-@pytest.fixture
-def driver_api(api, session: Session, live_app):  # noqa: ANN001, ANN201
-    """The live API with the Idempotency-Key bookkeeping kept inside this test's transaction too."""
+def keep_keys_in(session: Session, live_app) -> None:  # noqa: ANN001
+    """Keep the live API's Idempotency-Key bookkeeping inside this test's transaction too (the `api` fixture
+    already binds the request session to it)."""
     from api.idempotency import key_sessions
 
     @contextmanager
@@ -92,7 +91,6 @@ def driver_api(api, session: Session, live_app):  # noqa: ANN001, ANN201
             yield session
 
     live_app.app.dependency_overrides[key_sessions] = scope
-    return api
 
 
 def key() -> dict[str, str]:
