@@ -77,8 +77,11 @@ def login_of(session: Session, username: str) -> Login | None:
 
 
 def driver_ref(session: Session, username: str) -> DriverRef | None:
-    login = login_of(session, username)
-    return login.driver if login else None
+    """The driver of drivers.csv with this username, if any."""
+    row = session.execute(select(Driver.id, Driver.vehicle_id, Vehicle.code)
+                          .outerjoin(Vehicle, Vehicle.id == Driver.vehicle_id)
+                          .where(Driver.username == username)).first()
+    return DriverRef(row[0], username, row[1], row[2]) if row else None
 
 
 def _conflict(exc: IllegalMove) -> Conflict:
