@@ -206,6 +206,9 @@ def test_illegal_moves_answer_409_with_the_current_state(driver_api, token, sess
         {"sku": "DUMP-1", "qty": 1}]}), 422)
     assert wrong["pointer"] == "/items/0/sku"
     assert count(session, StopDamage) == 0
+    # a refused report left nothing behind (its savepoint was rolled back), only its stored answer
+    assert session.scalar(select(func.count()).select_from(DeliveryEvent)
+                          .where(DeliveryEvent.type.in_(("damaged", "failed")))) == 0
     ok = post(api, events_url(stops[1]), me, json={"type": "failed", "reason": "other", "note": "小区封闭"})
     assert ok.status_code == 200 and ok.json()["order_status"] == "reattempt"
 
