@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from api import problems
-from api.routers import auth, health, jobs, network, orders, plans, telemetry
+from api.routers import auth, driver, health, jobs, network, orders, plans, telemetry
 
 
 def create_app() -> FastAPI:
@@ -17,7 +17,7 @@ def create_app() -> FastAPI:
     )
     problems.install(app)
     for router in (health.router, auth.router, network.router, jobs.router, orders.router, plans.router,
-                   telemetry.router):
+                   telemetry.router, driver.router, driver.staff):
         app.include_router(router, prefix="/api/v1")
     _document_extra_schemas(app)
     return app

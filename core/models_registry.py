@@ -7,8 +7,7 @@ metadata; nothing in core calls into them.
 import importlib
 
 MODEL_MODULES = ("core.jobs", "core.audit", "warehouses.models", "fulfillment.models", "routing.models",
-                 "telemetry.models",
-                 "traceability.models")
+                 "telemetry.models", "traceability.models", "delivery.models")
 
 for _module in MODEL_MODULES:
     try:

@@ -79,6 +79,16 @@ class Settings(BaseSettings):
         self.data_dir.mkdir(parents=True, exist_ok=True)
         return self.data_dir
 
+    # the driver delivery API (delivery/)
+    idempotency_hours: float = Field(default=24, gt=0, le=24 * 365,
+                                     description="how long a driver's Idempotency-Key is remembered")
+    proof_dir: Path | None = Field(default=None, description="where proof-of-delivery photos are kept; "
+                                                             "unset: data_dir/proofs")
+
+    @property
+    def proofs_path(self) -> Path:
+        return self.proof_dir if self.proof_dir is not None else self.data_dir / "proofs"
+
 
 class ConfigError(Exception):
     """Invalid COLDCHAIN_* settings, one line per problem: the variable, what is wrong, what is expected."""

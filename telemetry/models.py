@@ -111,3 +111,19 @@ class VehicleRuleState(Base):
     # what the van carries, per compartment class: {"min_c", "max_c", "skus"} of the products aboard
     # (set by traceability from the day's routes); tightens the class's temperature limits
     cargo: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+
+
+class DriverPosition(Base):
+    """Where a driver's phone was, for vans without a tracker: a van's position by another sensor, kept per
+    van beside its tracker's fixes (re-planning takes the newer; the delivery room records it)."""
+
+    __tablename__ = "driver_positions"
+    __table_args__ = (Index("ix_driver_positions_vehicle_id_at", "vehicle_id", "at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    driver_id: Mapped[int] = mapped_column(ForeignKey("drivers.id"), index=True)
+    vehicle_id: Mapped[int] = mapped_column(ForeignKey("vehicles.id"))
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    lat: Mapped[float] = mapped_column(Float)
+    lon: Mapped[float] = mapped_column(Float)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from core.timeutil import to_local, utcnow
 from fulfillment.models import OrderLine
 from routing.models import Plan, Route, RouteStop
+from telemetry.models import DriverPosition
 from telemetry.service import VanWatch, last_positions, watch_vans
 from warehouses.models import Node, Product, Vehicle
 
@@ -88,8 +89,21 @@ def sync_vans(session: Session, now: datetime | None = None, day: date | None = 
 
 
 def van_positions(session: Session, depot_code: str, at: datetime) -> dict[str, tuple[float, float]]:
-    """Where the depot's vans are at ``at`` by their telemetry (a fix of the last 15 minutes), for re-planning:
-    a van between stops goes on from the road, not from the last stop it reported."""
-    codes = session.scalars(select(Vehicle.code).join(Node, Node.id == Vehicle.depot_id)
-                            .where(Node.code == depot_code)).all()
-    return {code: (lat, lon) for code, (lat, lon, _ts) in last_positions(session, codes, at).items()}
+    """Where the depot's vans are at ``at`` (a fix of the last 15 minutes), for re-planning: a van between stops
+    goes on from the road, not from the last stop it reported. The newest of the van's own GPS fix (telemetry)
+    and its driver's phone (POST /api/v1/driver/position, for vans without a tracker) wins."""
+    vans = dict(session.execute(select(Vehicle.code, Vehicle.id).join(Node, Node.id == Vehicle.depot_id)
+                                .where(Node.code == depot_code)).all())
+    newest = last_positions(session, list(vans), at)
+    for code, vid in vans.items():
+        row = session.execute(
+            select(_PHONE.c.lat, _PHONE.c.lon, _PHONE.c.at)
+            .where(_PHONE.c.vehicle_id == vid, _PHONE.c.at <= at, _PHONE.c.at >= at - PHONE_MAX_AGE)
+            .order_by(_PHONE.c.at.desc()).limit(1)).first()
+        if row is not None and (code not in newest or row[2] > newest[code][2]):
+            newest[code] = (row[0], row[1], row[2])
+    return {code: (lat, lon) for code, (lat, lon, _ts) in newest.items()}
+
+
+_PHONE = DriverPosition.__table__  # phones in vans without a tracker (telemetry keeps them; delivery records them)
+PHONE_MAX_AGE = timedelta(minutes=15)

@@ -1,7 +1,7 @@
 """audit log (append-only, hash-chained) and custody events
 
 Revision ID: 0007
-Revises: 0005
+Revises: 0006
 Create Date: 2026-12-01
 
 Triggers refuse UPDATE and DELETE on audit_log (and TRUNCATE on PostgreSQL): the application
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = '0007'
-down_revision = '0005'  # 0006_delivery (written concurrently by the driver API helper)
+down_revision = '0006'
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,126 @@
+"""The driver's app (CONTRACTS.md section 3, driver routes) and proof files for staff.
+
+Thin: who calls, the Idempotency-Key, the bounded body and the upload are api/idempotency.py's;
+what a report means is delivery/service.py's. A driver reaches only the driver's own van's
+routes, stops and proofs (404 otherwise, the same body as for an id that does not exist);
+dispatchers and quality staff get 403 here, and see proofs through /proofs.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.responses import FileResponse
+
+from api.deps import Caller, SessionDep, require
+from api.idempotency import CurrentDriver, DriverRoute, DriverSession, read_upload
+from api.pagination import Limit, page
+from core.errors import NotFound
+from core.timeutil import local_today
+from delivery import proofs, service
+from delivery.models import DeliveryProof
+from delivery.schemas import (
+    PositionIn,
+    PositionOut,
+    ProofOut,
+    ProofPage,
+    RouteOut,
+    RouteStartIn,
+    RouteStartOut,
+    StopEventIn,
+    StopEventOut,
+)
+
+router = APIRouter(prefix="/driver", tags=["driver"], route_class=DriverRoute)
+staff = APIRouter(tags=["proofs"], route_class=DriverRoute)  # its 404s carry no id either
+
+StopId = Annotated[str, Path(max_length=64, description="the stop's opaque id from the route")]
+_KEY = {"parameters": [{"name": "Idempotency-Key", "in": "header", "required": True,
+                        "schema": {"type": "string", "maxLength": 255},
+                        "description": "unique per report; the same key again when retrying (IETF draft)"}]}
+_POST_ERRORS = {400: {"description": "no Idempotency-Key"},
+                404: {"description": "no such stop on your routes (also another driver's)"},
+                409: {"description": "not allowed in the current state (body shows it), or the same key is still "
+                                     "being handled"},
+                422: {"description": "invalid body, or the key was used for another request"}}
+
+
+@router.get("/route", response_model=RouteOut, responses={404: {"description": "no route that day"}})
+def my_route(driver: CurrentDriver, session: DriverSession,
+             day: Annotated[date | None, Query(alias="date", description="local day; default today")] = None) -> dict:
+    """The calling driver's route that day: stops in order with ETA, window, address, contact and items."""
+    return service.route_of(session, driver, day or local_today())
+
+
+@router.post("/route/start", response_model=RouteStartOut, responses=_POST_ERRORS, openapi_extra=_KEY)
+def start_route(body: RouteStartIn, driver: CurrentDriver, session: DriverSession) -> dict:
+    """The van is loaded and leaves the depot: the route starts and its orders are out for delivery."""
+    return service.start_route(session, driver, body)
+
+
+@router.post("/stops/{stop_id}/events", response_model=StopEventOut, responses=_POST_ERRORS, openapi_extra=_KEY)
+def stop_event(stop_id: StopId, body: StopEventIn, driver: CurrentDriver, session: DriverSession) -> dict:
+    """arrived, delivered (recipient), failed (reason; note for other), damaged (items)."""
+    return service.stop_event(session, driver, stop_id, body)
+
+
+@router.post("/stops/{stop_id}/proof", status_code=201, response_model=ProofOut,
+             responses={**_POST_ERRORS, 413: {"description": "over 5 MB"},
+                        415: {"description": "not a JPEG or PNG by its bytes"}},
+             openapi_extra={**_KEY, "requestBody": {"required": True, "content": {"multipart/form-data": {
+                 "schema": {"type": "object", "required": ["file"],
+                            "properties": {"file": {"type": "string", "format": "binary"}}}}}}})
+def upload_proof(stop_id: StopId, request: Request, driver: CurrentDriver, session: DriverSession) -> dict:
+    """A photo or signature (JPEG or PNG, at most 5 MB) for a stop the driver is at or has done."""
+    return service.add_proof(session, driver, stop_id, request.state.upload.data)
+
+
+upload_proof.body_reader = read_upload  # type: ignore[attr-defined]
+
+
+@router.post("/position", response_model=PositionOut, responses=_POST_ERRORS, openapi_extra=_KEY)
+def position(body: PositionIn, driver: CurrentDriver, session: DriverSession) -> dict:
+    """Where the phone is, for a van without a tracker; re-planning takes the newest of this and the van's GPS."""
+    return service.record_position(session, driver, body)
+
+
+# ---------------------------------------------------------------------- proofs, by role
+
+ProofReaders = Annotated[Caller, Depends(require("dispatcher", "quality", "driver"))]
+
+
+def _scope(session: SessionDep, caller: Caller) -> service.DriverRef | None:
+    """Staff see every proof; a driver only the driver's own (None: no restriction)."""
+    if caller.role != "driver":
+        return None
+    driver = service.driver_ref(session, caller.username)
+    return driver or service.DriverRef(-1, caller.username, None, None)
+
+
+@staff.get("/proofs", response_model=ProofPage)
+def list_proofs(request: Request, session: SessionDep, caller: ProofReaders, limit: Limit = 100,
+                after: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None,
+                stop_id: Annotated[str | None, Query(max_length=64)] = None,
+                order_ref: Annotated[str | None, Query(max_length=64)] = None) -> dict:
+    """Proofs of delivery, oldest first; filter by stop or order."""
+    query = service.proofs_query(_scope(session, caller), stop_id, order_ref)
+    return page(session, request, query, DeliveryProof.id, limit, after,
+                lambda row: service.proof_view(row[0], row[1], row[2]))
+
+
+@staff.get("/proofs/{proof_id}", response_class=FileResponse,
+           responses={200: {"content": {"image/jpeg": {}, "image/png": {}}, "description": "the file"},
+                      404: {"description": "no such proof (or not yours)"}})
+def get_proof(proof_id: Annotated[int, Path(ge=1, le=2**31 - 1)], session: SessionDep,
+              caller: ProofReaders) -> FileResponse:
+    """The photo or signature itself."""
+    proof = service.proof_of(session, proof_id, _scope(session, caller))
+    if not proofs.path_of(proof.sha256).is_file():
+        raise NotFound(f"the file of proof {proof_id} is missing from the proof store")
+    return FileResponse(proofs.path_of(proof.sha256), media_type=proof.content_type,
+                        headers={"Cache-Control": "private, max-age=86400", "ETag": f'"{proof.sha256}"'})
+
+
+__all__ = ["ProofOut", "router", "staff"]

@@ -1,0 +1,305 @@
+"""Driver API load: many simulated drivers fetch their route and report stop events, at a fixed rate.
+
+    python -m benchmarks.api_load [--rate 300] [--duration 30] [--drivers 150] [--stops 16] [--workers 2]
+                                  [--database URL] [--get-share 0.5] [--retry-share 0.05]
+
+`coldchain serve --workers N` runs as a subprocess on a PostgreSQL database made for the run
+(dropped afterwards; without --database: $COLDCHAIN_BENCH_DATABASE_URL, else the machine's
+PostgreSQL). Each driver has a started route of ``--stops`` stops. An asyncio httpx generator
+in this process sends requests open-loop at ``--rate`` per second (a request is not held back
+because an earlier one is slow): GET /driver/route, or the driver's next stop event (arrived,
+then delivered, stop after stop), each with a new Idempotency-Key; a share of the POSTs is
+sent again with the same key (an app retrying). Latency is timed from when each request was
+due, so a generator that falls behind shows up in it. Prints p50, p95, p99, max, errors,
+the achieved requests/s and the machine's load average (the machine may be shared).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from datetime import time as dtime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _build(engine, drivers: int, stops: int):  # noqa: ANN001, ANN202
+    """A depot, one van, driver and started-to-be route per driver, ``stops`` one-line orders each (rows written
+    directly: the benchmark measures the API, not the planner)."""
+    from sqlalchemy.orm import Session
+
+    from core.security import hash_password
+    from core.timeutil import local_tomorrow
+    from fulfillment.models import Order, OrderLine
+    from routing.models import Plan, Route, RouteStop
+    from routing.service import local_at, new_stop_id
+    from warehouses.models import Compartment, Driver, Node, Product, User, Vehicle
+
+    day = local_tomorrow()
+    now = datetime.now(UTC)
+    password = hash_password("bench-password")  # one hash for every user: logins are not measured
+    with Session(engine) as s, s.begin():
+        depot = Node(code="FS-B", kind="flagship", name="基准旗舰店", lat=30.657, lon=104.08, opens=dtime(7),
+                     closes=dtime(22), frozen_l=10_000, chilled_l=10_000, ambient_l=10_000)
+        egg = Product(sku="EGG-30", name="土鸡蛋30枚", temp_class="chilled", fragile=True, unit_l=3, unit_kg=1.8,
+                      shelf_life_days=21, min_c=0, max_c=8)
+        s.add_all([depot, egg])
+        s.flush()
+        plan = Plan(day=day, depot_id=depot.id, version=1, status="current", created_at=now, created_by="bench",
+                    time_limit=0, seconds=0, distance_m=0, cost=0)
+        s.add(plan)
+        s.flush()
+        for d in range(drivers):
+            van = Vehicle(code=f"VAN-B{d:03d}", depot_id=depot.id, max_kg=800, shift_start=dtime(7, 30),
+                          shift_end=dtime(17, 30), speed_kmh=28, cost_per_km=2.5, fixed_cost=150)
+            van.compartments = [Compartment(temp_class="chilled", capacity_l=400),
+                                Compartment(temp_class="frozen", capacity_l=120)]
+            s.add(van)
+            s.flush()
+            s.add(Driver(username=f"bench{d:03d}", name=f"司机{d}", vehicle_id=van.id))
+            s.add(User(username=f"bench{d:03d}", password_hash=password, role="driver", active=True, created_at=now))
+            route = Route(plan_id=plan.id, vehicle_id=van.id, start_at=local_at(day, 8 * 3600),
+                          end_at=local_at(day, 17 * 3600), distance_m=0, cost=0, status="planned")
+            s.add(route)
+            s.flush()
+            for i in range(stops):
+                lat, lon = 30.60 + (d % 20) * 0.005, 104.00 + i * 0.004
+                order = Order(ref=f"BO-{d:03d}-{i:02d}", delivery_date=day, mode="delivery", lat=lat, lon=lon,
+                              window_start=dtime(9), window_end=dtime(17), customer=f"客户{i}",
+                              phone="13800000000", address=f"成都市某路{i}号", status="planned", placed_at=now,
+                              node_id=depot.id)
+                order.lines = [OrderLine(line_no=1, product_id=egg.id, qty=4)]
+                s.add(order)
+                s.flush()
+                t = 9 * 3600 + i * 900
+                s.add(RouteStop(stop_id=new_stop_id(), route_id=route.id, seq=i + 1, order_id=order.id,
+                                arrive_at=local_at(day, t), service_at=local_at(day, t),
+                                depart_at=local_at(day, t + 300), leg_m=1000))
+    with Session(engine) as s:
+        stop_ids = {}
+        for username, stop_id in s.execute(
+                __import__("sqlalchemy").select(Driver.username, RouteStop.stop_id)
+                .join(Route, Route.vehicle_id == Driver.vehicle_id).join(RouteStop, RouteStop.route_id == Route.id)
+                .order_by(Driver.username, RouteStop.seq)):
+            stop_ids.setdefault(username, []).append(stop_id)
+    return day, stop_ids
+
+
+class Driver:
+    """One simulated phone: its token, its stops, and what it reports next."""
+
+    def __init__(self, username: str, stops: list[str], token: str) -> None:
+        self.username, self.stops = username, stops
+        self.headers = {"Authorization": f"Bearer {token}"}
+        self.next = 0  # index into the 2 * len(stops) events: arrived, delivered, arrived, ...
+        self.last: tuple[str, dict, str] | None = None
+        self.busy = False  # a phone sends its reports one after the other
+
+    def event(self) -> tuple[str, dict, str] | None:
+        if self.next >= 2 * len(self.stops):
+            return None
+        stop = self.stops[self.next // 2]
+        body = {"type": "arrived"} if self.next % 2 == 0 else {"type": "delivered", "recipient": "本人"}
+        self.next += 1
+        self.last = (f"/api/v1/driver/stops/{stop}/events", body, uuid.uuid4().hex)
+        return self.last
+
+
+async def _load(base: str, day, drivers: list[Driver], rate: float, duration: float, get_share: float,  # noqa: ANN001
+                retry_share: float, seed: int) -> dict:
+    import httpx
+
+    rng = random.Random(seed)
+    results: list[tuple[str, float, int | None]] = []  # kind, latency s, status (None: exception)
+    lag: list[float] = []
+    limits = httpx.Limits(max_connections=400, max_keepalive_connections=400)
+    async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as client:
+
+        async def one(kind: str, due: float, method: str, url: str, headers: dict, body: dict | None,
+                      driver: Driver | None = None) -> None:
+            lag.append(time.perf_counter() - due)
+            try:
+                resp = await client.request(method, url, headers=headers, json=body,
+                                            params={"date": day.isoformat()} if method == "GET" else None)
+                status: int | None = resp.status_code
+            except httpx.HTTPError:
+                status = None
+            finally:
+                if driver is not None:
+                    driver.busy = False
+            results.append((kind, time.perf_counter() - due, status))
+
+        tasks = []
+        n = int(rate * duration)
+        start = time.perf_counter() + 0.2
+        for i in range(n):
+            due = start + i / rate
+            wait = due - time.perf_counter()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            d = drivers[i % len(drivers)]
+            roll = rng.random()
+            if roll >= get_share and d.busy:  # this phone is still waiting for its last answer: another one
+                d = next((x for x in drivers if not x.busy), d)
+            if roll < get_share or d.busy:
+                tasks.append(asyncio.create_task(one("GET route", due, "GET", "/api/v1/driver/route", d.headers,
+                                                     None)))
+                continue
+            if roll < get_share + retry_share and d.last is not None:
+                url, body, key = d.last
+                kind = "POST retry"
+            else:
+                ev = d.event()
+                if ev is None:
+                    tasks.append(asyncio.create_task(one("GET route", due, "GET", "/api/v1/driver/route",
+                                                         d.headers, None)))
+                    continue
+                url, body, key = ev
+                kind = "POST event"
+            d.busy = True
+            tasks.append(asyncio.create_task(one(kind, due, "POST", url, {**d.headers, "Idempotency-Key": key},
+                                                 body, d)))
+        await asyncio.gather(*tasks)
+        elapsed = time.perf_counter() - start
+    return {"results": results, "elapsed": elapsed, "lag": lag}
+
+
+def _pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    k = min(len(values) - 1, max(0, int(round(p / 100 * len(values) + 0.5)) - 1))
+    return values[k]
+
+
+def main(argv: list[str] | None = None) -> int:
+    from benchmarks.throwaway import throwaway_database
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rate", type=float, default=300.0, help="requests per second, fixed")
+    ap.add_argument("--duration", type=float, default=30.0, help="seconds of load")
+    ap.add_argument("--drivers", type=int, default=150)
+    ap.add_argument("--stops", type=int, default=16)
+    ap.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
+    ap.add_argument("--get-share", type=float, default=0.5, help="share of GET /driver/route")
+    ap.add_argument("--retry-share", type=float, default=0.05, help="share of POSTs repeated with the same key")
+    ap.add_argument("--warmup", type=float, default=3.0, help="seconds at the rate before measuring (not counted)")
+    ap.add_argument("--database", default=os.environ.get("COLDCHAIN_BENCH_DATABASE_URL",
+                                                          "postgresql://postgres@127.0.0.1:5432/test"))
+    ap.add_argument("--seed", type=int, default=7)
+    args = ap.parse_args(argv)
+    if 2 * args.drivers * args.stops < args.rate * (args.duration + args.warmup) * (1 - args.get_share):
+        print("note: drivers will run out of stops before the end; their later requests become GETs",
+              file=sys.stderr)
+
+    work = Path(tempfile.mkdtemp(prefix="coldchain-api-bench-"))
+    secret = "bench-secret-key-0123456789-abcdefghijklmnopqrstuvwxyz"
+    os.environ["COLDCHAIN_SECRET_KEY"] = secret
+    from core.db import reset_caches
+
+    reset_caches()
+    from core.security import issue_token
+
+    server = None
+    try:
+        with throwaway_database(args.database, "bench_api") as (db_url, engine):
+            t0 = time.perf_counter()
+            day, stop_ids = _build(engine, args.drivers, args.stops)
+            print(f"built {args.drivers} drivers x {args.stops} stops in {time.perf_counter() - t0:.1f} s",
+                  file=sys.stderr)
+            from tests.conftest import free_port  # the same free-port helper the tests use
+
+            port = free_port()
+            env = {**os.environ, "COLDCHAIN_DATABASE_URL": db_url, "COLDCHAIN_DATA_DIR": str(work),
+                   "COLDCHAIN_SECRET_KEY": secret}
+            exe = Path(sys.executable).with_name("coldchain")
+            cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "scripts.cli"]
+            log = (work / "serve.log").open("wb")
+            server = subprocess.Popen([*cmd, "serve", "--port", str(port), "--workers", str(args.workers)], env=env,
+                                      stdout=log, stderr=subprocess.STDOUT, cwd=work)
+            base = f"http://127.0.0.1:{port}"
+            _wait_up(base, server, work)
+            drivers = [Driver(u, stops, issue_token(u, "driver", minutes=120)) for u, stops in sorted(stop_ids.items())]
+            _start_routes(base, day, drivers)
+            if args.warmup > 0:
+                asyncio.run(_load(base, day, drivers, args.rate, args.warmup, args.get_share, args.retry_share,
+                                  args.seed + 1))
+            load_before = os.getloadavg()
+            out = asyncio.run(_load(base, day, drivers, args.rate, args.duration, args.get_share, args.retry_share,
+                                    args.seed))
+            load_after = os.getloadavg()
+            _report(args, out, load_before, load_after)
+    finally:
+        if server is not None:
+            server.terminate()
+            try:
+                server.wait(15)
+            except subprocess.TimeoutExpired:
+                server.kill()
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def _wait_up(base: str, server: subprocess.Popen, work: Path) -> None:
+    import httpx
+
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{base}/api/v1/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit("coldchain serve did not come up:\n" + (work / "serve.log").read_text()[-3000:])
+        time.sleep(0.2)
+
+
+def _start_routes(base: str, day, drivers: list[Driver]) -> None:  # noqa: ANN001
+    import httpx
+
+    leave = datetime.combine(day, dtime(8), tzinfo=UTC) - timedelta(hours=8)
+    with httpx.Client(base_url=base, timeout=30) as client:
+        for d in drivers:
+            resp = client.post("/api/v1/driver/route/start", json={"date": day.isoformat(), "at": leave.isoformat()},
+                               headers={**d.headers, "Idempotency-Key": uuid.uuid4().hex})
+            if resp.status_code != 200:
+                raise SystemExit(f"route start of {d.username} failed: {resp.status_code} {resp.text}")
+
+
+def _report(args, out: dict, load_before, load_after) -> None:  # noqa: ANN001
+    results, elapsed = out["results"], out["elapsed"]
+    print(f"\nDriver API load: {args.rate:.0f} requests/s for {args.duration:.0f} s, {args.drivers} drivers, "
+          f"`coldchain serve --workers {args.workers}` on PostgreSQL, generator in this process")
+    print(f"{'kind':<12} {'n':>6} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'max ms':>8} {'errors':>7}")
+    kinds = sorted({k for k, _l, _s in results}) + ["all"]
+    for kind in kinds:
+        rows = [(lat, st) for k, lat, st in results if kind in ("all", k)]
+        lats = [lat * 1000 for lat, _st in rows]
+        errors = sum(1 for _lat, st in rows if st is None or st >= 400)
+        print(f"{kind:<12} {len(rows):>6} {_pct(lats, 50):>8.1f} {_pct(lats, 95):>8.1f} {_pct(lats, 99):>8.1f} "
+              f"{max(lats):>8.1f} {errors:>7}")
+    statuses: dict[str, int] = {}
+    for _k, _lat, st in results:
+        statuses[str(st)] = statuses.get(str(st), 0) + 1
+    lag_ms = [x * 1000 for x in out["lag"]]
+    print(f"achieved {len(results) / elapsed:.1f} requests/s over {elapsed:.1f} s; statuses {statuses}")
+    print(f"generator start lag p50 {statistics.median(lag_ms):.1f} ms, p99 {_pct(lag_ms, 99):.1f} ms "
+          f"(time from due to sent, counted in the latencies)")
+    print(f"load average (1, 5, 15 min) before {tuple(round(x, 2) for x in load_before)}, "
+          f"after {tuple(round(x, 2) for x in load_after)}, on {os.cpu_count()} cores")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

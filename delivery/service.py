@@ -1,0 +1,378 @@
+"""The driver's day, as use cases: fetch the route, start it, report stop events, upload proof, send a position.
+
+Every query takes the calling driver and filters on the driver's van in SQL: a stop of another
+van, of a superseded plan (a re-plan moved it away) or of no route at all is the same "not
+found", so nobody learns that someone else's stop exists. Services never commit; the request
+does.
+
+What a report moves:
+
+* route start: the route ``started`` (routing's row), each order aboard ``out_for_delivery``
+  (fulfillment's lifecycle), the van active for the telemetry rules (silence alerts) and its
+  cargo told to them (traceability.sync_vans).
+* arrived / delivered / failed: the stop along delivery/lifecycle.py; the order along its own
+  lifecycle; a failed order goes ``failed`` → ``reattempt``, which is what allocation and
+  re-planning take again (routing/replan.py pools ``reattempt`` orders for any van). The
+  route finishes with its last stop, and the van stops being watched for silence.
+* damaged: stored per order line and quantity (stop_damages) for breakage risk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+
+from sqlalchemy import Select, func, select
+from sqlalchemy.orm import Session
+
+from core.errors import Conflict, Invalid, NotFound
+from core.timeutil import to_local, utcnow
+from delivery import lifecycle, proofs
+from delivery.lifecycle import IllegalMove, route_state, route_stored
+from delivery.models import DeliveryEvent, DeliveryProof, StopDamage
+from delivery.schemas import PositionIn, RouteStartIn, StopEventIn
+from fulfillment.models import Order, OrderLine
+from fulfillment.service import record_event
+from routing.models import Plan, Route, RouteStop
+from telemetry.models import DriverPosition
+from telemetry.service import set_active
+from traceability.service import sync_vans
+from warehouses.models import Compartment, Driver, Node, Product, User, Vehicle
+
+NO_SUCH_STOP = "no such stop on your routes"
+NO_SUCH_PROOF = "no such proof"
+FUTURE_SLACK = timedelta(minutes=5)  # a phone clock this far ahead is still believed
+
+
+@dataclass(frozen=True)
+class DriverRef:
+    """The calling driver, as every driver query takes it."""
+
+    id: int
+    username: str
+    vehicle_id: int | None
+    vehicle_code: str | None
+
+
+@dataclass(frozen=True)
+class Login:
+    role: str
+    active: bool
+    driver: DriverRef | None
+
+
+def login_of(session: Session, username: str) -> Login | None:
+    """The user and, when there is one, the driver of the same username (drivers.csv), in one query."""
+    row = session.execute(
+        select(User.role, User.active, Driver.id, Driver.vehicle_id, Vehicle.code)
+        .select_from(User)
+        .outerjoin(Driver, Driver.username == User.username)
+        .outerjoin(Vehicle, Vehicle.id == Driver.vehicle_id)
+        .where(User.username == username)).first()
+    if row is None:
+        return None
+    role, active, driver_id, vehicle_id, code = row
+    driver = DriverRef(driver_id, username, vehicle_id, code) if driver_id is not None else None
+    return Login(role, bool(active), driver)
+
+
+def driver_ref(session: Session, username: str) -> DriverRef | None:
+    """The driver of drivers.csv with this username, if any."""
+    row = session.execute(select(Driver.id, Driver.vehicle_id, Vehicle.code)
+                          .outerjoin(Vehicle, Vehicle.id == Driver.vehicle_id)
+                          .where(Driver.username == username)).first()
+    return DriverRef(row[0], username, row[1], row[2]) if row else None
+
+
+def _conflict(exc: IllegalMove) -> Conflict:
+    extra: dict[str, str] = {"route_status": exc.route}
+    if exc.stop is not None:
+        extra["stop_status"] = exc.stop
+    return Conflict(str(exc), **extra)
+
+
+# --------------------------------------------------------------------------------- route
+
+
+def _route_query(driver: DriverRef, day: date) -> Select:
+    return (select(Route, Plan.day, Node.code)
+            .join(Plan, Plan.id == Route.plan_id)
+            .join(Node, Node.id == Plan.depot_id)
+            .where(Plan.day == day, Plan.status == "current", Route.vehicle_id == driver.vehicle_id)
+            .order_by(Plan.id.desc()))
+
+
+def _local(moment: datetime) -> datetime:
+    """Local time to the second (the solver's times carry fractions of a second)."""
+    return to_local(moment + timedelta(microseconds=500_000)).replace(microsecond=0)
+
+
+def _no_route(driver: DriverRef, day: date) -> NotFound:
+    if driver.vehicle_id is None:
+        return NotFound(f"no van is assigned to you ({driver.username}) in drivers.csv")
+    return NotFound(f"you have no route on {day.isoformat()}")
+
+
+def route_of(session: Session, driver: DriverRef, day: date) -> dict:
+    """The driver's route that day in the contract's shape, stops in order."""
+    row = session.execute(_route_query(driver, day).limit(1)).first() if driver.vehicle_id else None
+    if row is None:
+        raise _no_route(driver, day)
+    route, plan_day, depot = row
+    stops = session.execute(
+        select(RouteStop.id, RouteStop.stop_id, RouteStop.seq, RouteStop.arrive_at, RouteStop.status, Order)
+        .join(Order, Order.id == RouteStop.order_id)
+        .where(RouteStop.route_id == route.id).order_by(RouteStop.seq)).all()
+    order_ids = [s.Order.id for s in stops]
+    items: dict[int, list[dict]] = {}
+    if order_ids:
+        for order_id, sku, name, qty, tclass, fragile in session.execute(
+                select(OrderLine.order_id, Product.sku, Product.name, OrderLine.qty, Product.temp_class,
+                       Product.fragile)
+                .join(Product, Product.id == OrderLine.product_id)
+                .where(OrderLine.order_id.in_(order_ids)).order_by(OrderLine.order_id, OrderLine.line_no)):
+            items.setdefault(order_id, []).append({"sku": sku, "name": name, "qty": qty, "temp_class": tclass,
+                                                   "fragile": bool(fragile)})
+    compartments: dict[str, float] = {}
+    for tclass, litres in session.execute(select(Compartment.temp_class, Compartment.capacity_l)
+                                          .where(Compartment.vehicle_id == route.vehicle_id)):
+        compartments[tclass] = compartments.get(tclass, 0.0) + litres
+    return {
+        "date": plan_day, "vehicle": driver.vehicle_code, "depot": depot, "status": route_state(route.status),
+        "start": _local(route.start_at), "end": _local(route.end_at),
+        "started_at": to_local(route.started_at) if route.started_at else None,
+        "compartments": compartments,
+        "stops": [{
+            "stop_id": s.stop_id, "seq": s.seq, "order_ref": s.Order.ref, "eta": _local(s.arrive_at),
+            "lat": s.Order.lat, "lon": s.Order.lon,
+            "window": (f"{s.Order.window_start:%H:%M}", f"{s.Order.window_end:%H:%M}"),
+            "address": s.Order.address,
+            "contact": " ".join(p for p in (s.Order.customer, s.Order.phone) if p) or None,
+            "note": s.Order.note, "items": items.get(s.Order.id, []), "status": s.status,
+        } for s in stops],
+    }
+
+
+def _load_out(session: Session, order: Order, actor: str, at: datetime, data: dict) -> bool:
+    """The order is in the van: planned (or a re-attempt) becomes out_for_delivery."""
+    if order.status in ("planned", "reattempt"):
+        record_event(session, order, "loaded", actor, to_status="out_for_delivery", data=data, at=at)
+        return True
+    return False
+
+
+def start_route(session: Session, driver: DriverRef, body: RouteStartIn, now: datetime | None = None) -> dict:
+    """The van is loaded and leaves: the route starts, its orders go out for delivery, the van is watched."""
+    now = now or utcnow()
+    at = body.at or now
+    row = (session.execute(_route_query(driver, body.date).limit(1).with_for_update(of=Route)).first()
+           if driver.vehicle_id else None)
+    if row is None:
+        raise _no_route(driver, body.date)
+    route = row[0]
+    try:
+        lifecycle.check_route_move(route_state(route.status), "started")
+    except IllegalMove as exc:
+        raise _conflict(exc) from None
+    route.status, route.started_at = route_stored("started"), at
+    stops = session.execute(select(RouteStop, Order).join(Order, Order.id == RouteStop.order_id)
+                            .where(RouteStop.route_id == route.id).order_by(RouteStop.seq)).all()
+    out = 0
+    for stop, order in stops:
+        if stop.status == "planned":
+            out += _load_out(session, order, driver.username, at,
+                             {"vehicle": driver.vehicle_code, "stop_id": stop.stop_id, "route": route.id})
+    session.add(DeliveryEvent(route_id=route.id, driver_id=driver.id, vehicle_id=route.vehicle_id, type="started",
+                              at=at, received_at=now, from_status="planned", to_status="started"))
+    session.flush()
+    sync_vans(session, now)  # cargo and watch of every van out now
+    set_active(session, driver.vehicle_code, True, now)  # this one is out, whatever day its route is planned for
+    return {"date": body.date, "vehicle": driver.vehicle_code, "status": "started", "started_at": at,
+            "stops": len(stops), "orders_out_for_delivery": out}
+
+
+# ----------------------------------------------------------------------------------- stops
+
+
+def _driver_stop(session: Session, driver: DriverRef, stop_id: str, lock: bool) -> tuple[RouteStop, Route]:
+    """The stop, if it is on a current route of the driver's van; locked with its route for a change."""
+    if driver.vehicle_id is None or len(stop_id) > 32:
+        raise NotFound(NO_SUCH_STOP)
+    query = (select(RouteStop, Route)
+             .join(Route, Route.id == RouteStop.route_id)
+             .join(Plan, Plan.id == Route.plan_id)
+             .where(RouteStop.stop_id == stop_id, Route.vehicle_id == driver.vehicle_id, Plan.status == "current"))
+    if lock:
+        query = query.with_for_update(of=[Route, RouteStop])
+    row = session.execute(query).first()
+    if row is None:
+        raise NotFound(NO_SUCH_STOP)
+    return row[0], row[1]
+
+
+def _damage(session: Session, stop: RouteStop, order: Order, items: list, event: DeliveryEvent,
+            at: datetime) -> list[dict]:
+    """Damage per order line: each SKU must be on the order, and no more damaged than were ordered."""
+    lines = session.execute(select(OrderLine.id, OrderLine.qty, Product.id, Product.sku)
+                            .join(Product, Product.id == OrderLine.product_id)
+                            .where(OrderLine.order_id == order.id).order_by(OrderLine.line_no)).all()
+    by_sku: dict[str, list] = {}
+    for line_id, qty, pid, sku in lines:
+        by_sku.setdefault(sku, []).append([line_id, qty, pid])
+    before = dict(session.execute(select(StopDamage.line_id, func.sum(StopDamage.qty))
+                                  .where(StopDamage.order_id == order.id).group_by(StopDamage.line_id)).all())
+    rows: list[StopDamage] = []
+    wanted: dict[str, int] = {}
+    for i, item in enumerate(items):
+        if item.sku not in by_sku:
+            raise Invalid(f"{item.sku} is not on order {order.ref}", pointer=f"/items/{i}/sku")
+        wanted[item.sku] = wanted.get(item.sku, 0) + item.qty
+        left = sum(qty - int(before.get(line_id, 0)) for line_id, qty, _pid in by_sku[item.sku])
+        if wanted[item.sku] > left:
+            raise Invalid(f"order {order.ref} has {left} of {item.sku} not yet reported damaged; "
+                          f"{wanted[item.sku]} reported", pointer=f"/items/{i}/qty")
+    for sku, qty in wanted.items():
+        for line in by_sku[sku]:  # fill the order's lines of that SKU in order
+            line_id, line_qty, pid = line
+            free = line_qty - int(before.get(line_id, 0))
+            take = min(free, qty)
+            if take > 0:
+                rows.append(StopDamage(stop_pk=stop.id, order_id=order.id, line_id=line_id, product_id=pid, qty=take,
+                                       at=at))
+                before[line_id] = int(before.get(line_id, 0)) + take
+                qty -= take
+    for r in rows:
+        r.event_id = event.id
+    session.add_all(rows)
+    return [{"sku": sku, "qty": qty} for sku, qty in wanted.items()]
+
+
+def stop_event(session: Session, driver: DriverRef, stop_id: str, body: StopEventIn,
+               now: datetime | None = None) -> dict:
+    """Apply one stop event (see the module docstring for what it moves)."""
+    now = now or utcnow()
+    at = body.at or now
+    stop, route = _driver_stop(session, driver, stop_id, lock=True)
+    try:
+        target = lifecycle.stop_target(body.type, stop.status, route_state(route.status))
+    except IllegalMove as exc:
+        raise _conflict(exc) from None
+    order = session.get(Order, stop.order_id)
+    lat, lon = body.position if body.position else (None, None)
+    event = DeliveryEvent(route_id=route.id, stop_pk=stop.id, stop_id=stop.stop_id, driver_id=driver.id,
+                          vehicle_id=route.vehicle_id, type=body.type, at=at, received_at=now, lat=lat, lon=lon,
+                          recipient=body.recipient, reason=body.reason, note=body.note, from_status=stop.status,
+                          to_status=target)
+    session.add(event)
+    session.flush()
+    data = {"stop_id": stop.stop_id, "vehicle": driver.vehicle_code, "driver": driver.username,
+            "position": list(body.position) if body.position else None}
+    damaged: list[dict] = []
+    if body.type == "damaged":
+        damaged = _damage(session, stop, order, body.items or [], event, at)
+        record_event(session, order, "damaged", driver.username, data={**data, "items": damaged, "note": body.note},
+                     at=at)
+    else:
+        _load_out(session, order, driver.username, at, {**data, "reason": "loaded on a later trip"})
+        if body.type == "arrived":
+            record_event(session, order, "arrived", driver.username, data=data, at=at)
+        elif body.type == "delivered":
+            record_event(session, order, "delivered", driver.username, to_status="delivered",
+                         data={**data, "recipient": body.recipient, "note": body.note}, at=at)
+        else:
+            record_event(session, order, "failed", driver.username, to_status="failed",
+                         data={**data, "reason": body.reason, "note": body.note}, at=at)
+            record_event(session, order, "reattempt", driver.username, to_status="reattempt",
+                         data={"reason": f"delivery failed ({body.reason}): back to the dispatcher for a re-attempt",
+                               "stop_id": stop.stop_id}, at=at)
+    stop.status = target
+    route_status = route_state(route.status)
+    if target in lifecycle.STOP_DONE:
+        left = session.scalars(select(RouteStop.status).where(RouteStop.route_id == route.id)).all()
+        if lifecycle.route_finishes(list(left)):
+            route.status = route_stored("finished")
+            route_status = "finished"
+            session.add(DeliveryEvent(route_id=route.id, driver_id=driver.id, vehicle_id=route.vehicle_id,
+                                      type="finished", at=at, received_at=now, from_status="started",
+                                      to_status="finished"))
+            session.flush()
+            sync_vans(session, now)
+            set_active(session, driver.vehicle_code, False, now)
+    session.flush()
+    return {"event_id": event.id, "stop_id": stop.stop_id, "order_ref": order.ref, "type": body.type, "at": at,
+            "status": target, "route_status": route_status, "order_status": order.status, "damaged": damaged}
+
+
+# ---------------------------------------------------------------------------------- proofs
+
+
+def add_proof(session: Session, driver: DriverRef, stop_id: str, data: bytes | None,
+              now: datetime | None = None) -> dict:
+    """A photo or signature for one of the driver's stops, JPEG or PNG by its bytes, at most 5 MB."""
+    now = now or utcnow()
+    stop, route = _driver_stop(session, driver, stop_id, lock=False)
+    if data is None:
+        raise Invalid("the multipart form needs a field named file", pointer="/file")
+    if len(data) > proofs.MAX_BYTES:
+        raise proofs.TooLarge(f"the file has {len(data)} bytes; at most {proofs.MAX_BYTES}")
+    content_type = proofs.sniff(data[:16])
+    if content_type is None:
+        raise proofs.UnsupportedMedia("a proof is a JPEG or PNG image (judged by its bytes, not its name or "
+                                      "declared type)")
+    if stop.status not in lifecycle.PROOF_ALLOWED:
+        raise Conflict(f"the stop is {stop.status}: a proof comes at or after the door", stop_status=stop.status,
+                       route_status=route_state(route.status))
+    sha = hashlib.sha256(data).hexdigest()
+    proofs.store(data, sha)
+    proof = DeliveryProof(stop_pk=stop.id, driver_id=driver.id, sha256=sha, content_type=content_type,
+                          size=len(data), at=now)
+    session.add(proof)
+    session.flush()
+    order_ref = session.scalar(select(Order.ref).where(Order.id == stop.order_id))
+    return proof_view(proof, stop.stop_id, order_ref)
+
+
+def proof_view(proof: DeliveryProof, stop_id: str, order_ref: str) -> dict:
+    return {"id": proof.id, "stop_id": stop_id, "order_ref": order_ref, "sha256": proof.sha256,
+            "content_type": proof.content_type, "size": proof.size, "at": proof.at,
+            "url": f"/api/v1/proofs/{proof.id}"}
+
+
+def proofs_query(driver: DriverRef | None, stop_id: str | None = None, order_ref: str | None = None) -> Select:
+    """Proofs with their stop and order; a driver's own only (``driver``), staff any (``None``)."""
+    query = (select(DeliveryProof, RouteStop.stop_id, Order.ref, DeliveryProof.id.label("id"))
+             .join(RouteStop, RouteStop.id == DeliveryProof.stop_pk)
+             .join(Order, Order.id == RouteStop.order_id))
+    if driver is not None:
+        query = query.where(DeliveryProof.driver_id == driver.id)
+    if stop_id is not None:
+        query = query.where(RouteStop.stop_id == stop_id)
+    if order_ref is not None:
+        query = query.where(Order.ref == order_ref)
+    return query
+
+
+def proof_of(session: Session, proof_id: int, driver: DriverRef | None) -> DeliveryProof:
+    proof = session.scalar(proofs_query(driver).where(DeliveryProof.id == proof_id))
+    if proof is None:
+        raise NotFound(NO_SUCH_PROOF)
+    return proof
+
+
+# ------------------------------------------------------------------------------- positions
+
+
+def record_position(session: Session, driver: DriverRef, body: PositionIn, now: datetime | None = None) -> dict:
+    """Where the driver's phone is, kept for the van (re-planning takes the newest of this and the van's GPS)."""
+    now = now or utcnow()
+    at = body.at or now
+    if driver.vehicle_id is None:
+        raise Conflict(f"no van is assigned to you ({driver.username}) in drivers.csv")
+    if at > now + FUTURE_SLACK:
+        raise Invalid(f"the position's time {at.isoformat()} is in the future", pointer="/at")
+    lat, lon = body.position
+    session.add(DriverPosition(driver_id=driver.id, vehicle_id=driver.vehicle_id, at=at, lat=lat, lon=lon,
+                               received_at=now))
+    session.flush()
+    return {"vehicle": driver.vehicle_code, "at": at, "position": (lat, lon)}
