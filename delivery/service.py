@@ -37,6 +37,7 @@ from fulfillment.service import record_event
 from routing.models import Plan, Route, RouteStop
 from telemetry.models import DriverPosition
 from telemetry.service import set_active
+from traceability import custody
 from traceability.service import sync_vans
 from warehouses.models import Compartment, Driver, Node, Product, User, Vehicle
 
@@ -186,6 +187,8 @@ def start_route(session: Session, driver: DriverRef, body: RouteStartIn, now: da
     session.add(DeliveryEvent(route_id=route.id, driver_id=driver.id, vehicle_id=route.vehicle_id, type="started",
                               at=at, received_at=now, from_status="planned", to_status="started"))
     session.flush()
+    custody.record_loaded(session, route, at, driver.username,
+                          stops=[stop for stop, _order in stops if stop.status == "planned"])
     sync_vans(session, now)  # cargo and watch of every van out now
     set_active(session, driver.vehicle_code, True, now)  # this one is out, whatever day its route is planned for
     return {"date": body.date, "vehicle": driver.vehicle_code, "status": "started", "started_at": at,
@@ -274,15 +277,19 @@ def stop_event(session: Session, driver: DriverRef, stop_id: str, body: StopEven
         record_event(session, order, "damaged", driver.username, data={**data, "items": damaged, "note": body.note},
                      at=at)
     else:
-        _load_out(session, order, driver.username, at, {**data, "reason": "loaded on a later trip"})
+        if _load_out(session, order, driver.username, at, {**data, "reason": "loaded on a later trip"}):
+            custody.record_loaded(session, route, at, driver.username, stops=[stop])
         if body.type == "arrived":
             record_event(session, order, "arrived", driver.username, data=data, at=at)
         elif body.type == "delivered":
             record_event(session, order, "delivered", driver.username, to_status="delivered",
                          data={**data, "recipient": body.recipient, "note": body.note}, at=at)
+            custody.record_delivered(session, stop, at, driver.username, position=body.position,
+                                     recipient=body.recipient, note=body.note)
         else:
             record_event(session, order, "failed", driver.username, to_status="failed",
                          data={**data, "reason": body.reason, "note": body.note}, at=at)
+            custody.record_failed(session, stop, at, driver.username, reason=body.reason, position=body.position)
             record_event(session, order, "reattempt", driver.username, to_status="reattempt",
                          data={"reason": f"delivery failed ({body.reason}): back to the dispatcher for a re-attempt",
                                "stop_id": stop.stop_id}, at=at)
@@ -297,6 +304,10 @@ def stop_event(session: Session, driver: DriverRef, stop_id: str, body: StopEven
                                       type="finished", at=at, received_at=now, from_status="started",
                                       to_status="finished"))
             session.flush()
+            for failed in session.scalars(select(RouteStop).where(RouteStop.route_id == route.id,
+                                                                  RouteStop.status == "failed")):
+                custody.record_returned(session, failed, at, driver.username,
+                                        reason="back at the depot after a failed delivery")
             sync_vans(session, now)
             set_active(session, driver.vehicle_code, False, now)
     session.flush()

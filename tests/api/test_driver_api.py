@@ -24,6 +24,7 @@ from routing.replan import replan
 from telemetry.models import VehicleRuleState
 from tests.api.test_foundation_api import assert_problem
 from tests.delivery.helpers import JPEG, PNG, build_day, committing, keep_keys_in, key, routes_by_van
+from traceability.custody import order_custody
 from warehouses.models import Vehicle
 
 ROUTE = "/api/v1/driver/route"
@@ -145,6 +146,16 @@ def test_a_drivers_day_from_route_start_to_the_last_stop(driver_api, token, sess
     types = [e.type for e in session.scalars(select(OrderEvent).join(Order).where(Order.ref == failed_ref)
                                              .order_by(OrderEvent.id))]
     assert types[-4:] == ["loaded", "arrived", "failed", "reattempt"]
+    # custody from the depot to the door (or back), recorded by the driver's own events
+    for i, stop in enumerate(stops):
+        trail = order_custody(session, stop["order_ref"])
+        kinds = list(dict.fromkeys(e["type"] for e in trail))
+        assert kinds == (["picked", "loaded", "failed", "returned"] if i == 1 else ["picked", "loaded", "delivered"]), \
+            (stop["order_ref"], kinds)
+        loaded = [e for e in trail if e["type"] == "loaded"]
+        assert len(loaded) == len(stop["items"]) and {e["vehicle"] for e in loaded} == {"VAN-03"}
+        assert sorted(e["compartment"] for e in loaded) == sorted(it["temp_class"] for it in stop["items"])
+        assert all(e["lot"] and e["qty"] > 0 for e in trail)
     damage = session.execute(select(StopDamage.qty, StopDamage.line_id)).all()
     assert [q for q, _ in damage] == [1]
     final = api.get(ROUTE, params={"date": day.isoformat()}, headers=me).json()
