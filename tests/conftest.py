@@ -10,8 +10,6 @@ inside a transaction that is rolled back.
 from __future__ import annotations
 
 import os
-import socket
-import sys
 import threading
 import time
 import uuid
@@ -23,8 +21,8 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
-ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
+from tests.support import ROOT, SHARED, coldchain_cmd, free_port  # noqa: F401  (also for older imports)
+
 SERVER_URL = os.environ.get("COLDCHAIN_DATABASE_URL")  # the server CI points us at, if any
 
 
@@ -112,12 +110,6 @@ def session(engine) -> Iterator[Session]:  # noqa: ANN001
         conn.close()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class LiveServer:
     """The real app under uvicorn on a loopback port: API tests speak real HTTP."""
 
@@ -200,8 +192,3 @@ def token(api, make_user):  # noqa: ANN001, ANN201
         return {"Authorization": f"Bearer {resp.json()['access_token']}"}
 
     return _token
-
-
-def coldchain_cmd() -> list[str]:
-    exe = Path(sys.executable).with_name("coldchain")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "scripts.cli"]

@@ -15,10 +15,8 @@ import pytest
 import shapely
 
 from fulfillment.allocation import Lot, Node, Order, Product, allocate, to_contract
+from tests.support import CHECKER, DAY, at, square
 
-from .helpers import DAY, at, square
-
-CHECKER = Path(__file__).resolve().parents[3] / "shared" / "tools" / "check_plan.py"
 PRODUCTS = [
     Product("MILK-1L", "chilled", 1.0),
     Product("EGG-30", "chilled", 2.5),
