@@ -4,7 +4,7 @@ No date in a fixture may be one the calendar overtakes (HELPERS.md): every date 
 derived from ``DAY``, the next local day (business zone, ``COLDCHAIN_TIMEZONE``) after the
 day the run started, computed once for the whole run. Orders are for ``DAY``, lots expire
 relative to it, plans and routes are ``DAY``'s; telemetry tests run on ``CLOCK``, a fixed
-time of the run's local day, and inject it wherever the code takes a clock. Test modules
+time of the day before the run's, and inject it wherever the code takes a clock. Test modules
 import from here, never from each other.
 """
 
@@ -73,9 +73,10 @@ def local(hhmm: str, day: date = DAY) -> datetime:
     return local_datetime(day, parse_hhmm(hhmm))
 
 
-CLOCK: datetime = local("16:00", TODAY).astimezone(UTC)
-"""The clock telemetry tests inject: the afternoon of the run's local day (08:00 UTC in Asia/Shanghai),
-so that readings of the two hours before it stay inside one UTC and one local day."""
+CLOCK: datetime = local("16:00", TODAY - timedelta(days=1)).astimezone(UTC)
+"""The clock telemetry tests inject: 16:00 local on the day before the run's (08:00 UTC in Asia/Shanghai).
+Always in the past, so a reading stamped before it is never "in the future" to any real clock, and far
+enough from midnight that the two hours of readings before it stay inside one UTC and one local day."""
 
 
 def zulu(moment: datetime) -> str:
