@@ -58,8 +58,9 @@ CHECKER = SHARED / "tools" / "check_plan.py"
 # ------------------------------------------------------------------------------------------ the day
 
 DAY: date = local_tomorrow()
-"""The delivery day under test: orders placed during the run for it are on time (before the cut-off
-on the eve), lots are judged against it, plans and routes are its."""
+"""The delivery day under test: scenario orders are for it, lots are judged against it, plans and routes
+are its. An order placed through the API now may miss DAY's cut-off (after 20:00 local): such tests order
+for a later day."""
 TODAY: date = DAY - timedelta(days=1)
 
 
