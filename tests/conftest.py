@@ -10,8 +10,6 @@ inside a transaction that is rolled back.
 from __future__ import annotations
 
 import os
-import socket
-import sys
 import threading
 import time
 import uuid
@@ -23,11 +21,8 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
-ROOT = Path(__file__).resolve().parent.parent
-# the project's shared folder beside the clone (CI keeps a copy there); COLDCHAIN_SHARED_DIR points
-# elsewhere, e.g. from a git worktree whose parent has none
-SHARED = Path(os.environ.get("COLDCHAIN_SHARED_DIR") or ROOT.parent / "shared")
-CHECK_PLAN = SHARED / "tools" / "check_plan.py"
+from tests.support import ROOT, SHARED, check_plan_path, coldchain_cmd, free_port  # noqa: F401  (also for older imports)
+
 SERVER_URL = os.environ.get("COLDCHAIN_DATABASE_URL")  # the server CI points us at, if any
 
 
@@ -115,12 +110,6 @@ def session(engine) -> Iterator[Session]:  # noqa: ANN001
         conn.close()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class LiveServer:
     """The real app under uvicorn on a loopback port: API tests speak real HTTP."""
 
@@ -203,27 +192,6 @@ def token(api, make_user):  # noqa: ANN001, ANN201
         return {"Authorization": f"Bearer {resp.json()['access_token']}"}
 
     return _token
-
-
-def coldchain_cmd() -> list[str]:
-    exe = Path(sys.executable).with_name("coldchain")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "scripts.cli"]
-
-
-def check_plan_path() -> Path:
-    """The independent checker ../shared/tools/check_plan.py, for a test to run on its plan.
-
-    Missing, the test is skipped with the reason rather than passing without the check; with
-    COLDCHAIN_REQUIRE_CHECK_PLAN=1 (CI's .ci/run) it fails instead, so a skip cannot hide there.
-    Called where the check happens, so the rest of the test has run by then."""
-    if not CHECK_PLAN.exists():
-        test = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" (", 1)[0]
-        reason = (f"{test}: {CHECK_PLAN} not found, so its plan was not checked by the independent checker "
-                  "(set COLDCHAIN_SHARED_DIR to the folder holding tools/check_plan.py)")
-        if os.environ.get("COLDCHAIN_REQUIRE_CHECK_PLAN") == "1":
-            pytest.fail(f"COLDCHAIN_REQUIRE_CHECK_PLAN=1 and {reason}", pytrace=False)
-        pytest.skip(reason)
-    return CHECK_PLAN
 
 
 @pytest.fixture

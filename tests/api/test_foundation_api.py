@@ -10,16 +10,7 @@ import pytest
 from core.settings import get_settings
 from fulfillment.scenario import load_scenario
 from tests import scenario_files
-
-PROBLEM = "application/problem+json"
-
-
-def assert_problem(resp, status: int) -> dict:  # noqa: ANN001
-    assert resp.status_code == status, resp.text
-    assert resp.headers["content-type"].startswith(PROBLEM)
-    body = resp.json()
-    assert body["status"] == status and body["title"] and body["type"]
-    return body
+from tests.support import assert_problem
 
 
 def test_health_and_ready(api) -> None:  # noqa: ANN001

@@ -6,21 +6,23 @@ from pathlib import Path
 
 from fulfillment.scenario import load_scenario
 from tests import scenario_files
-from tests.api.test_foundation_api import assert_problem
+from tests.support import after, assert_problem
 
-ORDER = {"order_ref": "W1", "delivery_date": "2030-01-10", "lat": 30.65, "lon": 104.07, "window_start": "09:00",
+# Placed now, for a day that no cut-off moves and after the scenario file's own lots expire
+LATER = after(20)
+ORDER = {"order_ref": "W1", "delivery_date": str(LATER), "lat": 30.65, "lon": 104.07, "window_start": "09:00",
          "window_end": "11:00", "lines": [{"sku": "EGG-30", "qty": 2}], "customer": "周六"}
 
 
 def test_place_allocate_and_cancel(api, token, session, tmp_path: Path) -> None:  # noqa: ANN001
-    fresh = {"stock.csv": "FS-01,EGG-30,L-E9,50,2099-12-31\n"}  # the file's own lots expire before 2030
+    fresh = {"stock.csv": f"FS-01,EGG-30,L-E9,50,{after(60)}\n"}  # the file's own lots expire before LATER
     load_scenario(session, scenario_files.write(tmp_path, append=fresh))
     headers = token("dispatcher")
     created = api.post("/api/v1/orders", json=ORDER, headers=headers)
     assert created.status_code == 201, created.text
     assert created.json()["status"] == "received" and created.json()["moved"] is None
     assert_problem(api.post("/api/v1/orders", json=ORDER, headers=headers), 409)
-    done = api.post("/api/v1/allocations", json={"date": "2030-01-10"}, headers=headers).json()
+    done = api.post("/api/v1/allocations", json={"date": str(LATER)}, headers=headers).json()
     assert done["allocated"] == 1
     assert done["allocations"] == [{"order_ref": "W1", "node": "FS-01",
                                     "lines": [{"sku": "EGG-30", "lot": "L-E9", "qty": 2}]}]
@@ -47,33 +49,34 @@ def test_bad_orders_name_the_field(api, token, session, tmp_path: Path) -> None:
 
 def test_late_order_moves_to_next_day_and_says_so(api, token, session, tmp_path: Path) -> None:  # noqa: ANN001
     load_scenario(session, scenario_files.write(tmp_path))
-    resp = api.post("/api/v1/orders", json={**ORDER, "order_ref": "W2", "delivery_date": "2020-01-01"},
+    yesterday = str(after(-2))
+    resp = api.post("/api/v1/orders", json={**ORDER, "order_ref": "W2", "delivery_date": yesterday},
                     headers=token("dispatcher"))
     assert resp.status_code == 201
-    assert "cut-off" in resp.json()["moved"] and resp.json()["delivery_date"] > "2020-01-01"
+    assert "cut-off" in resp.json()["moved"] and resp.json()["delivery_date"] > yesterday
 
 
 def test_csv_upload_keeps_good_rows_and_names_bad_ones(api, token, session, tmp_path: Path) -> None:  # noqa: ANN001
     load_scenario(session, scenario_files.write(tmp_path))
     csv = ("order_ref,delivery_date,mode,lat,lon,window_start,window_end,sku,qty,pickup_node\n"
-           "U1,2030-01-10,delivery,30.65,104.07,09:00,11:00,EGG-30,1,\n"
-           "U2,2030-01-10,delivery,30.65,104.07,09:00,11:00,EGG-30,many,\n"
-           "U3,2030-01-10,delivery,30.65,104.07,09:00,11:00,DUMP-1,1,\n")
+           f"U1,{LATER},delivery,30.65,104.07,09:00,11:00,EGG-30,1,\n"
+           f"U2,{LATER},delivery,30.65,104.07,09:00,11:00,EGG-30,many,\n"
+           f"U3,{LATER},delivery,30.65,104.07,09:00,11:00,DUMP-1,1,\n")
     resp = api.post("/api/v1/orders/import", files={"file": ("day.csv", csv.encode(), "text/csv")},
                     headers=token("dispatcher"))
     assert resp.status_code == 200, resp.text
     body = resp.json()
     assert body["orders"] == 2
     assert [(r["file"], r["line"], r["field"]) for r in body["rejected"]] == [("day.csv", 3, "qty")]
-    listed = api.get("/api/v1/orders", params={"date": "2030-01-10"}, headers=token("dispatcher")).json()
+    listed = api.get("/api/v1/orders", params={"date": str(LATER)}, headers=token("dispatcher")).json()
     assert sorted(o["order_ref"] for o in listed["items"]) == ["U1", "U3"]
 
 
 def test_post_orders_takes_a_csv_upload_too(api, token, session, tmp_path: Path) -> None:  # noqa: ANN001
     load_scenario(session, scenario_files.write(tmp_path))
     csv = ("order_ref,delivery_date,mode,lat,lon,window_start,window_end,sku,qty,pickup_node\n"
-           "V1,2030-01-10,delivery,30.65,104.07,09:00,11:00,EGG-30,1,\n"
-           "V2,2030-01-10,delivery,95.00,104.07,09:00,11:00,EGG-30,1,\n")
+           f"V1,{LATER},delivery,30.65,104.07,09:00,11:00,EGG-30,1,\n"
+           f"V2,{LATER},delivery,95.00,104.07,09:00,11:00,EGG-30,1,\n")
     resp = api.post("/api/v1/orders", files={"file": ("v.csv", csv.encode(), "text/csv")}, headers=token("dispatcher"))
     assert resp.status_code == 200, resp.text
     assert resp.json()["orders"] == 1 and resp.json()["rejected"][0]["field"] == "lat"

@@ -12,9 +12,9 @@ from pathlib import Path
 import httpx
 
 from tests import scenario_files
-from tests.conftest import coldchain_cmd, free_port
+from tests.support import DAY, after, coldchain_cmd, free_port
 
-MORE = "B1,2026-11-24,delivery,30.660,104.060,10:00,12:00,EGG-30,1,,,,\n"
+MORE = f"B1,{DAY},delivery,30.660,104.060,10:00,12:00,EGG-30,1,,,,\n"
 
 
 def test_plan_jobs_progress_and_result(databases, tmp_path: Path) -> None:  # noqa: ANN001
@@ -24,7 +24,7 @@ def test_plan_jobs_progress_and_result(databases, tmp_path: Path) -> None:  # no
     env = {**os.environ, "COLDCHAIN_DATABASE_URL": url, "COLDCHAIN_DATA_DIR": str(tmp_path),
            "COLDCHAIN_CELERY_QUEUE": queue}
     folder = scenario_files.write(tmp_path / "scen", append={"orders.csv": MORE})
-    for args in (["scenario", "load", str(folder)], ["allocate", "--date", "2026-11-24"]):
+    for args in (["scenario", "load", str(folder)], ["allocate", "--date", str(DAY)]):
         assert subprocess.run([*coldchain_cmd(), *args], env=env, capture_output=True, timeout=120).returncode == 0
     subprocess.run([*coldchain_cmd(), "user", "add", "disp", "--role", "dispatcher", "--password-stdin"],
                    input="dispatcher-pw\n", env=env, capture_output=True, text=True, timeout=60, check=True)
@@ -43,9 +43,9 @@ def test_plan_jobs_progress_and_result(databases, tmp_path: Path) -> None:  # no
                 time.sleep(0.2)
         tok = httpx.post(f"{base}/api/v1/auth/token", data={"username": "disp", "password": "dispatcher-pw"}).json()
         headers = {"Authorization": f"Bearer {tok['access_token']}"}
-        bad = httpx.post(f"{base}/api/v1/plans", json={"date": "2026-12-31"}, headers=headers)
+        bad = httpx.post(f"{base}/api/v1/plans", json={"date": str(after(7))}, headers=headers)
         assert bad.status_code == 422 and "allocate" in bad.json()["detail"]
-        started = httpx.post(f"{base}/api/v1/plans", json={"date": "2026-11-24", "time_limit": 1}, headers=headers)
+        started = httpx.post(f"{base}/api/v1/plans", json={"date": str(DAY), "time_limit": 1}, headers=headers)
         assert started.status_code == 202, started.text
         jobs = started.json()["jobs"]
         assert [j["depot"] for j in jobs] == ["FS-01"]
@@ -59,7 +59,7 @@ def test_plan_jobs_progress_and_result(databases, tmp_path: Path) -> None:  # no
             time.sleep(0.1)
         assert job["state"] == "SUCCESS", job
         assert job["result"]["stops"] == 2 and job["result"]["routes"] == 1
-        plan = httpx.get(f"{base}/api/v1/plans", params={"date": "2026-11-24"}, headers=headers).json()
+        plan = httpx.get(f"{base}/api/v1/plans", params={"date": str(DAY)}, headers=headers).json()
         assert [s["order_ref"] for s in plan["routes"][0]["stops"]] in (["A1", "B1"], ["B1", "A1"])
     finally:
         for proc in (server, worker):

@@ -14,10 +14,10 @@ from fulfillment.scenario import load_scenario
 from telemetry.models import Alert
 from telemetry.service import Fleet, Message, default_engine, readings_query, store_batch
 from tests import scenario_files
-from tests.api.test_foundation_api import assert_problem
+from tests.support import CLOCK, assert_problem, zulu
 from warehouses.models import Vehicle
 
-NOW = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
+NOW = CLOCK
 T0 = NOW - timedelta(hours=2)
 TOPIC = "coldchain/v1/vehicles/{}/telemetry"
 
@@ -31,8 +31,7 @@ def telemetry_routes(live_app):  # noqa: ANN001, ANN201
         live_app.app.include_router(router, prefix="/api/v1")
 
 
-def iso(moment: datetime) -> str:
-    return moment.isoformat().replace("+00:00", "Z")
+iso = zulu
 
 
 def sample(seq: int, minute: float, device: str = "TL-0001", **extra: object) -> dict:
@@ -150,7 +149,7 @@ def test_readings_refuse_bad_requests_as_problems(api, token, fleet_data) -> Non
     headers = token("dispatcher")
     url = "/api/v1/telemetry/vehicles/VAN-01/readings"
     assert_problem(api.get("/api/v1/telemetry/vehicles/VAN-99/readings", headers=headers), 404)
-    for bad in ("2026-11-23T08:00:00", "yesterday", "2026-11-23", "1700000000", "2026-13-40T08:00:00Z",
+    for bad in (iso(NOW)[:-1], "yesterday", iso(NOW)[:10], "1700000000", f"{NOW.year}-13-40T08:00:00Z",
                 "0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"):
         body = assert_problem(api.get(url, params={"from": bad}, headers=headers), 422)
         assert [e["pointer"] for e in body["errors"]] == ["query:from"], body
@@ -204,7 +203,7 @@ def test_rejected_shows_raw_payload_and_reason(api, token, session, tmp_path: Pa
     recent = api.get("/api/v1/telemetry/rejected", params={"since": iso(NOW - timedelta(minutes=1))},
                      headers=quality).json()
     assert [i["reason"] for i in recent["items"]] == ["not JSON", "missing field: seq"] and recent["next"] is None
-    assert_problem(api.get("/api/v1/telemetry/rejected", params={"since": "2026-11-23T08:00"}, headers=quality), 422)
+    assert_problem(api.get("/api/v1/telemetry/rejected", params={"since": iso(NOW)[:16]}, headers=quality), 422)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 
 from core.db import make_engine
 from tests import scenario_files
-from tests.conftest import coldchain_cmd
+from tests.support import coldchain_cmd
 from warehouses.models import Node, StockLot
 
 

@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from core.db import make_engine
 from core.security import verify_password
-from tests.conftest import coldchain_cmd
+from tests.support import coldchain_cmd
 from warehouses.models import User
 
 

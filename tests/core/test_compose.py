@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.conftest import ROOT, coldchain_cmd
+from tests.support import ROOT, coldchain_cmd
 
 APP_SERVICES = {"api": "serve", "worker": "worker", "beat": "beat", "ingestor": "ingest"}
 

@@ -18,8 +18,7 @@ from fulfillment.allocation import (
     haversine_km,
     to_contract,
 )
-
-from .helpers import DAY, PRODUCTS, at, lot, node, order, square
+from tests.support import DAY, PRODUCTS, at, lot, node, order, square
 
 UNIT = {p.sku: p for p in PRODUCTS}
 
@@ -409,11 +408,11 @@ def test_to_contract_shape():
     res = run([node("N", 0.5)], [lot("N", "MILK", "L1", 5)], [order("A1"), order("A9", 50.0)])
     out = to_contract(res, DAY)
     assert out == {
-        "date": "2026-11-24",
+        "date": DAY.isoformat(),
         "allocations": [{"order_ref": "A1", "node": "N", "lines": [{"sku": "MILK", "lot": "L1", "qty": 1}]}],
         "unallocated": [{"order_ref": "A9", "reason": "outside every service area"}],
     }
-    assert res.to_contract("2026-11-24") == out
+    assert res.to_contract(DAY.isoformat()) == out
 
 
 # ---- the fast path agrees with a plain reference implementation ------------------------------

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from datetime import UTC, date, datetime
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -16,10 +15,8 @@ from fulfillment.models import Order, OrderEvent, Reservation
 from fulfillment.scenario import load_scenario
 from fulfillment.service import allocate_day, cancel_order, day_allocations, delivery_date_for
 from tests import scenario_files
-from tests.conftest import check_plan_path, coldchain_cmd
+from tests.support import DAY, TODAY, after, check_plan_path, coldchain_cmd, local
 from warehouses.models import StockLot
-
-DAY = date(2026, 11, 24)
 
 
 def test_allocation_reserves_lots_and_records_events(session, tmp_path: Path) -> None:
@@ -54,8 +51,8 @@ def test_cancel_releases_the_reservation(session, tmp_path: Path) -> None:
 
 
 def test_unallocated_orders_keep_a_reason(session, tmp_path: Path) -> None:
-    far = "Z1,2026-11-24,delivery,31.50,105.50,09:00,11:00,EGG-30,1,,,,\n"
-    greedy = "Z2,2026-11-24,delivery,30.650,104.070,09:00,11:00,EGG-30,500,,,,\n"
+    far = f"Z1,{DAY},delivery,31.50,105.50,09:00,11:00,EGG-30,1,,,,\n"
+    greedy = f"Z2,{DAY},delivery,30.650,104.070,09:00,11:00,EGG-30,500,,,,\n"
     load_scenario(session, scenario_files.write(tmp_path, append={"orders.csv": far + greedy}))
     allocate_day(session, DAY)
     reasons = {u["order_ref"]: u["reason"] for u in day_allocations(session, DAY)["unallocated"]}
@@ -64,21 +61,21 @@ def test_unallocated_orders_keep_a_reason(session, tmp_path: Path) -> None:
 
 
 def test_cutoff_moves_late_orders_to_the_next_day() -> None:
-    # 19:59 local (Asia/Shanghai) on the 23rd still makes the 24th; 20:00 does not.
-    on_time = datetime(2026, 11, 23, 11, 59, tzinfo=UTC)
-    late = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+    # 19:59 local (Asia/Shanghai) on the eve still makes the day; 20:00 does not.
+    on_time = local("19:59", TODAY)
+    late = local("20:00", TODAY)
     assert delivery_date_for(on_time, DAY) == (DAY, None)
     moved, note = delivery_date_for(late, DAY)
-    assert moved == date(2026, 11, 25) and "after the 20:00 cut-off" in note
-    assert delivery_date_for(late, None) == (date(2026, 11, 25), None)
+    assert moved == after(1) and "after the 20:00 cut-off" in note
+    assert delivery_date_for(late, None) == (after(1), None)
 
 
 def _scarce_scenario(folder: Path) -> Path:
     """One lot of 60 eggs and 120 one-egg orders over two days: every allocator wants the same rows."""
     orders = "order_ref,delivery_date,mode,lat,lon,window_start,window_end,sku,qty,pickup_node\n" + "".join(
-        f"S{i:03d},{'2026-11-24' if i % 2 else '2026-11-25'},delivery,30.650,104.070,09:00,11:00,EGG-30,1,\n"
+        f"S{i:03d},{DAY if i % 2 else after(1)},delivery,30.650,104.070,09:00,11:00,EGG-30,1,\n"
         for i in range(120))
-    stock = "node,sku,lot,qty,expires\nFS-01,EGG-30,L-E1,60,2026-12-10\n"
+    stock = f"node,sku,lot,qty,expires\nFS-01,EGG-30,L-E1,60,{after(16)}\n"
     return scenario_files.write(folder, {"orders.csv": orders, "stock.csv": stock})
 
 
@@ -89,7 +86,7 @@ def test_parallel_allocators_never_oversell(databases, tmp_path: Path) -> None: 
                           timeout=120).returncode == 0
     runs = [subprocess.Popen([*coldchain_cmd(), "allocate", "--date", d], env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
-            for d in ("2026-11-24", "2026-11-25", "2026-11-24", "2026-11-25")]
+            for d in (str(DAY), str(after(1)), str(DAY), str(after(1)))]
     for proc in runs:
         _out, err = proc.communicate(timeout=180)
         assert proc.returncode == 0, err
@@ -108,9 +105,9 @@ def test_parallel_allocators_never_oversell(databases, tmp_path: Path) -> None: 
 def test_export_passes_the_independent_checker(databases, tmp_path: Path) -> None:  # noqa: ANN001
     env = {**os.environ, "COLDCHAIN_DATABASE_URL": databases.new("export"), "COLDCHAIN_DATA_DIR": str(tmp_path)}
     folder = scenario_files.write(tmp_path / "scen")
-    for args in (["scenario", "load", str(folder)], ["allocate", "--date", "2026-11-24"]):
+    for args in (["scenario", "load", str(folder)], ["allocate", "--date", str(DAY)]):
         assert subprocess.run([*coldchain_cmd(), *args], env=env, capture_output=True, timeout=120).returncode == 0
-    run = subprocess.run([*coldchain_cmd(), "export", "plan", "--date", "2026-11-24", "--json"], env=env,
+    run = subprocess.run([*coldchain_cmd(), "export", "plan", "--date", str(DAY), "--json"], env=env,
                          capture_output=True, text=True, timeout=120)
     plan = json.loads(run.stdout)
     assert {a["order_ref"] for a in plan["allocations"]} == {"A1", "A2"}

@@ -15,8 +15,7 @@ import pytest
 import shapely
 
 from fulfillment.allocation import Lot, Node, Order, Product, allocate, to_contract
-
-from .helpers import DAY, at, square
+from tests.support import DAY, at, square
 
 PRODUCTS = [
     Product("MILK-1L", "chilled", 1.0),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import date
 from pathlib import Path
 
 import pytest
@@ -15,8 +14,7 @@ from fulfillment.picklists import demand, pick_lists, render_pdf
 from fulfillment.scenario import load_scenario
 from fulfillment.service import allocate_day, record_event
 from tests import scenario_files
-
-DAY = date(2026, 11, 24)
+from tests.support import DAY
 
 
 def test_pick_lists_group_by_class_with_lots(session, tmp_path: Path) -> None:
@@ -34,7 +32,7 @@ def test_pick_lists_group_by_class_with_lots(session, tmp_path: Path) -> None:
 
 
 def test_demand_says_what_to_buy(session, tmp_path: Path) -> None:
-    greedy = "Z2,2026-11-24,delivery,30.650,104.070,09:00,11:00,EGG-30,70,,,,\n"
+    greedy = f"Z2,{DAY},delivery,30.650,104.070,09:00,11:00,EGG-30,70,,,,\n"
     load_scenario(session, scenario_files.write(tmp_path, append={"orders.csv": greedy}))
     allocate_day(session, DAY)
     rows = {r["sku"]: r for r in demand(session, DAY)}

@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 from fulfillment.allocation import allocate, suggest_transfers
-
-from .helpers import DAY, PRODUCTS, lot, node, order, square
+from tests.support import DAY, PRODUCTS, lot, node, order, square
 
 
 def network():

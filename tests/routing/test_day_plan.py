@@ -6,10 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import uuid
-from contextlib import contextmanager
-from datetime import date
 from pathlib import Path
 
 from sqlalchemy import select
@@ -20,28 +17,8 @@ from fulfillment.service import allocate_day, day_allocations
 from routing.models import Plan, RouteStop
 from routing.service import day_routes, plan_depot
 from tests import scenario_files
-from tests.conftest import check_plan_path, coldchain_cmd
-
-DAY = date(2026, 11, 24)
-MORE = ("B1,2026-11-24,delivery,30.660,104.060,10:00,12:00,EGG-30,1,,,,\n"
-        "B2,2026-11-24,delivery,30.640,104.085,13:00,15:00,DUMP-1,2,,,,\n"
-        "B3,2026-11-24,delivery,30.655,104.075,07:00,07:10,DUMP-1,1,,,,\n")
-
-
-def same(session):  # noqa: ANN001, ANN201
-    @contextmanager
-    def scope():  # noqa: ANN202
-        yield session
-        session.flush()
-
-    return scope
-
-
-def check(folder: Path, plan: dict, tmp_path: Path) -> subprocess.CompletedProcess:
-    path = tmp_path / "plan.json"
-    path.write_text(json.dumps(plan))
-    return subprocess.run([sys.executable, str(check_plan_path()), str(folder), str(path)], capture_output=True,
-                          text=True, timeout=120)
+from tests.support import DAY, after, check, coldchain_cmd, same
+from tests.support import PLAN_MORE as MORE
 
 
 def test_plan_routes_every_servable_order_and_explains_the_rest(session, tmp_path: Path) -> None:
@@ -79,9 +56,9 @@ def test_cli_plans_depots_on_real_workers_and_exports_json(databases, tmp_path: 
     env = {**os.environ, "COLDCHAIN_DATABASE_URL": databases.new("plan"), "COLDCHAIN_DATA_DIR": str(tmp_path),
            "COLDCHAIN_CELERY_QUEUE": f"test-plan-{uuid.uuid4().hex[:8]}"}
     folder = scenario_files.write(tmp_path / "scen", append={"orders.csv": MORE})
-    for args in (["scenario", "load", str(folder)], ["allocate", "--date", "2026-11-24"]):
+    for args in (["scenario", "load", str(folder)], ["allocate", "--date", str(DAY)]):
         assert subprocess.run([*coldchain_cmd(), *args], env=env, capture_output=True, timeout=120).returncode == 0
-    run = subprocess.run([*coldchain_cmd(), "plan", "--date", "2026-11-24", "--time-limit", "1",
+    run = subprocess.run([*coldchain_cmd(), "plan", "--date", str(DAY), "--time-limit", "1",
                           "--local-workers", "2", "--json"], env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     plan = json.loads(run.stdout)
@@ -93,10 +70,10 @@ def test_cli_plans_depots_on_real_workers_and_exports_json(databases, tmp_path: 
 
 def test_an_order_split_across_nodes_is_delivered_in_one_visit(session, tmp_path: Path) -> None:
     """Its primary (nearest) node delivers it whole; the other part is moved there before the vans leave."""
-    split = "SP1,2026-11-24,delivery,30.640,104.055,10:00,14:00,EGG-30,70,,,,,1\n"
+    split = f"SP1,{DAY},delivery,30.640,104.055,10:00,14:00,EGG-30,70,,,,,1\n"
     orders = scenario_files.FILES["orders.csv"].replace("address\n", "address,allow_split\n") + split
     folder = scenario_files.write(tmp_path / "scen", {"orders.csv": orders},
-                                  append={"stock.csv": "HUB-01,EGG-30,L-E7,40,2026-12-10\n"})
+                                  append={"stock.csv": f"HUB-01,EGG-30,L-E7,40,{after(16)}\n"})
     load_scenario(session, folder)
     allocate_day(session, DAY)
     nodes = {a["node"] for a in day_allocations(session, DAY)["allocations"] if a["order_ref"] == "SP1"}

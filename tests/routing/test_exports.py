@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
-from datetime import date, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -15,10 +15,8 @@ from fulfillment.service import allocate_day
 from routing.exports import day_map_png, route_geojson, route_sheet_pdf
 from routing.replan import breakdown, replan
 from routing.service import day_routes, plan_depot
-from tests.routing.test_day_plan import same
-from tests.routing.test_replan import by_van, current, scenario, start_route
-
-DAY = date(2026, 11, 24)
+from tests.support import DAY, by_van, current, same, start_route
+from tests.support import replan_scenario as scenario
 
 
 @pytest.fixture
@@ -46,7 +44,7 @@ def test_geojson_has_the_depot_the_stops_and_the_path_in_lon_lat_order(planned) 
         p = f["properties"]
         assert (p["order_ref"], p["stop_id"], p["status"], p["arrive"]) == \
             (s["order_ref"], s["stop_id"], "planned", s["arrive"])
-        assert p["eta"].startswith("2026-11-24T") and p["eta"].endswith("+08:00")
+        assert p["eta"].startswith(f"{DAY}T") and p["eta"].endswith("+08:00")
         assert len(p["window"]) == 2 and all(len(w) == 5 for w in p["window"])
     line = gj["features"][-1]["geometry"]
     assert line["type"] == "LineString"

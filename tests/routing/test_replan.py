@@ -3,7 +3,7 @@ the stored diff and the independent plan checker."""
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -14,47 +14,16 @@ from core.errors import Conflict, NotFound
 from fulfillment.models import Order
 from fulfillment.scenario import load_scenario
 from fulfillment.service import allocate_day, day_allocations, load_orders_csv, record_event
-from routing.models import Plan, Route
+from routing.models import Plan
 from routing.replan import add_order, breakdown, cancel_order, replan
 from routing.service import day_routes, plan_depot
 from tests import scenario_files
-from tests.routing.test_day_plan import check, same
+from tests.support import DAY, by_van, check, current, local, same, start_route
+from tests.support import REPLAN_MORE as MORE
+from tests.support import REPLAN_VANS as VANS
+from tests.support import replan_scenario as scenario
 from warehouses.models import StockLot, Vehicle
 from warehouses.service import LoadReport
-
-DAY = date(2026, 11, 24)
-VANS = ("code,depot,frozen_l,chilled_l,ambient_l,max_kg,shift_start,shift_end,speed_kmh,cost_per_km,fixed_cost,device\n"
-        "VAN-01,FS-01,120,100,600,800,07:30,17:30,28,2.5,150,TL-0001\n"
-        "VAN-02,HUB-01,0,300,300,500,08:00,18:00,25,2.0,100,TL-0002\n"
-        "VAN-03,FS-01,120,100,600,800,07:30,17:30,28,2.5,150,TL-0003\n")
-SPOTS = [(30.680, 104.040), (30.640, 104.085), (30.670, 104.060), (30.635, 104.045), (30.685, 104.085),
-         (30.645, 104.065)]
-# 8 boxes of eggs (24 l chilled) each: with A1, 150 l of chilled goods for two vans of 100 l
-MORE = "".join(f"B{i},2026-11-24,delivery,{lat},{lon},09:00,17:00,EGG-30,8,,客户{i},1390000000{i},地址{i}号\n"
-               for i, (lat, lon) in enumerate(SPOTS, start=1))
-STOCK = "FS-01,EGG-30,L-E2,100,2026-12-20\n"
-
-
-def scenario(tmp_path: Path) -> Path:
-    return scenario_files.write(tmp_path / "scen", overrides={"vehicles.csv": VANS},
-                                append={"orders.csv": MORE, "stock.csv": STOCK})
-
-
-def current(session, depot: str = "FS-01") -> Plan:  # noqa: ANN001
-    session.expire_all()
-    return session.scalar(select(Plan).where(Plan.day == DAY, Plan.status == "current"))
-
-
-def by_van(plan: Plan) -> dict[str, Route]:
-    return {r.vehicle.code: r for r in plan.routes}
-
-
-def start_route(session, route: Route) -> None:  # noqa: ANN001
-    """What the driver API does when the van is loaded and leaves."""
-    route.status, route.started_at = "started", route.start_at
-    for s in route.stops:
-        record_event(session, s.order, "loaded", "driver", to_status="out_for_delivery", at=route.start_at)
-    session.flush()
 
 
 def test_breakdown_moves_the_rest_to_the_other_van_and_keeps_what_is_done(session, tmp_path: Path) -> None:
@@ -166,10 +135,10 @@ def test_added_and_cancelled_orders_show_in_the_diff(session, tmp_path: Path) ->
     plan_depot(DAY, "FS-01", time_limit=1, sessions=same(session))
     late = tmp_path / "late.csv"
     late.write_text("order_ref,delivery_date,mode,lat,lon,window_start,window_end,sku,qty,pickup_node\n"
-                    "C1,2026-11-24,delivery,30.660,104.050,13:00,16:00,DUMP-1,3,\n", encoding="utf-8")
+                    f"C1,{DAY},delivery,30.660,104.050,13:00,16:00,DUMP-1,3,\n", encoding="utf-8")
     load_orders_csv(session, late, LoadReport())
     allocate_day(session, DAY)
-    now = datetime(2026, 11, 24, 2, 30, tzinfo=UTC)  # 10:30 in Chengdu
+    now = local("10:30")  # in Chengdu, on the day
 
     out = replan(DAY, "FS-01", add_order("C1"), time_limit=1, actor="dispatcher", now=now, sessions=same(session))
     assert out["added"] == ["C1"] and out["version"] == 2 and out["reason"] == "order C1 added at 10:30"

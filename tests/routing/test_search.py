@@ -9,7 +9,7 @@ import pytest
 
 from benchmarks import routing as bench
 from routing.solver import InitialRoute, SearchConfig, Stop, Vehicle, _Model, solve
-from tests.routing.test_solver import assert_schedule_feasible, problem, served, van
+from tests.support import DAY, assert_schedule_feasible, problem, same, sample_city, served, van
 
 ILS = SearchConfig("PARALLEL_CHEAPEST_INSERTION", "ITERATED_LOCAL_SEARCH", ruin_size=5)
 
@@ -96,21 +96,16 @@ def bench_data():
     return Path(__file__).parent / "data"
 
 
-def test_one_worker_tries_two_first_solutions_and_keeps_the_one_that_serves_more(session) -> None:  # noqa: ANN001
+def test_one_worker_tries_two_first_solutions_and_keeps_the_one_that_serves_more(session, tmp_path) -> None:  # noqa: ANN001
     """A Celery child plans with one process. On the sample city's HUB-03 (24 orders, strawberries and
     milk with time-on-board limits) ILS from parallel cheapest insertion alone serves 17; the single-worker
     portfolio also tries local cheapest insertion and serves 22 (the other 2 cannot be served in the shift)."""
-    from datetime import date
-    from pathlib import Path
-
     from fulfillment.scenario import load_scenario
     from fulfillment.service import allocate_day
     from routing.service import plan_depot
-    from tests.routing.test_day_plan import same
 
-    day = date(2026, 11, 24)
-    load_scenario(session, Path(__file__).resolve().parents[2] / "warehouses" / "sample" / "chengdu")
-    allocate_day(session, day)
-    out = plan_depot(day, "HUB-03", time_limit=3, workers=1, sessions=same(session))
+    load_scenario(session, sample_city(tmp_path / "chengdu"))  # the shipped sample, for the day under test
+    allocate_day(session, DAY)
+    out = plan_depot(DAY, "HUB-03", time_limit=3, workers=1, sessions=same(session))
     assert out["stops"] + out["unserved"] == 24
     assert out["stops"] >= 22, out

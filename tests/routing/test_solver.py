@@ -9,60 +9,11 @@ import numpy as np
 import pytest
 
 from routing.solver import InitialRoute, Problem, Solution, Stop, Vehicle, hhmm, solve
-
-SPEED = 10.0  # m/s
-H = 3600.0
-
-
-def matrices(points: list[tuple[float, float]]) -> tuple[np.ndarray, np.ndarray]:
-    p = np.asarray(points, dtype=float)
-    d = np.sqrt(((p[:, None, :] - p[None, :, :]) ** 2).sum(axis=2))
-    return d / SPEED, d
-
-
-def van(vid: str, shift=(8 * H, 18 * H), frozen=100.0, chilled=400.0, ambient=600.0, **kw) -> Vehicle:
-    return Vehicle(id=vid, start=0, end=0, shift=shift,
-                   capacity={"frozen": frozen, "chilled": chilled, "ambient": ambient}, **kw)
-
-
-def problem(points, vehicles, stops, limit=0.6, **kw) -> Problem:
-    tt, dm = matrices(points)
-    return Problem(vehicles=vehicles, stops=stops, travel_time=tt, distance=dm, time_limit=limit,
-                   depots=[0], **kw)
-
-
-def served(sol: Solution) -> dict[str, str]:
-    return {v.stop_id: r.vehicle_id for r in sol.routes for v in r.visits}
+from tests.support import H, assert_schedule_feasible, problem, served, van
 
 
 def reasons(sol: Solution) -> dict[str, str]:
     return {u.stop_id: u.reason for u in sol.unserved}
-
-
-def assert_schedule_feasible(p: Problem, sol: Solution) -> None:
-    """Recompute every route in exact arithmetic from its departure time."""
-    stops = {s.id: s for s in p.stops}
-    vans = {v.id: v for v in p.vehicles}
-    for r in sol.routes:
-        v = vans[r.vehicle_id]
-        assert r.start >= v.shift[0] - 1e-6
-        t, node = r.start, v.start
-        load: dict[str, float] = {}
-        for vis in r.visits:
-            s = stops[vis.stop_id]
-            arrive = t + p.travel_time[node, s.node]
-            assert vis.arrival == pytest.approx(arrive)
-            begin = max(arrive, s.window[0])
-            assert begin <= s.window[1] + 1e-6, f"{s.id} served at {begin} after {s.window[1]}"
-            if s.max_on_board is not None:
-                assert begin - r.start <= s.max_on_board + 1e-6
-            for c, q in s.demand.items():
-                load[c] = load.get(c, 0.0) + q
-            t, node = begin + s.service, s.node
-        assert t + p.travel_time[node, v.end] <= v.shift[1] + 1e-6
-        assert r.end <= v.shift[1] + 1e-6
-        for c, q in load.items():
-            assert q <= v.capacity.get(c, 0.0) + 1e-6
 
 
 def test_hhmm_formats_seconds_since_midnight():

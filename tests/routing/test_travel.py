@@ -11,6 +11,7 @@ import pytest
 from geopy.distance import geodesic
 
 from routing.travel import CachedTravel, GeodesicTravel, OsrmError, OsrmTravel, TravelModel, travel_model
+from tests.support import DAY, after
 
 DATA = Path(__file__).parent / "data"
 CHENGDU = [(30.6571, 104.0662), (30.6122, 104.0691), (30.6897, 104.0311)]
@@ -103,13 +104,13 @@ def test_cache_is_keyed_by_day_depot_and_points():
             return super().matrix(points, speed_kmh)
 
     cache = CachedTravel(Counting(), maxsize=2)
-    a = cache.matrix(CHENGDU, 30.0, day="2026-11-24", depot="HUB-07")
-    b = cache.matrix(CHENGDU, 30.0, day="2026-11-24", depot="HUB-07")
+    a = cache.matrix(CHENGDU, 30.0, day=str(DAY), depot="HUB-07")
+    b = cache.matrix(CHENGDU, 30.0, day=str(DAY), depot="HUB-07")
     assert len(calls) == 1 and a[0] is b[0]
-    cache.matrix(CHENGDU, 30.0, day="2026-11-25", depot="HUB-07")
-    cache.matrix(CHENGDU[:2], 30.0, day="2026-11-24", depot="HUB-07")
+    cache.matrix(CHENGDU, 30.0, day=str(after(1)), depot="HUB-07")
+    cache.matrix(CHENGDU[:2], 30.0, day=str(DAY), depot="HUB-07")
     assert len(calls) == 3
-    cache.matrix(CHENGDU, 30.0, day="2026-11-24", depot="HUB-07")  # evicted (LRU of 2)
+    cache.matrix(CHENGDU, 30.0, day=str(DAY), depot="HUB-07")  # evicted (LRU of 2)
     assert len(calls) == 4
     with pytest.raises(ValueError):
         a[0][0, 1] = 1.0  # cached matrices are read-only

@@ -5,106 +5,16 @@ mid-stream and restarted, it loses no sample and stores none twice."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import func, select
 
-from core.db import make_engine
 from telemetry.models import Alert, TelemetryReject, TelemetrySample
-from telemetry.service import ReadingCounts, reading_counts
-from tests import scenario_files
-from tests.conftest import coldchain_cmd
-
-
-class Run:
-    """A database, vehicle codes and a client id of this test's own: nothing shared with other runs."""
-
-    def __init__(self, databases, tmp_path: Path, mqtt_url: str) -> None:  # noqa: ANN001
-        self.tag = uuid.uuid4().hex[:6].upper()
-        self.vans = [f"VAN-{self.tag}-1", f"VAN-{self.tag}-2"]
-        self.devices = [f"TL-{self.tag}-1", f"TL-{self.tag}-2"]
-        self.env = {**os.environ, "COLDCHAIN_DATABASE_URL": databases.new("ingest"),
-                    "COLDCHAIN_DATA_DIR": str(tmp_path), "COLDCHAIN_MQTT_URL": mqtt_url}
-        self.mqtt_url = mqtt_url
-        self.client_id = f"coldchain-ingest-test-{self.tag}"
-        vehicles = scenario_files.FILES["vehicles.csv"]
-        for old, new in (("VAN-01", self.vans[0]), ("VAN-02", self.vans[1]), ("TL-0001", self.devices[0]),
-                         ("TL-0002", self.devices[1])):
-            vehicles = vehicles.replace(old, new)
-        drivers = "username,name,vehicle\n"
-        folder = scenario_files.write(tmp_path / "scen", {"vehicles.csv": vehicles, "drivers.csv": drivers})
-        load = subprocess.run([*coldchain_cmd(), "scenario", "load", str(folder)], env=self.env,
-                              capture_output=True, text=True, timeout=120)
-        assert load.returncode == 0, load.stdout + load.stderr
-        self.engine = make_engine(self.env["COLDCHAIN_DATABASE_URL"])
-
-    def start(self) -> subprocess.Popen:
-        proc = subprocess.Popen([*coldchain_cmd(), "ingest", "--client-id", self.client_id, "--tick-every", "1",
-                                 "--session-expiry", "300"],
-                                env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        return proc
-
-    def count(self, model=TelemetrySample) -> int:  # noqa: ANN001
-        with self.engine.connect() as conn:
-            return conn.scalar(select(func.count()).select_from(model))
-
-    def readings(self, sent: list[dict]) -> ReadingCounts:
-        """Readings stored against the samples sent: lost and stored twice per (device, seq, kind, compartment)."""
-        with self.engine.connect() as conn:
-            return reading_counts(conn, sent)
-
-    def wait_for(self, n: int, timeout: float = 60, model=TelemetrySample) -> int:  # noqa: ANN001
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            got = self.count(model)
-            if got >= n:
-                return got
-            time.sleep(0.2)
-        return self.count(model)
-
-    def wait_subscribed(self, proc: subprocess.Popen) -> None:
-        """Give the ingestor time to connect and subscribe (a persistent session keeps what comes after)."""
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            with self.engine.connect() as conn:
-                if conn.scalar(select(func.count()).select_from(TelemetrySample)) is not None:
-                    break
-        time.sleep(3)
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-
-
-def publisher(url: str) -> mqtt.Client:
-    from urllib.parse import urlparse
-
-    u = urlparse(url)
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:8]}",
-                         protocol=mqtt.MQTTv5)
-    client.connect(u.hostname, u.port or 1883)
-    client.loop_start()
-    return client
-
-
-def samples(device: str, start_seq: int, n: int, base: datetime, chilled=4.0) -> list[dict]:  # noqa: ANN001
-    return [{"device": device, "seq": start_seq + i, "ts": (base + timedelta(seconds=10 * i)).isoformat(),
-             "temp_c": {"chilled": chilled}} for i in range(n)]
-
-
-def stop(proc: subprocess.Popen) -> str:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        return proc.communicate(timeout=30)[1]
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return proc.communicate()[1]
+from tests.support import Run, coldchain_cmd, publisher, samples, stop
 
 
 def test_ingest_stores_once_keeps_rejects_and_raises_alerts(databases, tmp_path: Path, mqtt_url: str) -> None:  # noqa: ANN001

@@ -27,8 +27,7 @@ import pytest
 from sqlalchemy import create_engine, func, select, text
 
 from telemetry.models import TelemetryReject, TelemetrySample
-from tests.conftest import free_port
-from tests.telemetry.test_ingestor import Run, publisher, samples, stop
+from tests.support import Run, free_port, publisher, samples, stop
 
 
 def _pg_bin() -> Path | None:

@@ -22,10 +22,9 @@ from telemetry.decoding import decode_message, parse_topic
 from telemetry.rules import RuleEngine
 from telemetry.simulator import Message, PlannedStop, Scenario, Simulation, VanSpec, status_topic
 from tests import scenario_files
-from tests.conftest import coldchain_cmd
-from tests.telemetry.test_ingestor import stop
+from tests.support import DAY, coldchain_cmd, local, stop
 
-START = datetime(2026, 11, 20, 0, 0, tzinfo=UTC)
+START = local("08:00", DAY).astimezone(UTC)  # the vans' day under test (the decoder's clock is injected)
 ALL = ("frozen", "chilled", "ambient")
 
 
@@ -192,18 +191,16 @@ def fleet_db(databases, tmp_path: Path, mqtt_url: str, monkeypatch: pytest.Monke
     """A throwaway database with the sample scenario (tagged van codes), tomorrow's orders allocated and
     planned; this process's configuration points at it for the test."""
     from core.db import reset_caches, session_scope
-    from core.timeutil import local_tomorrow
     from fulfillment.service import allocate_day
     from routing.service import plan_depot
 
     tag = uuid.uuid4().hex[:6].upper()
-    day = local_tomorrow()
+    day = DAY
     vans, devices = [f"VAN-{tag}-1", f"VAN-{tag}-2"], [f"TL-{tag}-1", f"TL-{tag}-2"]
     vehicles = scenario_files.FILES["vehicles.csv"]
     for old, new in (("VAN-01", vans[0]), ("VAN-02", vans[1]), ("TL-0001", devices[0]), ("TL-0002", devices[1])):
         vehicles = vehicles.replace(old, new)
-    orders = scenario_files.FILES["orders.csv"].replace("2026-11-24", day.isoformat())
-    folder = scenario_files.write(tmp_path / "scen", {"vehicles.csv": vehicles, "orders.csv": orders,
+    folder = scenario_files.write(tmp_path / "scen", {"vehicles.csv": vehicles,
                                                       "drivers.csv": "username,name,vehicle\n"})
     url = databases.new("sim")
     env = {**os.environ, "COLDCHAIN_DATABASE_URL": url, "COLDCHAIN_DATA_DIR": str(tmp_path),

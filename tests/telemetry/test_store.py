@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -13,9 +13,9 @@ from fulfillment.scenario import load_scenario
 from telemetry.models import Alert, TelemetryReading, TelemetryReject, TelemetrySample
 from telemetry.service import Fleet, Message, default_engine, store_batch, tick_all
 from tests import scenario_files
-from tests.conftest import SHARED
+from tests.support import CLOCK, SHARED, zulu
 
-NOW = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
+NOW = CLOCK
 
 
 def _when(token: str, now: datetime) -> str:
@@ -119,7 +119,7 @@ def test_stored_readings_are_exactly_the_decoded_ones(session, tmp_path: Path) -
     load_scenario(session, scenario_files.write(tmp_path))
     fleet = Fleet()
     fleet.load(session)
-    payload = json.dumps({"device": "TL-0001", "seq": 77, "ts": "2026-11-23T07:59:00.250Z",
+    payload = json.dumps({"device": "TL-0001", "seq": 77, "ts": zulu(NOW - timedelta(minutes=1))[:-1] + ".250Z",
                           "temp_c": {"chilled": 3.25, "frozen": -18.5}, "door": {"chilled": "open"},
                           "shock_g": 1.5, "pos": [30.6571, 104.0662], "battery": 0.82}).encode()
     msg = Message("coldchain/v1/vehicles/VAN-01/telemetry", payload, NOW)

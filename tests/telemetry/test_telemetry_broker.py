@@ -26,6 +26,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from telemetry.broker import EmbeddedBroker, start_embedded_broker
+from tests.support import CLOCK, zulu
 
 pytestmark = pytest.mark.mqtt
 
@@ -315,7 +316,7 @@ def test_throughput_qos1(embedded):
     sub.subscribe(f"{prefix}/+/telemetry")
     pub = Client(target, max_inflight=100)
     n = 3000
-    payload = b'{"device":"TL-0001","seq":1,"ts":"2026-11-23T08:15:02.120Z","temp_c":{"chilled":3.8}}'
+    payload = f'{{"device":"TL-0001","seq":1,"ts":"{zulu(CLOCK)}","temp_c":{{"chilled":3.8}}}}'.encode()
     start = time.perf_counter()
     pub.publish_many(topic, [payload] * n)
     got = sub.wait_for(n, timeout=30)

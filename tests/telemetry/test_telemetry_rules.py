@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import pytest
 
 from telemetry.decoding import Sample
 from telemetry.rules import AlertEvent, RuleConfig, RuleEngine, VehicleState
+from tests.support import CLOCK, zulu
 
-T0 = datetime(2026, 11, 23, 8, 0, 0, tzinfo=UTC)
+T0 = CLOCK
 _seq = iter(range(1, 10**9))
 
 
@@ -415,7 +416,7 @@ def test_event_to_dict_is_json():
     _, events = engine.apply(None, [S(0, shock=9.0)], now=at(1), arrived_at=at(1))
     d = events[0].to_dict()
     assert json.loads(json.dumps(d)) == d
-    assert d["started_at"] == "2026-11-23T08:00:00Z" and d["ended_at"] is None and d["status"] == "open"
+    assert d["started_at"] == zulu(T0) and d["ended_at"] is None and d["status"] == "open"
     assert set(d) >= {"action", "key", "vehicle", "compartment", "kind", "started_at", "ended_at", "peak",
                       "late", "status", "minutes"}
 

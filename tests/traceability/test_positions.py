@@ -13,8 +13,8 @@ from fulfillment.service import allocate_day
 from routing.replan import replan
 from routing.service import plan_depot
 from telemetry.service import Fleet, Message, default_engine, store_batch
-from tests.routing.test_day_plan import same
-from tests.routing.test_replan import DAY, by_van, current, scenario, start_route
+from tests.support import DAY, by_van, current, same, start_route
+from tests.support import replan_scenario as scenario
 from traceability.service import van_positions
 
 

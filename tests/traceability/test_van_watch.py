@@ -4,7 +4,7 @@ limits tighten the compartment's (strawberries at 4 °C), checked through to the
 from __future__ import annotations
 
 import json
-from datetime import date, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import select
@@ -16,14 +16,13 @@ from routing.service import plan_depot
 from telemetry.models import Alert, VehicleRuleState
 from telemetry.service import Fleet, Message, default_engine, store_batch
 from tests import scenario_files
-from tests.routing.test_day_plan import same
+from tests.support import DAY, after, same
 from traceability.service import sync_vans, van_watch
 from warehouses.models import Vehicle
 
-DAY = date(2026, 11, 24)
-STRAWBERRIES = ("S1,2026-11-24,delivery,30.632,104.052,09:00,12:00,STRAW-1,2,,王五,13800000009,武侯区1号\n"
-                "S1,2026-11-24,delivery,30.632,104.052,09:00,12:00,EGG-30,1,,王五,13800000009,武侯区1号\n")
-STOCK = "HUB-01,EGG-30,L-E9,10,2026-12-10\n"
+STRAWBERRIES = (f"S1,{DAY},delivery,30.632,104.052,09:00,12:00,STRAW-1,2,,王五,13800000009,武侯区1号\n"
+                f"S1,{DAY},delivery,30.632,104.052,09:00,12:00,EGG-30,1,,王五,13800000009,武侯区1号\n")
+STOCK = f"HUB-01,EGG-30,L-E9,10,{after(16)}\n"
 
 
 def planned(session, tmp_path: Path) -> dict[str, Route]:  # noqa: ANN001

@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from fulfillment.models import Order, OrderLine
 from fulfillment.scenario import load_scenario
 from tests import scenario_files
-from tests.conftest import coldchain_cmd
+from tests.support import DAY, after, coldchain_cmd
 from warehouses.models import Compartment, Driver, Node, Product, StockLot, Vehicle
 
 
@@ -69,18 +69,18 @@ BAD_ROWS = [
     ("nodes.csv", "HUB-07,depot,错类型,30.66,104.06,,08:00,21:00,1,1,1,\n", "kind", "'flagship' or 'hub'"),
     ("products.csv", "MILK-1,鲜奶,chilled,1,1.0,1.0,seven,0,4,\n", "shelf_life_days", "valid integer"),
     ("products.csv", "MILK-2,鲜奶,lukewarm,1,1.0,1.0,7,0,4,\n", "temp_class", "match pattern"),
-    ("stock.csv", "HUB-99,EGG-30,L-X,5,2026-12-01\n", "node", "unknown node HUB-99"),
-    ("stock.csv", "FS-01,NOPE,L-X,5,2026-12-01\n", "sku", "unknown sku NOPE"),
-    ("stock.csv", "FS-01,EGG-30,L-E1,5,2026-12-01\n", "lot", "duplicate lot L-E1 of EGG-30 at FS-01"),
-    ("stock.csv", "FS-01,EGG-30,L-E9,5,2026-13-01\n", "expires", "valid date"),
+    ("stock.csv", f"HUB-99,EGG-30,L-X,5,{after(7)}\n", "node", "unknown node HUB-99"),
+    ("stock.csv", f"FS-01,NOPE,L-X,5,{after(7)}\n", "sku", "unknown sku NOPE"),
+    ("stock.csv", f"FS-01,EGG-30,L-E1,5,{after(7)}\n", "lot", "duplicate lot L-E1 of EGG-30 at FS-01"),
+    ("stock.csv", f"FS-01,EGG-30,L-E9,5,{DAY.year}-13-01\n", "expires", "valid date"),
     ("vehicles.csv", "VAN-09,HUB-77,0,100,100,500,08:00,18:00,25,2,100,TL-0009\n", "depot", "unknown node HUB-77"),
     ("vehicles.csv", "VAN-08,FS-01,0,100,100,500,08:00,18:00,25,2,100,TL-0001\n", "device",
      "already fitted to VAN-01"),
     ("vehicles.csv", "VAN-07,FS-01,0,100,100,500,18:00,08:00,25,2,100,TL-0007\n", "-", "shift_end must be after"),
     ("drivers.csv", "driver09,赵师傅,VAN-99\n", "vehicle", "unknown vehicle VAN-99"),
-    ("orders.csv", "A3,2026-11-24,delivery,30.65,104.07,09:00,11:00,GHOST,1,,王五,,\n", "sku", "unknown sku GHOST"),
-    ("orders.csv", "A4,2026-11-24,delivery,30.65,104.07,09:00,11:00,EGG-30,-2,,王五,,\n", "qty", "greater than 0"),
-    ("orders.csv", "A5,2026-11-24,pickup,30.65,104.07,09:00,11:00,EGG-30,1,,王五,,\n", "-", "needs pickup_node"),
+    ("orders.csv", f"A3,{DAY},delivery,30.65,104.07,09:00,11:00,GHOST,1,,王五,,\n", "sku", "unknown sku GHOST"),
+    ("orders.csv", f"A4,{DAY},delivery,30.65,104.07,09:00,11:00,EGG-30,-2,,王五,,\n", "qty", "greater than 0"),
+    ("orders.csv", f"A5,{DAY},pickup,30.65,104.07,09:00,11:00,EGG-30,1,,王五,,\n", "-", "needs pickup_node"),
 ]
 
 
@@ -128,7 +128,7 @@ def test_cli_prints_rejections_and_exits_1_then_0_when_clean(databases, tmp_path
     import os
 
     env = {**os.environ, "COLDCHAIN_DATABASE_URL": databases.new("cli"), "COLDCHAIN_DATA_DIR": str(tmp_path)}
-    bad = scenario_files.write(tmp_path / "bad", append={"stock.csv": "FS-01,NOPE,L-X,5,2026-12-01\n"})
+    bad = scenario_files.write(tmp_path / "bad", append={"stock.csv": f"FS-01,NOPE,L-X,5,{after(7)}\n"})
     run = subprocess.run([*coldchain_cmd(), "scenario", "load", str(bad)], capture_output=True, text=True, env=env,
                          timeout=120)
     assert run.returncode == 1, run.stderr
