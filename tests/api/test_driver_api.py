@@ -22,8 +22,8 @@ from delivery.models import DeliveryEvent, DeliveryProof, IdempotencyKey, StopDa
 from fulfillment.models import Order, OrderEvent
 from routing.replan import replan
 from telemetry.models import VehicleRuleState
-from tests.api.test_foundation_api import assert_problem
 from tests.delivery.helpers import JPEG, PNG, build_day, committing, keep_keys_in, key, routes_by_van
+from tests.support import assert_problem
 from traceability.custody import order_custody
 from warehouses.models import Vehicle
 
