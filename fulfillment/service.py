@@ -220,6 +220,38 @@ def _open_orders(session: Session, day: date, codes: dict[int, str], skus: dict[
     return out
 
 
+def _prior_allocations(session: Session, day: date, codes: dict[int, str], skus: dict[int, str],
+                       open_ids: set[int]) -> dict[int, tuple[str, list]]:
+    """What the day's orders allocated by earlier runs hold: order id -> (ref, allocations).
+
+    A re-run passes these to the allocator with the orders in their place in the sequence, so
+    that the reasons it gives are the ones the first run gave (fulfillment.allocation, "Re-runs").
+    Read after the stock is locked, so that they match the lots' `reserved`.
+    """
+    from fulfillment import allocation as alg
+
+    held: dict[int, tuple[str, dict[str, list]]] = {}
+    for order_id, ref, node_id, product_id, lot, qty in session.execute(
+            select(Order.id, Order.ref, Reservation.node_id, OrderLine.product_id, StockLot.lot, Reservation.qty)
+            .join(OrderLine, OrderLine.order_id == Order.id)
+            .join(Reservation, Reservation.line_id == OrderLine.id)
+            .join(StockLot, Reservation.lot_id == StockLot.id)
+            .where(Order.delivery_date == day, Order.status != "cancelled")
+            .order_by(Order.id, Reservation.node_id, OrderLine.line_no, Reservation.id)):
+        if order_id in open_ids:
+            continue
+        by_node = held.setdefault(order_id, (ref, {}))[1]
+        by_node.setdefault(codes[node_id], []).append(alg.AllocLine(skus[product_id], lot, qty))
+    return {oid: (ref, [alg.Allocation(ref, node, tuple(lines)) for node, lines in by_node.items()])
+            for oid, (ref, by_node) in held.items()}
+
+
+def _day_sequence(session: Session, day: date) -> list[int]:
+    """The ids of the day's orders (not cancelled) in placement order, the order allocation takes them."""
+    return list(session.scalars(select(Order.id).where(Order.delivery_date == day, Order.status != "cancelled")
+                                .order_by(Order.placed_at, Order.ref)))
+
+
 def _lock_stock(session: Session) -> None:
     """Lock what allocation draws on before reading it.
 
@@ -272,7 +304,8 @@ def network_inputs(session: Session, day: date) -> Network:
     used = capacity_used(session, day)
     with_van = set(session.scalars(select(Vehicle.depot_id).distinct()))
     node_rows = session.execute(select(Node.id, Node.code, Node.kind, Node.lat, Node.lon, Node.parent_id,
-                                       Node.service_area_wkt, Node.frozen_l, Node.chilled_l, Node.ambient_l)).all()
+                                       Node.service_area_wkt, Node.frozen_l, Node.chilled_l, Node.ambient_l)
+                                .order_by(Node.id)).all()
     codes = {r.id: r.code for r in node_rows}
     nodes = [
         alg.Node(code=r.code, kind=r.kind, lat=r.lat, lon=r.lon, parent=codes.get(r.parent_id),
@@ -280,12 +313,13 @@ def network_inputs(session: Session, day: date) -> Network:
                  **{f"{c}_l": max(getattr(r, f"{c}_l") - used.get(r.id, {}).get(c, 0.0), 0.0) for c in TEMP_CLASSES})
         for r in node_rows
     ]
-    product_rows = session.execute(select(Product.id, Product.sku, Product.temp_class, Product.unit_l)).all()
+    product_rows = session.execute(select(Product.id, Product.sku, Product.temp_class, Product.unit_l)
+                                   .order_by(Product.id)).all()
     skus = {r.id: r.sku for r in product_rows}
     products = [alg.Product(sku=r.sku, temp_class=r.temp_class, unit_l=r.unit_l) for r in product_rows]
     lots, lot_ids = [], {}
     for r in session.execute(select(StockLot.id, StockLot.node_id, StockLot.product_id, StockLot.lot, StockLot.qty,
-                                    StockLot.reserved, StockLot.expires, StockLot.on_hold)):
+                                    StockLot.reserved, StockLot.expires, StockLot.on_hold).order_by(StockLot.id)):
         key = (codes[r.node_id], skus[r.product_id], r.lot)
         lot_ids[key] = r.id
         lots.append(alg.Lot(node=key[0], sku=key[1], lot=r.lot, qty=r.qty - r.reserved, expires=r.expires,
@@ -305,6 +339,10 @@ class DayAllocation:
 def allocate_day(session: Session, day: date, actor: str = "system") -> DayAllocation:
     """Allocate every open order of `day`, reserve lots FEFO, record events. The caller commits.
 
+    A re-run gives the same answer: orders allocated before keep their lots and are passed to
+    the allocator as prior allocations in their place in the sequence, so an order still
+    unallocated keeps the reason it was given (and gets no new event) unless the day changed.
+
     Reads and writes in bulk (Core statements, executemany) so that tens of thousands of
     orders allocate in seconds; the ORM's unit of work is not used for these rows.
     """
@@ -316,7 +354,20 @@ def allocate_day(session: Session, day: date, actor: str = "system") -> DayAlloc
     open_orders = _open_orders(session, day, codes, skus)
     _lock_stock(session)
     net = network_inputs(session, day)
-    result = alg.allocate(net.nodes, net.products, net.lots, [o.pure for o in open_orders])
+    open_by_id = {o.id: o for o in open_orders}
+    held = _prior_allocations(session, day, codes, skus, set(open_by_id))
+    sequence, prior = [], []
+    if held:
+        for oid in _day_sequence(session, day):
+            if oid in open_by_id:
+                sequence.append(open_by_id[oid].pure)
+            elif oid in held:
+                ref, allocations = held[oid]
+                sequence.append(alg.Order(ref=ref, mode="delivery", delivery_date=day, lat=None, lon=None, lines=()))
+                prior.extend(allocations)
+    else:
+        sequence = [o.pure for o in open_orders]
+    result = alg.allocate(net.nodes, net.products, net.lots, sequence, prior=prior)
     by_ref = {o.ref: o for o in open_orders}
     now = utcnow()
     reservations, events, order_updates = [], [], {}
@@ -352,6 +403,7 @@ def allocate_day(session: Session, day: date, actor: str = "system") -> DayAlloc
 def suggest_transfers_for(session: Session, day: date) -> list[dict]:
     """Flagship → hub transfer proposals for the day's unallocated orders (proposals only)."""
     from fulfillment import allocation as alg
+    from fulfillment.transfers import suggest_transfers
 
     net = network_inputs(session, day)
     orders = list(session.scalars(select(Order).where(Order.delivery_date == day, Order.status == "unallocated")
@@ -363,7 +415,7 @@ def suggest_transfers_for(session: Session, day: date) -> list[dict]:
                                   lots_left={(lt.node, lt.sku, lt.lot): lt.qty for lt in net.lots},
                                   capacity_left={n.code: {c: getattr(n, f"{c}_l") for c in TEMP_CLASSES}
                                                  for n in net.nodes})
-    return [t.to_dict() for t in alg.suggest_transfers(net.nodes, net.products, net.lots, pure, result)]
+    return [t.to_dict() for t in suggest_transfers(net.nodes, net.products, net.lots, pure, result)]
 
 
 def day_allocations(session: Session, day: date) -> dict:
