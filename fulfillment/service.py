@@ -12,13 +12,13 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from core.bulk import copy_rows, update_rows
-from core.csvio import CsvFileError, RowError, read_rows, validate_row
+from core.csvio import CsvFileError, CsvRow, RowError, inherit_blanks, read_rows, validate_row
 from core.errors import Conflict, Invalid
 from core.settings import get_settings
 from core.timeutil import parse_hhmm, utcnow
 from fulfillment.lifecycle import check_move
 from fulfillment.models import Order, OrderEvent, OrderLine, Reservation
-from fulfillment.schemas import ORDER_OPTIONAL, ORDER_REQUIRED, OrderRow
+from fulfillment.schemas import ORDER_FIELDS, ORDER_FIELDS_NEEDED, ORDER_OPTIONAL, ORDER_REQUIRED, OrderRow
 from warehouses.models import TEMP_CLASSES, Node, Product, StockLot, Vehicle
 from warehouses.service import LoadReport
 
@@ -48,7 +48,11 @@ def record_event(session: Session, order: Order, type_: str, actor: str, to_stat
 def load_orders_csv(session: Session, path: Path, report: LoadReport, *, actor: str = "scenario",
                     source: str = "scenario", placed_at: datetime | None = None,
                     apply_cutoff: bool = False) -> list[str]:
-    """Load orders.csv; rows with the same order_ref are one order.
+    """Load an orders file (scenario orders.csv, `coldchain orders import`, the API's CSV upload).
+
+    Rows with the same order_ref are one order. The order's own columns (ORDER_FIELDS) may be
+    given on its first row only, as shops and ERPs export them: a later row that leaves them
+    empty takes the first row's; one that gives another value contradicts it and is refused.
 
     Scenario files are taken for the date they name; imports (`apply_cutoff`) are orders
     being placed now, so the cut-off moves a late one to the next day and says so.
@@ -58,22 +62,30 @@ def load_orders_csv(session: Session, path: Path, report: LoadReport, *, actor: 
     """
     name = path.name
     report.file(name)
-    rows: dict[str, list[tuple[int, OrderRow]]] = defaultdict(list)
-    bad_refs: dict[str, int] = {}
-    raw_refs: dict[int, str] = {}
+    rows: dict[str, list[tuple[CsvRow, OrderRow]]] = defaultdict(list)  # valid rows, by order
+    bad_refs: dict[str, int] = {}  # order -> its first bad line
+    first_errors: dict[str, set[tuple[str, str]]] = {}  # order -> what was wrong on its first row
     try:
-        for row in read_rows(path, ORDER_REQUIRED, ORDER_OPTIONAL):
+        for row in inherit_blanks(read_rows(path, ORDER_REQUIRED, ORDER_OPTIONAL), "order_ref", ORDER_FIELDS):
             rec, errors = validate_row(OrderRow, row, name)
             ref = row.values.get("order_ref", "")
-            raw_refs[row.line] = ref
-            if errors:
+            if row.first_line is None:
+                errors = [_needed_on_first_row(e, row, ref) for e in errors]
+                first_errors[ref] = {(e.field, e.reason) for e in errors}
+            else:  # what is wrong with the cells it took from the first row is said there, once
+                errors = [e for e in errors if e.field not in row.inherited
+                          and not (e.field == "-" and (e.field, e.reason) in first_errors.get(ref, ()))]
+            if rec is None:
+                if not errors:
+                    errors = [RowError(name, row.line, "order_ref",
+                                       f"order {ref} refused whole: its line {bad_refs[ref]} is bad")]
                 for e in errors:
                     report.reject(e, count=False)
                 report.file(name).rejected += 1
                 if ref:
                     bad_refs.setdefault(ref, row.line)
                 continue
-            rows[rec.order_ref].append((row.line, rec))
+            rows[rec.order_ref].append((row, rec))
     except CsvFileError as exc:
         report.reject(exc.error, count=False)
         return []
@@ -84,19 +96,24 @@ def load_orders_csv(session: Session, path: Path, report: LoadReport, *, actor: 
     counts = report.file(name)
     loaded: list[str] = []
     now = placed_at or utcnow()
-    for ref, group in rows.items():
-        first_line, first = group[0]
+    for ref, rows_of_order in rows.items():
+        group = [(row.line, rec) for row, rec in rows_of_order]
+        head_row, first = rows_of_order[0]
+        first_line = head_row.line
+        first_fields = first.order_fields()
         problems: list[RowError] = []
-        for line, rec in group:
+        for row, rec in rows_of_order:
+            line = row.line
             if rec.sku not in products:
                 problems.append(RowError(name, line, "sku", f"unknown sku {rec.sku}"))
             if rec.pickup_node and rec.pickup_node not in nodes:
                 problems.append(RowError(name, line, "pickup_node", f"unknown node {rec.pickup_node}"))
-            if line != first_line:
-                diff = [k for k, v in rec.order_fields().items() if v != first.order_fields()[k]]
-                if diff:
-                    problems.append(RowError(name, line, diff[0],
-                                             f"differs from line {first_line} of the same order {ref}"))
+            if row.first_line is not None and row.first_line == first_line:  # a later row of a good first row
+                for k, v in rec.order_fields().items():
+                    if v != first_fields[k]:
+                        problems.append(RowError(
+                            name, line, k, f"{_cell(row, k)} differs from line {first_line} of the same order "
+                                           f"{ref} ({_cell(head_row, k)} there)"))
         skus = [rec.sku for _, rec in group]
         if len(set(skus)) != len(skus):
             dup = next(s for s in skus if skus.count(s) > 1)
@@ -115,7 +132,7 @@ def load_orders_csv(session: Session, path: Path, report: LoadReport, *, actor: 
                                   count=False)
             counts.rejected += len(group)
             continue
-        order_values = first.order_fields()
+        order_values = dict(first_fields)
         pickup = order_values.pop("pickup_node")
         order_values["pickup_node_id"] = nodes[pickup].id if pickup else None
         lines = [(rec.sku, rec.qty) for _, rec in group]
@@ -154,6 +171,21 @@ def load_orders_csv(session: Session, path: Path, report: LoadReport, *, actor: 
         loaded.append(ref)
     session.flush()
     return loaded
+
+
+def _needed_on_first_row(error: RowError, row: CsvRow, ref: str) -> RowError:
+    """An order's first row that leaves one of its needed columns empty: say so plainly (its later
+    rows have nothing to take it from) rather than "Input should be a valid number"."""
+    if ref and error.field in ORDER_FIELDS_NEEDED and not row.values.get(error.field):
+        return RowError(error.file, error.line, error.field,
+                        f"empty on the first row of order {ref}: the order's own columns go on its first row "
+                        "(later rows may leave them empty)")
+    return error
+
+
+def _cell(row: CsvRow, column: str) -> str:
+    value = row.values.get(column, "")
+    return repr(value) if value else "empty"
 
 
 # ---------------------------------------------------------------------------------------------
