@@ -731,6 +731,17 @@ class _Engine:
             pi, vi, d = pi[perm], vi[perm], d[perm]
         return pi + a, vi, d, bpi + a, bvi
 
+    def _warm_up_spatial(self) -> None:
+        """Build, in this one thread, what GEOS otherwise builds lazily on first use: the tree's
+        index and each prepared polygon's point locator. That lazy build is not thread-safe
+        (libgeos/geos#825); two chunk threads doing it at once can corrupt the heap (seen once as
+        "malloc(): unaligned tcache chunk detected" in the benchmark)."""
+        sp = self.spatial
+        sp.tree.query(shapely.points(sp.lon[:1], sp.lat[:1]))
+        poly = ~sp.is_circle
+        if poly.any():
+            shapely.intersects_xy(sp.geoms[poly], sp.lon[poly], sp.lat[poly])
+
     def _candidates(self, o: Order) -> list[int]:
         """Every node with a van covering the order's address, nearest first (haversine)."""
         sp = self.spatial
@@ -829,6 +840,7 @@ class _Engine:
             bounds = [nd * i // nchunk for i in range(nchunk + 1)]
             jobs = [(bounds[i], bounds[i + 1], lat, lon, prefilter) for i in range(nchunk)]
             if nchunk > 1:
+                self._warm_up_spatial()
                 with ThreadPoolExecutor(nchunk) as ex:
                     parts = list(ex.map(lambda a: self._spatial_chunk(*a), jobs))
             else:
@@ -959,11 +971,10 @@ class _Engine:
 
     # ---- split ---------------------------------------------------------------------------
 
-    def _split(self, o: Order, cands: list, lines, day: int, *, view: bool = False,
-               commit: bool = True) -> list[Allocation] | None:
-        """The split plan (see the module docstring), committed unless ``commit`` is false (then
-        an empty list says that a plan exists). ``view``: plan on the reasons' view of the day
-        (what prior orders still hold counts as there), which never commits."""
+    def _split(self, o: Order, cands: list, lines, day: int, *, view: bool = False) -> list[Allocation] | None:
+        """The split (see the module docstring), committed; None when it cannot cover every line.
+        ``view``: only plan, on the reasons' view of the day (what prior orders still hold counts
+        as there); an empty list then says that a plan exists."""
         taken: dict[_LotLeft, int] = defaultdict(int)  # lot -> qty taken by the plan
         cap_used: dict[int, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
         plan: dict[int, list[tuple[_Pick, int]]] = {}  # node -> [(pick, sku_idx)]
@@ -1018,7 +1029,7 @@ class _Engine:
                     break
             if need:
                 return None
-        if view or not commit:
+        if view:
             return []
         out = []
         for n in used_order:
