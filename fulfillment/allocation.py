@@ -25,7 +25,7 @@ The rule
   nearest first (FEFO at each). Capacity is respected per node. All or nothing: when the split
   cannot cover every line in full, nothing is allocated. A split order has one allocation entry
   per node (same ``order_ref``), as ``check_plan.py`` expects.
-* Unallocated orders carry the most informative reason (see ``_Engine._reason``): "unknown SKU X",
+* Unallocated orders carry the most informative reason (see ``_Engine._explain``): "unknown SKU X",
   "outside every service area", "outside the service area of every node with a van (covered only
   by pickup-only H)", then stock for the first line no candidate can supply, choosing the state
   closest to serving ("not enough stock of X within reach (at most 2 of 3, at N)" > "stock of X
