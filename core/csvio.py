@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -32,6 +32,9 @@ class RowError:
 class CsvRow:
     line: int
     values: dict[str, str]
+    # set by inherit_blanks on a group's later rows: the cells filled in, and the line they came from
+    inherited: frozenset[str] = field(default_factory=frozenset)
+    first_line: int | None = None
 
 
 class CsvFileError(Exception):
@@ -94,3 +97,27 @@ def validate_row(model: type[M], row: CsvRow, file: str) -> tuple[M | None, list
                 msg = f"{msg} (got {value!r})"
             errors.append(RowError(file, row.line, loc, msg))
         return None, errors
+
+
+def inherit_blanks(rows: Iterable[CsvRow], key: str, columns: Sequence[str]) -> Iterator[CsvRow]:
+    """Rows that repeat an earlier row's ``key`` take that first row's cells for the ``columns``
+    they leave empty.
+
+    Shops and ERPs export one row per order line with the order's own columns filled only on
+    the order's first row; with the blanks filled in, such a file reads like one that repeats
+    them on every row. A later row that gives a cell of its own keeps it, so a contradiction
+    still shows. ``first_line`` (None on a first row) and ``inherited`` say what was filled in,
+    so errors can be put on the row that holds the cell. Rows with an empty key stand alone.
+    """
+    first: dict[str, CsvRow] = {}
+    for row in rows:
+        ref = row.values.get(key, "")
+        head = first.get(ref) if ref else None
+        if head is None:
+            if ref:
+                first[ref] = row
+            yield row
+            continue
+        filled = [c for c in columns if not row.values.get(c)]
+        values = {**row.values, **{c: head.values.get(c, "") for c in filled}}
+        yield CsvRow(row.line, values, frozenset(filled), head.line)

@@ -25,7 +25,7 @@ The rule
   nearest first (FEFO at each). Capacity is respected per node. All or nothing: when the split
   cannot cover every line in full, nothing is allocated. A split order has one allocation entry
   per node (same ``order_ref``), as ``check_plan.py`` expects.
-* Unallocated orders carry the most informative reason (see ``_Engine._reason``): "unknown SKU X",
+* Unallocated orders carry the most informative reason (see ``_Engine._explain``): "unknown SKU X",
   "outside every service area", "outside the service area of every node with a van (covered only
   by pickup-only H)", then stock for the first line no candidate can supply, choosing the state
   closest to serving ("not enough stock of X within reach (at most 2 of 3, at N)" > "stock of X
@@ -46,8 +46,20 @@ around their circle and tested with ``local_km`` (an ellipsoidal flat-earth appr
 Python loop over per-(node, SKU) FEFO lot lists with a pointer to the first non-empty lot.
 Failed orders look at every covering node again to explain themselves.
 
-``suggest_transfers`` proposes flagship -> hub transfers for orders the nearest covering hub could
-not serve for lack of stock that its parent flagship still has.
+Re-runs (``prior``)
+-------------------
+A day is often allocated more than once (new orders came in, the dispatcher pressed the button
+again). The orders allocated by an earlier run keep their lots: the caller passes those
+allocations as ``prior`` and the orders themselves in their place in ``orders``. Their stock and
+capacity are never offered to another order, and they are not allocated again; but every other
+order's reason is worked out on the day as it stood when that order's turn came in the placement
+sequence, where what a prior order holds still counts as there until the prior order's turn. So a
+second run over an unchanged day gives the same reasons as the first (which saw that stock before
+the prior orders took it), and allocating in two steps explains itself as allocating in one.
+Only when that view would have served the order (it was placed before orders that an earlier run
+allocated, e.g. it was edited since) does its reason describe what is left now.
+
+Transfer proposals (flagship -> hub) live in ``fulfillment.transfers``.
 """
 
 from __future__ import annotations
@@ -60,6 +72,7 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date
+from typing import NamedTuple
 
 import numpy as np
 import shapely
@@ -75,12 +88,12 @@ __all__ = [
     "Product",
     "Lot",
     "Order",
+    "OrderLine",
+    "AllocLine",
     "Allocation",
     "Unallocated",
     "AllocationResult",
-    "Transfer",
     "allocate",
-    "suggest_transfers",
     "to_contract",
     "geodesic_km",
     "haversine_km",
@@ -142,28 +155,44 @@ class Lot:
     on_hold: bool = False
 
 
+class OrderLine(NamedTuple):
+    """One line of an order (a plain ``(sku, qty)`` tuple is accepted too)."""
+
+    sku: str
+    qty: int
+
+
+class AllocLine(NamedTuple):
+    """What an allocation takes: ``qty`` units of lot ``lot`` of ``sku``. A tuple, so it equals the
+    plain ``(sku, lot, qty)``."""
+
+    sku: str
+    lot: str
+    qty: int
+
+
 @dataclass(frozen=True, slots=True)
 class Order:
-    """``lines`` are (sku, qty) pairs; repeated SKUs are summed. ``lat``/``lon`` may be None for a
-    pickup order."""
+    """``lines`` are (sku, qty) pairs (``OrderLine`` or plain tuples); repeated SKUs are summed.
+    ``lat``/``lon`` may be None for a pickup order."""
 
     ref: str
     mode: str  # "delivery" | "pickup"
     delivery_date: date
     lat: float | None
     lon: float | None
-    lines: tuple[tuple[str, int], ...]
+    lines: tuple[OrderLine | tuple[str, int], ...]
     pickup_node: str | None = None
     allow_split: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Allocation:
-    """One node's share of an order: ``lines`` are (sku, lot, qty). A split order has several."""
+    """One node's share of an order (``AllocLine``s). A split order has several."""
 
     order_ref: str
     node: str
-    lines: tuple[tuple[str, str, int], ...]
+    lines: tuple[AllocLine, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +211,7 @@ class AllocationResult:
     # node -> {"frozen": l, "chilled": l, "ambient": l} capacity left after allocation
     capacity_left: dict[str, dict[str, float]] = field(default_factory=dict)
     # seconds per phase ("stock", "index", "prepare", "spatial", "allocate", "state") and
-    # counters ("pairs", "near_ties")
+    # counters ("pairs", "near_ties", "skipped_candidates", "prior_orders")
     stats: dict[str, float] = field(default_factory=dict)
 
     def reservations(self) -> dict[tuple[str, str, str], int]:
@@ -195,31 +224,6 @@ class AllocationResult:
 
     def to_contract(self, day: date | str | None = None) -> dict:
         return to_contract(self, day)
-
-
-@dataclass(frozen=True, slots=True)
-class Transfer:
-    """Move ``qty`` of lot ``lot`` of ``sku`` from flagship ``from_node`` to hub ``to_node`` so that
-    the hub can serve ``order_refs``."""
-
-    from_node: str
-    to_node: str
-    sku: str
-    lot: str
-    qty: int
-    expires: date
-    order_refs: tuple[str, ...]
-
-    def to_dict(self) -> dict:
-        return {
-            "from": self.from_node,
-            "to": self.to_node,
-            "sku": self.sku,
-            "lot": self.lot,
-            "qty": self.qty,
-            "expires": self.expires.isoformat(),
-            "order_refs": list(self.order_refs),
-        }
 
 
 def to_contract(result: AllocationResult, day: date | str | None = None) -> dict:
@@ -385,12 +389,69 @@ class _Spatial:
 _SHORT, _ALLOCATED, _HOLD, _EXPIRED, _NONE = range(5)
 
 
-def _lot_order(x: list) -> tuple:
-    return (x[1], x[2])  # FEFO: expiry, then lot code
+@dataclass(slots=True, eq=False)  # eq=False: hashed by identity (a key of the split's ``taken``)
+class _LotLeft:
+    """A usable lot of one (node, SKU) during a run."""
+
+    qty: int  # left for this run's orders
+    expires: int  # date ordinal
+    lot: str
+    start: int  # at the start of the placement sequence: qty + prior
+    prior: int = 0  # held by prior allocations of orders whose turn has not come yet
+
+
+@dataclass(slots=True, eq=False)
+class _Stock:
+    """The usable lots of one (node, SKU), FEFO (expiry, then lot code)."""
+
+    total: int  # the lots' qty summed
+    first: int  # index of the first lot with qty left (len(lots) when none)
+    lots: list[_LotLeft]
+    prior: int = 0  # the lots' prior summed
+
+
+class _HeldLot(NamedTuple):
+    lot: str
+    qty: int
+    expires: int
+
+
+# An order made ready for the loop: (lines as (sku index, qty) pairs with repeated SKUs summed,
+# litres per class in CLASSES order, delivery date ordinal). Only ever unpacked whole, so a plain
+# tuple: unpacking a NamedTuple costs three times as much, 100,000 times a run.
+_Prep = tuple[list[tuple[int, int]], list[float], int]
+
+
+class _SkuState(NamedTuple):
+    status: int  # -1 (enough), _SHORT, _ALLOCATED, _HOLD, _EXPIRED or _NONE
+    now: int  # usable qty at the node
+    detail: str  # the held lot, for _HOLD
+    node: int
+
+
+class _Pick(NamedTuple):
+    lot: _LotLeft
+    qty: int
+
+
+class _PriorLine(NamedTuple):
+    """What a prior order holds: ``qty`` of a lot (None when the lot is no longer usable) and
+    ``litres`` of class ``cls`` at node ``node``."""
+
+    lot: _LotLeft | None
+    stock: _Stock | None
+    qty: int
+    node: int
+    cls: int
+    litres: float
+
+
+def _lot_order(x: _LotLeft) -> tuple:
+    return (x.expires, x.lot)  # FEFO: expiry, then lot code
 
 
 class _Engine:
-    def __init__(self, nodes, products, lots, orders, near_tie, tie_km, radius_km, threads=2):
+    def __init__(self, nodes, products, lots, orders, prior, near_tie, tie_km, radius_km, threads=2):
         self.threads = max(1, int(threads))
         self.nodes = list(nodes)
         self.orders = list(orders)
@@ -413,48 +474,89 @@ class _Engine:
         self.punit = [float(p.unit_l) for p in products]
         self.nsku = max(1, len(self.skus))
         self.min_day = min((o.delivery_date for o in self.orders), default=date.min).toordinal()
-        # (node_idx * nsku + sku_idx) -> [total usable qty, pointer, [[qty, expires_ord, lot, qty0], ...]]
-        self.stock: dict[int, list] = {}
-        self.held: dict[int, list] = defaultdict(list)  # key -> [(lot, qty, expires_ord)]
+        # key (node_idx * nsku + sku_idx) -> the usable lots
+        self.stock: dict[int, _Stock] = {}
+        self.held: dict[int, list[_HeldLot]] = defaultdict(list)  # lots on quality hold
         self.expired: dict[int, int] = defaultdict(int)  # key -> qty expired before the first day
         self.sku_nodes: dict[int, set] = defaultdict(set)  # sku_idx -> nodes holding usable lots
         self._sku_geo: dict[int, tuple] = {}
         t = _clock()
-        buckets: dict[int, list] = {}
         nidx, sidx, nsku, min_day = self.nidx, self.sidx, self.nsku, self.min_day
+        # prior allocations of orders of this run: (key, lot) -> qty they hold
+        refs = {o.ref for o in self.orders} if prior else ()
+        prior = [a for a in prior if a.order_ref in refs] if prior else []
+        prior_q: dict[tuple[int, str], int] = defaultdict(int)
+        for a in prior:
+            n = nidx.get(a.node)
+            for ln in a.lines:
+                s = sidx.get(ln[0])
+                if n is not None and s is not None and ln[2] > 0:
+                    prior_q[(n * nsku + s, ln[1])] += ln[2]
+        prior_get = prior_q.get
+        stock = self.stock
+        sku_nodes = self.sku_nodes
+        several: list[_Stock] = []  # entries with more than one lot, to sort
         ords: dict[date, int] = {}
         for lt in lots:
             n = nidx.get(lt.node)
             s = sidx.get(lt.sku)
-            q = lt.qty
-            if n is None or s is None or q <= 0:
+            if n is None or s is None:
                 continue
+            q = lt.qty
             key = n * nsku + s
+            pr = prior_get((key, lt.lot), 0) if prior_q else 0
+            if q <= 0:
+                if not pr:
+                    continue
+                q = 0
             e = ords.get(lt.expires)
             if e is None:
                 e = ords[lt.expires] = lt.expires.toordinal()
             if lt.on_hold:
-                self.held[key].append((lt.lot, q, e))
+                if q:
+                    self.held[key].append(_HeldLot(lt.lot, q, e))
             elif e < min_day:
-                self.expired[key] += q
+                if q:
+                    self.expired[key] += q
             else:
-                b = buckets.get(key)
-                if b is None:
-                    buckets[key] = [[q, e, lt.lot, q]]
+                st = stock.get(key)
+                if st is None:
+                    stock[key] = _Stock(q, 0, [_LotLeft(q, e, lt.lot, q + pr, pr)], pr)
+                    sku_nodes[s].add(n)
                 else:
-                    b.append([q, e, lt.lot, q])
-        sku_nodes = self.sku_nodes
-        for key, b in buckets.items():
-            if len(b) > 1:
-                b.sort(key=_lot_order)
-                tot = 0
-                for x in b:
-                    tot += x[0]
-            else:
-                tot = b[0][0]
-            self.stock[key] = [tot, 0, b]
-            n, s = divmod(key, nsku)
-            sku_nodes[s].add(n)
+                    if len(st.lots) == 1:
+                        several.append(st)
+                    st.lots.append(_LotLeft(q, e, lt.lot, q + pr, pr))
+                    st.total += q
+                    st.prior += pr
+        for st in several:
+            st.lots.sort(key=_lot_order)
+        if prior_q:  # lots left with nothing but what prior orders hold
+            for st in stock.values():
+                lots_ = st.lots
+                first = 0
+                while first < len(lots_) and lots_[first].qty == 0:
+                    first += 1
+                st.first = first
+        # what each prior order gives back to the reasons' view when its turn comes
+        self._prior_of: dict[str, list[_PriorLine]] = {}
+        self.cap_prior = [[0.0, 0.0, 0.0] for _ in self.nodes] if prior else []
+        if prior:
+            where = {(key, x.lot): (x, st) for key, st in self.stock.items() for x in st.lots if x.prior}
+            for a in prior:
+                n = nidx.get(a.node)
+                if n is None:
+                    continue
+                held = self._prior_of.setdefault(a.order_ref, [])
+                for ln in a.lines:
+                    s = sidx.get(ln[0])
+                    if s is None or ln[2] <= 0:
+                        continue
+                    x, st = where.get((n * nsku + s, ln[1]), (None, None))
+                    litres = ln[2] * self.punit[s]
+                    held.append(_PriorLine(x, st, ln[2], n, self.pcls[s], litres))
+                    self.cap_prior[n][self.pcls[s]] += litres
+        self._pending = len(self._prior_of)  # prior orders whose turn has not come yet
         self.t_stock = _clock() - t
         t = _clock()
         self.van = [i for i, n in enumerate(self.nodes) if n.has_van]
@@ -466,31 +568,35 @@ class _Engine:
     # ---- stock helpers -------------------------------------------------------------------
 
     @staticmethod
-    def _usable(e: list, day: int) -> int:
+    def _usable(e: _Stock, day: int) -> int:
         """Usable qty of a stock entry for a delivery day (lots expiring before it excluded)."""
-        lots = e[2]
-        if e[1] < len(lots) and lots[e[1]][1] >= day:
-            return e[0]
-        return sum(x[0] for x in lots if x[1] >= day)
+        lots = e.lots
+        if e.first < len(lots) and lots[e.first].expires >= day:
+            return e.total
+        return sum(x.qty for x in lots if x.expires >= day)
 
-    def _fefo_take(self, key: int, qty: int, day: int, taken: dict | None = None):
-        """Lots FEFO for qty (list of (lot entry, take)) without changing anything; ``taken`` maps
-        id(lot entry) -> qty already tentatively taken. None when there is not enough."""
+    def _fefo_take(self, key: int, qty: int, day: int, taken: dict | None = None,
+                   view: bool = False) -> list[_Pick] | None:
+        """Lots FEFO for qty without changing anything; ``taken`` maps a lot to the qty already
+        tentatively taken from it; ``view``: count what prior orders still hold (see _reason).
+        None when there is not enough."""
         e = self.stock.get(key)
         if e is None:
             return None
         out = []
         need = qty
-        lots = e[2]
-        for i in range(e[1], len(lots)):
+        lots = e.lots
+        for i in range(0 if view else e.first, len(lots)):
             x = lots[i]
-            if x[1] < day:
+            if x.expires < day:
                 continue
-            have = x[0] - (taken.get(id(x), 0) if taken else 0)
+            have = x.qty + x.prior if view else x.qty
+            if taken:
+                have -= taken.get(x, 0)
             if have <= 0:
                 continue
             t = have if have < need else need
-            out.append((x, t))
+            out.append(_Pick(x, t))
             need -= t
             if need == 0:
                 return out
@@ -504,10 +610,9 @@ class _Engine:
         base = n * self.nsku
         for s, q in lines:
             e = stock.get(base + s)
-            if e is None or e[0] < q:
+            if e is None or e.total < q:
                 return False
-            lots = e[2]
-            if lots[e[1]][1] < day and self._usable(e, day) < q:
+            if e.lots[e.first].expires < day and self._usable(e, day) < q:
                 return False
         return True
 
@@ -515,7 +620,7 @@ class _Engine:
         base = n * self.nsku
         return sum(len(self._fefo_take(base + s, q, day) or ()) for s, q in lines)
 
-    def _consume(self, n: int, lines, vol, day: int) -> tuple:
+    def _consume(self, n: int, lines, vol, day: int) -> tuple[AllocLine, ...]:
         c = self.cap[n]
         c[0] -= vol[0]
         c[1] -= vol[1]
@@ -526,31 +631,41 @@ class _Engine:
         stock = self.stock
         for s, q in lines:
             e = stock[base + s]
-            lots = e[2]
-            i = e[1]
+            lots = e.lots
+            i = e.first
             x = lots[i]
-            if x[0] > q and x[1] >= day:  # the common case: the first lot has more than enough
-                x[0] -= q
-                e[0] -= q
-                out.append((skus[s], x[2], q))
+            if x.qty > q and x.expires >= day:  # the common case: the first lot has more than enough
+                x.qty -= q
+                e.total -= q
+                out.append(AllocLine(skus[s], x.lot, q))
                 continue
             need = q
             sku = skus[s]
             while need:
                 x = lots[i]
                 i += 1
-                if x[1] < day or x[0] == 0:
+                if x.expires < day or x.qty == 0:
                     continue
-                t = x[0] if x[0] < need else need
-                x[0] -= t
+                t = x.qty if x.qty < need else need
+                x.qty -= t
                 need -= t
-                out.append((sku, x[2], t))
-            e[0] -= q
-            p = e[1]
-            while p < len(lots) and lots[p][0] == 0:
+                out.append(AllocLine(sku, x.lot, t))
+            e.total -= q
+            p = e.first
+            while p < len(lots) and lots[p].qty == 0:
                 p += 1
-            e[1] = p
+            e.first = p
         return tuple(out)
+
+    def _release_prior(self, held: list[_PriorLine]) -> None:
+        """A prior order's turn: from now on the reasons' view no longer counts what it holds."""
+        cap_prior = self.cap_prior
+        for h in held:
+            if h.lot is not None:
+                h.lot.prior -= h.qty
+                h.stock.prior -= h.qty
+            cap_prior[h.node][h.cls] -= h.litres
+        self._pending -= 1
 
     # ---- static prefilter ------------------------------------------------------------------
 
@@ -612,6 +727,17 @@ class _Engine:
             pi, vi, d = pi[perm], vi[perm], d[perm]
         return pi + a, vi, d, bpi + a, bvi
 
+    def _warm_up_spatial(self) -> None:
+        """Build, in this one thread, what GEOS otherwise builds lazily on first use: the tree's
+        index and each prepared polygon's point locator. That lazy build is not thread-safe
+        (libgeos/geos#825); two chunk threads doing it at once can corrupt the heap (seen once as
+        "malloc(): unaligned tcache chunk detected" in the benchmark)."""
+        sp = self.spatial
+        sp.tree.query(shapely.points(sp.lon[:1], sp.lat[:1]))
+        poly = ~sp.is_circle
+        if poly.any():
+            shapely.intersects_xy(sp.geoms[poly], sp.lon[poly], sp.lat[poly])
+
     def _candidates(self, o: Order) -> list[int]:
         """Every node with a van covering the order's address, nearest first (haversine)."""
         sp = self.spatial
@@ -636,14 +762,17 @@ class _Engine:
         stats["index"] = self.t_index
         no = len(orders)
         # per-order preparation: merged lines as (sku_idx, qty), volume per class, early reasons
-        prep: list = [None] * no
+        prep: list[_Prep | None] = [None] * no
         early: dict[int, str] = {}
         dlv_idx = []
-        pinfo = {sku: (i, self.pcls[i], self.punit[i]) for i, sku in enumerate(self.skus)}
+        pinfo = {sku: (i, self.pcls[i], self.punit[i]) for i, sku in enumerate(self.skus)}  # idx, class, l
+        prior_of = self._prior_of
         fl_sku: list[int] = []  # SKUs of the delivery orders' lines, flattened (static prefilter)
         fl_start: list[int] = []
         days: dict[date, int] = {}
         for k, o in enumerate(orders):
+            if prior_of and o.ref in prior_of:
+                continue  # allocated by an earlier run: only its turn matters (see _release_prior)
             bad = None
             vol = [0.0, 0.0, 0.0]
             out = []
@@ -655,8 +784,9 @@ class _Engine:
                 if q is None or q <= 0:
                     bad = bad or f"quantity of {sku} must be positive"
                     continue
-                out.append((inf[0], q))
-                vol[inf[1]] += q * inf[2]
+                si, cl, unit = inf
+                out.append((si, q))
+                vol[cl] += q * unit
             if len(out) > 1 and len({s for s, _ in out}) < len(out):  # repeated SKU: sum the lines
                 merged: dict[int, int] = {}
                 for s_, q in out:
@@ -706,6 +836,7 @@ class _Engine:
             bounds = [nd * i // nchunk for i in range(nchunk + 1)]
             jobs = [(bounds[i], bounds[i + 1], lat, lon, prefilter) for i in range(nchunk)]
             if nchunk > 1:
+                self._warm_up_spatial()
                 with ThreadPoolExecutor(nchunk) as ex:
                     parts = list(ex.map(lambda a: self._spatial_chunk(*a), jobs))
             else:
@@ -736,8 +867,15 @@ class _Engine:
         allocs = res.allocations
         unalloc = res.unallocated
         code = self.code
+        n_prior = 0
         for k in range(no):
             o = orders[k]
+            if prior_of:
+                held = prior_of.pop(o.ref, None)
+                if held is not None:
+                    self._release_prior(held)
+                    n_prior += 1
+                    continue
             if k in early:
                 unalloc.append(Unallocated(o.ref, early[k]))
                 continue
@@ -760,7 +898,7 @@ class _Engine:
                     base = n * nsku
                     for s, q in lines:
                         e = sget(base + s)
-                        if e is None or e[0] < q or (e[2][e[1]][1] < day and usable(e, day) < q):
+                        if e is None or e.total < q or (e.lots[e.first].expires < day and usable(e, day) < q):
                             break
                     else:
                         best = j
@@ -794,11 +932,12 @@ class _Engine:
         stats["allocate"] = t3 - t2
         stats["near_ties"] = n_ties
         stats["skipped_candidates"] = n_checks
-        # state left for the caller (and for suggest_transfers)
+        stats["prior_orders"] = n_prior
+        # state left for the caller (and for fulfillment.transfers)
         for key, e in self.stock.items():
             n, s = divmod(key, self.nsku)
-            for x in e[2]:
-                res.lots_left[(code[n], self.skus[s], x[2])] = x[0]
+            for x in e.lots:
+                res.lots_left[(code[n], self.skus[s], x.lot)] = x.qty
         for n, c in enumerate(self.cap):
             res.capacity_left[code[n]] = dict(zip(CLASSES, c, strict=True))
         stats["state"] = _clock() - t3
@@ -811,57 +950,60 @@ class _Engine:
         first rules out the candidates that cannot be the geodesic nearest nor within ``tie_km``
         of it; only the others get the exact geodesic distance. The outcome is the geodesic one."""
         nodes = self.nodes
-        loc = [(_local1(o.lat, o.lon, nodes[n].lat, nodes[n].lon), n) for n in ties]
-        lmin = min(x[0] for x in loc)
-        lmax = max(x[0] for x in loc)
+        loc = {n: _local1(o.lat, o.lon, nodes[n].lat, nodes[n].lon) for n in ties}
+        lmin = min(loc.values())
+        lmax = max(loc.values())
         err = _LOCAL_ERR + 2.0 * (lmax / EARTH_R_KM) ** 2
         bound = lmin * (1 + err) + self.tie_km
-        close = [n for d, n in loc if d * (1 - err) <= bound]
+        close = [n for n, d in loc.items() if d * (1 - err) <= bound]
         if len(close) == 1:
             return close[0]
-        g = [(geodesic_km(o.lat, o.lon, nodes[n].lat, nodes[n].lon), n) for n in close]
-        gmin = min(x[0] for x in g)
-        group = [n for dist, n in g if dist <= gmin + self.tie_km]
+        g = {n: geodesic_km(o.lat, o.lon, nodes[n].lat, nodes[n].lon) for n in close}
+        gmin = min(g.values())
+        group = [n for n, dist in g.items() if dist <= gmin + self.tie_km]
         if len(group) == 1:
             return group[0]
         return min(group, key=lambda n: (self._n_lots(n, lines, day), self.code[n]))
 
     # ---- split ---------------------------------------------------------------------------
 
-    def _split(self, o: Order, cands: list, lines, day: int) -> list[Allocation] | None:
-        taken: dict[int, int] = defaultdict(int)  # id(lot entry) -> qty
-        cap_used: dict[int, list] = defaultdict(lambda: [0.0, 0.0, 0.0])
-        plan: dict[int, list] = {}  # node -> [(lot entry, sku_idx, qty)]
+    def _split(self, o: Order, cands: list, lines, day: int, *, view: bool = False) -> list[Allocation] | None:
+        """The split (see the module docstring), committed; None when it cannot cover every line.
+        ``view``: only plan, on the reasons' view of the day (what prior orders still hold counts
+        as there); an empty list then says that a plan exists."""
+        taken: dict[_LotLeft, int] = defaultdict(int)  # lot -> qty taken by the plan
+        cap_used: dict[int, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
+        plan: dict[int, list[tuple[_Pick, int]]] = {}  # node -> [(pick, sku_idx)]
         used_order: list[int] = []
 
         def room(n: int, s: int) -> int:
             cl = self.pcls[s]
-            left = self.cap[n][cl] - cap_used[n][cl]
+            left = self._cap_view(n, view)[cl] - cap_used[n][cl]
             u = self.punit[s]
             if u <= 0 or left == math.inf:
                 return 1 << 60
             return max(0, int(math.floor((left + _EPS_L) / u)))
 
-        def take(n: int, s: int, picks) -> None:
+        def take(n: int, s: int, picks: list[_Pick]) -> None:
             if n not in plan:
                 plan[n] = []
                 used_order.append(n)
-            for x, t in picks:
-                taken[id(x)] += t
-                plan[n].append((x, s, t))
-                cap_used[n][self.pcls[s]] += t * self.punit[s]
+            for pick in picks:
+                taken[pick.lot] += pick.qty
+                plan[n].append((pick, s))
+                cap_used[n][self.pcls[s]] += pick.qty * self.punit[s]
 
         for s, q in lines:
             pref = [n for n in used_order] + [n for n in cands if n not in plan]
-            whole = None
+            whole = False  # the line goes whole to one node
             for n in pref:
                 if room(n, s) >= q:
-                    picks = self._fefo_take(n * self.nsku + s, q, day, taken)
+                    picks = self._fefo_take(n * self.nsku + s, q, day, taken, view)
                     if picks is not None:
-                        whole = (n, picks)
+                        take(n, s, picks)
+                        whole = True
                         break
-            if whole is not None:
-                take(whole[0], s, whole[1])
+            if whole:
                 continue
             need = q
             for n in cands:
@@ -872,17 +1014,19 @@ class _Engine:
                 e = self.stock.get(key)
                 if e is None:
                     continue
-                avail = sum(max(0, x[0] - taken.get(id(x), 0)) for x in e[2][e[1]:] if x[1] >= day)
+                avail = sum(max(0, (x.qty + x.prior if view else x.qty) - taken.get(x, 0))
+                            for x in e.lots[0 if view else e.first:] if x.expires >= day)
                 t = min(r, avail)
                 if t <= 0:
                     continue
-                take(n, s, self._fefo_take(key, t, day, taken))
+                take(n, s, self._fefo_take(key, t, day, taken, view))
                 need -= t
                 if need == 0:
                     break
             if need:
                 return None
-        # commit
+        if view:
+            return []
         out = []
         for n in used_order:
             vol = cap_used[n]
@@ -890,54 +1034,71 @@ class _Engine:
             for i in range(3):
                 c[i] -= vol[i]
             lines_out = []
-            for x, s, t in plan[n]:
-                x[0] -= t
-                e = self.stock[n * self.nsku + s]
-                e[0] -= t
-                lines_out.append((self.skus[s], x[2], t))
-            for e_key in {n * self.nsku + s for _, s, _ in plan[n]}:
+            for pick, s in plan[n]:
+                pick.lot.qty -= pick.qty
+                self.stock[n * self.nsku + s].total -= pick.qty
+                lines_out.append(AllocLine(self.skus[s], pick.lot.lot, pick.qty))
+            for e_key in {n * self.nsku + s for _, s in plan[n]}:
                 e = self.stock[e_key]
-                p = e[1]
-                while p < len(e[2]) and e[2][p][0] == 0:
+                p = e.first
+                while p < len(e.lots) and e.lots[p].qty == 0:
                     p += 1
-                e[1] = p
+                e.first = p
             out.append(Allocation(o.ref, self.code[n], tuple(lines_out)))
         return out
 
     # ---- reasons -------------------------------------------------------------------------
+    # Every reason is worked out on a view of the day: with ``view`` false, what is left now;
+    # with ``view`` true, what is left plus what prior orders whose turn has not come yet still
+    # hold, i.e. the day as a run without those earlier allocations would have seen it at this
+    # order's turn (see "Re-runs" in the module docstring).
 
-    def _has(self, n: int, s: int, q: int, day: int) -> bool:
+    def _usable_view(self, e: _Stock, day: int, view: bool) -> int:
+        if not view:
+            return self._usable(e, day)
+        return sum(x.qty + x.prior for x in e.lots if x.expires >= day)
+
+    def _cap_view(self, n: int, view: bool) -> list[float]:
+        c = self.cap[n]
+        if not view:
+            return c
+        p = self.cap_prior[n]
+        return [c[0] + p[0], c[1] + p[1], c[2] + p[2]]
+
+    def _has(self, n: int, s: int, q: int, day: int, view: bool) -> bool:
         """Node n has q usable units of SKU s on day."""
         e = self.stock.get(n * self.nsku + s)
-        return e is not None and e[0] >= q and self._usable(e, day) >= q
+        if e is None or (e.total + e.prior if view else e.total) < q:
+            return False
+        return self._usable_view(e, day, view) >= q
 
-    def _status(self, n: int, s: int, q: int, day: int) -> tuple[int, int, str]:
-        """(status, usable qty now, detail) of SKU s at node n for q units on day."""
+    def _status(self, n: int, s: int, q: int, day: int, view: bool) -> _SkuState:
+        """How SKU s stands at node n for q units on day."""
         key = n * self.nsku + s
         e = self.stock.get(key)
         now = init = expired = 0
         if e is not None:
-            for x in e[2]:
-                if x[1] >= day:
-                    now += x[0]
-                    init += x[3]
+            for x in e.lots:
+                if x.expires >= day:
+                    now += x.qty + x.prior if view else x.qty
+                    init += x.start
                 else:
-                    expired += x[3]
+                    expired += x.start
         expired += self.expired.get(key, 0)
         if now >= q:
-            return (-1, now, "")
+            return _SkuState(-1, now, "", n)
         if now > 0:
-            return (_SHORT, now, "")
+            return _SkuState(_SHORT, now, "", n)
         if init > 0:
-            return (_ALLOCATED, 0, "")
+            return _SkuState(_ALLOCATED, 0, "", n)
         held = self.held.get(key)
         if held:
-            return (_HOLD, 0, held[0][0])
+            return _SkuState(_HOLD, 0, held[0].lot, n)
         if expired > 0:
-            return (_EXPIRED, 0, "")
-        return (_NONE, 0, "")
+            return _SkuState(_EXPIRED, 0, "", n)
+        return _SkuState(_NONE, 0, "", n)
 
-    def _nearest_with(self, o: Order, s: int, day: int) -> str | None:
+    def _nearest_with(self, o: Order, s: int, day: int, view: bool) -> str | None:
         """The nearest node (any kind; straight-line distance on a local flat map, which is enough
         for a hint) with usable stock of SKU s left on day."""
         cache = self._sku_geo.get(s)
@@ -959,16 +1120,35 @@ class _Engine:
             d2 += dy * dy
             i = int(d2.argmin())
             n = have[i]
-            if self._usable(self.stock[n * self.nsku + s], day) > 0:
+            if self._usable_view(self.stock[n * self.nsku + s], day, view) > 0:
                 return self.code[n]
             order = np.argsort(d2, kind="stable").tolist()
         for i in order:
             n = have[i]
-            if self._usable(self.stock[n * self.nsku + s], day) > 0:
+            if self._usable_view(self.stock[n * self.nsku + s], day, view) > 0:
                 return self.code[n]
         return None
 
+    def _served_in_view(self, o: Order, cands: list, lines, vol, day: int) -> bool:
+        """The reasons' view (prior orders' holdings counted) would have served this order."""
+        for n in cands:
+            c = self._cap_view(n, True)
+            if (vol[0] <= c[0] + _EPS_L and vol[1] <= c[1] + _EPS_L and vol[2] <= c[2] + _EPS_L
+                    and all(self._has(n, s, q, day, True) for s, q in lines)):
+                return True
+        if o.allow_split and o.mode == "delivery" and cands:
+            return self._split(o, cands, lines, day, view=True) is not None
+        return False
+
     def _reason(self, o: Order, cands: list, lines, vol, day: int) -> str:
+        """The reason on the view of the day at this order's turn (prior orders' holdings still
+        counted until their turn); what is left now when that view would have served it."""
+        view = self._pending > 0
+        if view and self._served_in_view(o, cands, lines, vol, day):
+            view = False
+        return self._explain(o, cands, lines, vol, day, view)
+
+    def _explain(self, o: Order, cands: list, lines, vol, day: int, view: bool) -> str:
         """The most informative reason, in this order: where (no covering node), then stock
         (a SKU no candidate can supply: short > already allocated > on hold > expired > none),
         then capacity (a candidate has the stock but not the cold capacity), then "no single
@@ -989,43 +1169,44 @@ class _Engine:
         where = f"pickup {self.nodes[cands[0]].kind} {self.code[cands[0]]}" if pickup else ""
         skus = self.skus
         # stock, SKU by SKU
-        short_skus = []
+        short_skus: list[tuple[int, int, _SkuState]] = []
         for s, q in lines:
-            if any(self._has(n, s, q, day) for n in cands):
+            if any(self._has(n, s, q, day, view) for n in cands):
                 continue
-            st = [self._status(n, s, q, day) + (n,) for n in cands]
-            if o.allow_split and not pickup and sum(x[1] for x in st) >= q:
+            st = [self._status(n, s, q, day, view) for n in cands]
+            if o.allow_split and not pickup and sum(x.now for x in st) >= q:
                 continue
-            short_skus.append((s, q, min(st, key=lambda x: (x[0], -x[1], self.code_rank[x[3]]))))
+            short_skus.append((s, q, min(st, key=lambda x: (x.status, -x.now, self.code_rank[x.node]))))
         if short_skus:
-            s, q, (status, now, detail, n) = short_skus[0]
+            s, q, worst = short_skus[0]
+            status, now = worst.status, worst.now
             sku = skus[s]
             more = f" (and {len(short_skus) - 1} more SKUs short)" if len(short_skus) > 1 else ""
-            at = self.code[n]
+            at = self.code[worst.node]
             if pickup:
                 if status == _SHORT:
                     msg = f"{where} has only {now} of the {q} {sku} needed"
                 elif status == _ALLOCATED:
                     msg = f"{where} has no {sku} left: its stock is allocated to earlier orders"
                 elif status == _HOLD:
-                    msg = f"{sku} is on quality hold at {where} (lot {detail})"
+                    msg = f"{sku} is on quality hold at {where} (lot {worst.detail})"
                 elif status == _EXPIRED:
                     msg = f"{where} has only expired lots of {sku}"
                 else:
                     msg = f"{where} has no stock of {sku}"
             elif status == _SHORT and o.allow_split:
-                tot = sum(self._status(n2, s, q, day)[1] for n2 in cands)
+                tot = sum(self._status(n2, s, q, day, view).now for n2 in cands)
                 msg = f"not enough stock of {sku} within reach ({tot} of {q} at the covering nodes)"
             elif status == _SHORT:
                 msg = f"not enough stock of {sku} within reach (at most {now} of {q}, at {at})"
             elif status == _ALLOCATED:
                 msg = f"stock of {sku} within reach is all allocated to earlier orders"
             elif status == _HOLD:
-                msg = f"{sku} is on quality hold (lot {detail} at {at})"
+                msg = f"{sku} is on quality hold (lot {worst.detail} at {at})"
             elif status == _EXPIRED:
                 msg = f"only expired lots of {sku} within reach"
             else:
-                nw = self._nearest_with(o, s, day)
+                nw = self._nearest_with(o, s, day, view)
                 tail = f"nearest node with it: {nw}" if nw else "no node has any left"
                 msg = f"no stock of {sku} within reach ({tail})"
             return msg + more
@@ -1033,14 +1214,14 @@ class _Engine:
         full = set()
         stocked = False
         for n in cands:
-            if all(self._has(n, s, q, day) for s, q in lines):
+            if all(self._has(n, s, q, day, view) for s, q in lines):
                 stocked = True
-                c = self.cap[n]
+                c = self._cap_view(n, view)
                 full.update(CLASSES[i] for i in range(3) if vol[i] > c[i] + _EPS_L)
         if stocked or o.allow_split:
             if not full:  # split case: classes short across the candidates
                 for i in range(3):
-                    if vol[i] > 0 and vol[i] > sum(max(0.0, self.cap[n][i]) for n in cands) + _EPS_L:
+                    if vol[i] > 0 and vol[i] > sum(max(0.0, self._cap_view(n, view)[i]) for n in cands) + _EPS_L:
                         full.add(CLASSES[i])
                 if not full:
                     full = {CLASSES[i] for i in range(3) if vol[i] > 0}
@@ -1062,12 +1243,19 @@ def allocate(
     lots: Iterable[Lot],
     orders: Iterable[Order],
     *,
+    prior: Iterable[Allocation] = (),
     near_tie: float = 0.01,
     tie_km: float = 0.001,
     radius_km: float = DEFAULT_RADIUS_KM,
     threads: int = 2,
 ) -> AllocationResult:
     """Allocate ``orders`` in the order given. Inputs are not modified.
+
+    ``prior``: allocations an earlier run made for some of ``orders`` (a re-run of the day).
+    Those orders keep them and are left out of the result; ``lots`` and the nodes' capacities are
+    what is left after them, and the other orders' reasons see the day as the earlier run did
+    (see "Re-runs" in the module docstring). Prior allocations of orders not in ``orders`` are
+    ignored (what they hold is simply gone).
 
     ``near_tie``: eligible candidates within this relative haversine margin of the best are
     compared by exact geodesic distance; ``tie_km``: geodesic distances closer than this are a tie
@@ -1079,131 +1267,8 @@ def allocate(
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return _Engine(nodes, list(products), lots, orders, near_tie, tie_km, radius_km, threads).run()
+        return _Engine(nodes, list(products), lots, orders, list(prior), near_tie, tie_km, radius_km,
+                       threads).run()
     finally:
         if enabled:
             gc.enable()
-
-
-def _nearest_node(lat: float, lon: float, cands: list[Node]) -> Node:
-    """The geodesic nearest of cands (then the lower code); geographiclib only for close calls."""
-    if len(cands) == 1:
-        return cands[0]
-    loc = [(_local1(lat, lon, n.lat, n.lon), n) for n in cands]
-    lmin = min(x[0] for x in loc)
-    err = _LOCAL_ERR + 2.0 * (max(x[0] for x in loc) / EARTH_R_KM) ** 2
-    close = [n for d, n in loc if d * (1 - err) <= lmin * (1 + err)]
-    if len(close) == 1:
-        return close[0]
-    return min(close, key=lambda n: (geodesic_km(lat, lon, n.lat, n.lon), n.code))
-
-
-def suggest_transfers(
-    nodes: Iterable[Node],
-    products: Iterable[Product],
-    lots: Iterable[Lot],
-    orders: Iterable[Order],
-    result: AllocationResult,
-    *,
-    radius_km: float = DEFAULT_RADIUS_KM,
-) -> list[Transfer]:
-    """Flagship -> hub transfers that would let hubs serve orders left unallocated.
-
-    For each unallocated order (in the order given) the target is its pickup node when that is a
-    hub, else the nearest hub with a van whose service area covers the address. When the target
-    hub has a parent flagship and the hub's cold capacity left (``result.capacity_left``, minus
-    what earlier proposals already count on) fits the order, the missing quantity of each line
-    (what the order needs minus what the hub still has, usable on the delivery date) is taken FEFO
-    from the flagship's lots left (``result.lots_left``), skipping held lots and lots that expire
-    before the delivery date. A proposal is made only when the flagship covers every missing line
-    in full. A flagship lot (and the hub's own stock) is never counted twice across proposals.
-    Orders already allocated, or unallocated for an unknown SKU or node, get no proposal.
-    """
-    nodes = list(nodes)
-    by_code = {n.code: n for n in nodes}
-    prod = {p.sku: p for p in products}
-    unalloc = {u.order_ref for u in result.unallocated}
-    info = {(lt.node, lt.sku, lt.lot): lt for lt in lots}
-    # usable lots left per (node, sku), FEFO order
-    left: dict[tuple[str, str], list] = defaultdict(list)
-    for (n, s, lot), q in result.lots_left.items():
-        lt = info.get((n, s, lot))
-        if lt is None or lt.on_hold or q <= 0:
-            continue
-        left[(n, s)].append([q, lt.expires, lot])
-    for v in left.values():
-        v.sort(key=lambda x: (x[1], x[2]))
-    cap = {c: dict(v) for c, v in result.capacity_left.items()}
-    hubs = [n for n in nodes if n.kind == "hub" and n.has_van]
-    proposals: dict[tuple[str, str, str, str], list] = {}  # (from, to, sku, lot) -> [qty, expires, refs]
-    orders = list(orders)
-    # the covering hubs of every unallocated delivery order, in one vectorised query
-    dl = [o for o in orders if o.ref in unalloc and o.mode == "delivery" and o.lat is not None
-          and o.lon is not None]
-    covering: dict[int, list[Node]] = {}
-    if hubs and dl:
-        pi, ni = _Spatial(hubs, radius_km).covering(np.array([o.lat for o in dl], dtype=float),
-                                                    np.array([o.lon for o in dl], dtype=float))
-        for p, i in zip(pi.tolist(), ni.tolist(), strict=True):
-            covering.setdefault(id(dl[p]), []).append(hubs[i])
-
-    for o in orders:
-        if o.ref not in unalloc:
-            continue
-        if any(s not in prod or q <= 0 for s, q in o.lines):
-            continue
-        if o.mode == "pickup":
-            hub = by_code.get(o.pickup_node or "")
-            if hub is None or hub.kind != "hub":
-                continue
-        else:
-            near = covering.get(id(o))
-            if not near:
-                continue
-            hub = _nearest_node(o.lat, o.lon, near)
-        flag = by_code.get(hub.parent or "")
-        if flag is None:
-            continue
-        need: dict[str, int] = defaultdict(int)
-        for s, q in o.lines:
-            need[s] += q
-        vol = defaultdict(float)
-        for s, q in need.items():
-            vol[prod[s].temp_class] += q * prod[s].unit_l
-        hcap = cap.setdefault(hub.code, {c: getattr(hub, f"{c}_l") for c in CLASSES})
-        if any(v > hcap.get(c, 0.0) + _EPS_L for c, v in vol.items()):
-            continue
-        day = o.delivery_date
-        hub_take: list = []
-        moves: list = []
-        ok = True
-        for s, q in need.items():
-            rest = q
-            for x in left.get((hub.code, s), ()):
-                if x[1] >= day and x[0] > 0 and rest:
-                    t = min(x[0], rest)
-                    hub_take.append((x, t))
-                    rest -= t
-            for x in left.get((flag.code, s), ()):
-                if x[1] >= day and x[0] > 0 and rest:
-                    t = min(x[0], rest)
-                    moves.append((s, x, t))
-                    rest -= t
-            if rest:
-                ok = False
-                break
-        if not ok or not moves:
-            continue
-        for x, t in hub_take:
-            x[0] -= t
-        for s, x, t in moves:
-            x[0] -= t
-            p = proposals.setdefault((flag.code, hub.code, s, x[2]), [0, x[1], []])
-            p[0] += t
-            if o.ref not in p[2]:
-                p[2].append(o.ref)
-        for c, v in vol.items():
-            hcap[c] = hcap.get(c, 0.0) - v
-    return [
-        Transfer(f, h, s, lot, q, exp, tuple(refs)) for (f, h, s, lot), (q, exp, refs) in proposals.items()
-    ]

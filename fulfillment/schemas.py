@@ -37,12 +37,17 @@ class OrderRow(Row):
 
     def order_fields(self) -> dict:
         """The columns that belong to the order, not the line: equal on every row of one order."""
-        return self.model_dump(exclude={"order_ref", "sku", "qty"})
+        return self.model_dump(include=set(ORDER_FIELDS))
 
 
 ORDER_REQUIRED = ("order_ref", "delivery_date", "mode", "lat", "lon", "window_start", "window_end", "sku", "qty",
                   "pickup_node")
 ORDER_OPTIONAL = ("customer", "phone", "address", "allow_split", "note")
+# the order's own columns: an order's later rows may leave them empty (they take its first row's)
+ORDER_FIELDS = ("delivery_date", "mode", "pickup_node", "lat", "lon", "window_start", "window_end", "customer",
+                "phone", "address", "allow_split", "note")
+# ... and those of them that the order's first row must give
+ORDER_FIELDS_NEEDED = ("delivery_date", "mode", "lat", "lon", "window_start", "window_end")
 
 
 class OrderLineIn(BaseModel):

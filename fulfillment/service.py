@@ -13,13 +13,13 @@ from sqlalchemy.orm import Session
 
 from core import audit
 from core.bulk import copy_rows, update_rows
-from core.csvio import CsvFileError, RowError, read_rows, validate_row
+from core.csvio import CsvFileError, CsvRow, RowError, inherit_blanks, read_rows, validate_row
 from core.errors import Conflict, Invalid
 from core.settings import get_settings
 from core.timeutil import parse_hhmm, utcnow
 from fulfillment.lifecycle import check_move
 from fulfillment.models import Order, OrderEvent, OrderLine, Reservation
-from fulfillment.schemas import ORDER_OPTIONAL, ORDER_REQUIRED, OrderRow
+from fulfillment.schemas import ORDER_FIELDS, ORDER_FIELDS_NEEDED, ORDER_OPTIONAL, ORDER_REQUIRED, OrderRow
 from warehouses.models import TEMP_CLASSES, Node, Product, StockLot, Vehicle
 from warehouses.service import LoadReport
 
@@ -62,7 +62,11 @@ def _why(data: dict | None) -> str | None:
 def load_orders_csv(session: Session, path: Path, report: LoadReport, *, actor: str = "scenario",
                     source: str = "scenario", placed_at: datetime | None = None,
                     apply_cutoff: bool = False) -> list[str]:
-    """Load orders.csv; rows with the same order_ref are one order.
+    """Load an orders file (scenario orders.csv, `coldchain orders import`, the API's CSV upload).
+
+    Rows with the same order_ref are one order. The order's own columns (ORDER_FIELDS) may be
+    given on its first row only, as shops and ERPs export them: a later row that leaves them
+    empty takes the first row's; one that gives another value contradicts it and is refused.
 
     Scenario files are taken for the date they name; imports (`apply_cutoff`) are orders
     being placed now, so the cut-off moves a late one to the next day and says so.
@@ -72,22 +76,30 @@ def load_orders_csv(session: Session, path: Path, report: LoadReport, *, actor: 
     """
     name = path.name
     report.file(name)
-    rows: dict[str, list[tuple[int, OrderRow]]] = defaultdict(list)
-    bad_refs: dict[str, int] = {}
-    raw_refs: dict[int, str] = {}
+    rows: dict[str, list[tuple[CsvRow, OrderRow]]] = defaultdict(list)  # valid rows, by order
+    bad_refs: dict[str, int] = {}  # order -> its first bad line
+    first_errors: dict[str, set[tuple[str, str]]] = {}  # order -> what was wrong on its first row
     try:
-        for row in read_rows(path, ORDER_REQUIRED, ORDER_OPTIONAL):
+        for row in inherit_blanks(read_rows(path, ORDER_REQUIRED, ORDER_OPTIONAL), "order_ref", ORDER_FIELDS):
             rec, errors = validate_row(OrderRow, row, name)
             ref = row.values.get("order_ref", "")
-            raw_refs[row.line] = ref
-            if errors:
+            if row.first_line is None:
+                errors = [_needed_on_first_row(e, row, ref) for e in errors]
+                first_errors[ref] = {(e.field, e.reason) for e in errors}
+            else:  # what is wrong with the cells it took from the first row is said there, once
+                errors = [e for e in errors if e.field not in row.inherited
+                          and not (e.field == "-" and (e.field, e.reason) in first_errors.get(ref, ()))]
+            if rec is None:
+                if not errors:
+                    errors = [RowError(name, row.line, "order_ref",
+                                       f"order {ref} refused whole: its line {bad_refs[ref]} is bad")]
                 for e in errors:
                     report.reject(e, count=False)
                 report.file(name).rejected += 1
                 if ref:
                     bad_refs.setdefault(ref, row.line)
                 continue
-            rows[rec.order_ref].append((row.line, rec))
+            rows[rec.order_ref].append((row, rec))
     except CsvFileError as exc:
         report.reject(exc.error, count=False)
         return []
@@ -98,19 +110,24 @@ def load_orders_csv(session: Session, path: Path, report: LoadReport, *, actor: 
     counts = report.file(name)
     loaded: list[str] = []
     now = placed_at or utcnow()
-    for ref, group in rows.items():
-        first_line, first = group[0]
+    for ref, rows_of_order in rows.items():
+        group = [(row.line, rec) for row, rec in rows_of_order]
+        head_row, first = rows_of_order[0]
+        first_line = head_row.line
+        first_fields = first.order_fields()
         problems: list[RowError] = []
-        for line, rec in group:
+        for row, rec in rows_of_order:
+            line = row.line
             if rec.sku not in products:
                 problems.append(RowError(name, line, "sku", f"unknown sku {rec.sku}"))
             if rec.pickup_node and rec.pickup_node not in nodes:
                 problems.append(RowError(name, line, "pickup_node", f"unknown node {rec.pickup_node}"))
-            if line != first_line:
-                diff = [k for k, v in rec.order_fields().items() if v != first.order_fields()[k]]
-                if diff:
-                    problems.append(RowError(name, line, diff[0],
-                                             f"differs from line {first_line} of the same order {ref}"))
+            if row.first_line is not None and row.first_line == first_line:  # a later row of a good first row
+                for k, v in rec.order_fields().items():
+                    if v != first_fields[k]:
+                        problems.append(RowError(
+                            name, line, k, f"{_cell(row, k)} differs from line {first_line} of the same order "
+                                           f"{ref} ({_cell(head_row, k)} there)"))
         skus = [rec.sku for _, rec in group]
         if len(set(skus)) != len(skus):
             dup = next(s for s in skus if skus.count(s) > 1)
@@ -129,7 +146,7 @@ def load_orders_csv(session: Session, path: Path, report: LoadReport, *, actor: 
                                   count=False)
             counts.rejected += len(group)
             continue
-        order_values = first.order_fields()
+        order_values = dict(first_fields)
         pickup = order_values.pop("pickup_node")
         order_values["pickup_node_id"] = nodes[pickup].id if pickup else None
         lines = [(rec.sku, rec.qty) for _, rec in group]
@@ -168,6 +185,21 @@ def load_orders_csv(session: Session, path: Path, report: LoadReport, *, actor: 
         loaded.append(ref)
     session.flush()
     return loaded
+
+
+def _needed_on_first_row(error: RowError, row: CsvRow, ref: str) -> RowError:
+    """An order's first row that leaves one of its needed columns empty: say so plainly (its later
+    rows have nothing to take it from) rather than "Input should be a valid number"."""
+    if ref and error.field in ORDER_FIELDS_NEEDED and not row.values.get(error.field):
+        return RowError(error.file, error.line, error.field,
+                        f"empty on the first row of order {ref}: the order's own columns go on its first row "
+                        "(later rows may leave them empty)")
+    return error
+
+
+def _cell(row: CsvRow, column: str) -> str:
+    value = row.values.get(column, "")
+    return repr(value) if value else "empty"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,6 +266,38 @@ def _open_orders(session: Session, day: date, codes: dict[int, str], skus: dict[
     return out
 
 
+def _prior_allocations(session: Session, day: date, codes: dict[int, str], skus: dict[int, str],
+                       open_ids: set[int]) -> dict[int, tuple[str, list]]:
+    """What the day's orders allocated by earlier runs hold: order id -> (ref, allocations).
+
+    A re-run passes these to the allocator with the orders in their place in the sequence, so
+    that the reasons it gives are the ones the first run gave (fulfillment.allocation, "Re-runs").
+    Read after the stock is locked, so that they match the lots' `reserved`.
+    """
+    from fulfillment import allocation as alg
+
+    held: dict[int, tuple[str, dict[str, list]]] = {}
+    for order_id, ref, node_id, product_id, lot, qty in session.execute(
+            select(Order.id, Order.ref, Reservation.node_id, OrderLine.product_id, StockLot.lot, Reservation.qty)
+            .join(OrderLine, OrderLine.order_id == Order.id)
+            .join(Reservation, Reservation.line_id == OrderLine.id)
+            .join(StockLot, Reservation.lot_id == StockLot.id)
+            .where(Order.delivery_date == day, Order.status != "cancelled")
+            .order_by(Order.id, Reservation.node_id, OrderLine.line_no, Reservation.id)):
+        if order_id in open_ids:
+            continue
+        by_node = held.setdefault(order_id, (ref, {}))[1]
+        by_node.setdefault(codes[node_id], []).append(alg.AllocLine(skus[product_id], lot, qty))
+    return {oid: (ref, [alg.Allocation(ref, node, tuple(lines)) for node, lines in by_node.items()])
+            for oid, (ref, by_node) in held.items()}
+
+
+def _day_sequence(session: Session, day: date) -> list[int]:
+    """The ids of the day's orders (not cancelled) in placement order, the order allocation takes them."""
+    return list(session.scalars(select(Order.id).where(Order.delivery_date == day, Order.status != "cancelled")
+                                .order_by(Order.placed_at, Order.ref)))
+
+
 def _lock_stock(session: Session) -> None:
     """Lock what allocation draws on before reading it.
 
@@ -286,7 +350,8 @@ def network_inputs(session: Session, day: date) -> Network:
     used = capacity_used(session, day)
     with_van = set(session.scalars(select(Vehicle.depot_id).distinct()))
     node_rows = session.execute(select(Node.id, Node.code, Node.kind, Node.lat, Node.lon, Node.parent_id,
-                                       Node.service_area_wkt, Node.frozen_l, Node.chilled_l, Node.ambient_l)).all()
+                                       Node.service_area_wkt, Node.frozen_l, Node.chilled_l, Node.ambient_l)
+                                .order_by(Node.id)).all()
     codes = {r.id: r.code for r in node_rows}
     nodes = [
         alg.Node(code=r.code, kind=r.kind, lat=r.lat, lon=r.lon, parent=codes.get(r.parent_id),
@@ -294,12 +359,13 @@ def network_inputs(session: Session, day: date) -> Network:
                  **{f"{c}_l": max(getattr(r, f"{c}_l") - used.get(r.id, {}).get(c, 0.0), 0.0) for c in TEMP_CLASSES})
         for r in node_rows
     ]
-    product_rows = session.execute(select(Product.id, Product.sku, Product.temp_class, Product.unit_l)).all()
+    product_rows = session.execute(select(Product.id, Product.sku, Product.temp_class, Product.unit_l)
+                                   .order_by(Product.id)).all()
     skus = {r.id: r.sku for r in product_rows}
     products = [alg.Product(sku=r.sku, temp_class=r.temp_class, unit_l=r.unit_l) for r in product_rows]
     lots, lot_ids = [], {}
     for r in session.execute(select(StockLot.id, StockLot.node_id, StockLot.product_id, StockLot.lot, StockLot.qty,
-                                    StockLot.reserved, StockLot.expires, StockLot.on_hold)):
+                                    StockLot.reserved, StockLot.expires, StockLot.on_hold).order_by(StockLot.id)):
         key = (codes[r.node_id], skus[r.product_id], r.lot)
         lot_ids[key] = r.id
         lots.append(alg.Lot(node=key[0], sku=key[1], lot=r.lot, qty=r.qty - r.reserved, expires=r.expires,
@@ -319,6 +385,10 @@ class DayAllocation:
 def allocate_day(session: Session, day: date, actor: str = "system") -> DayAllocation:
     """Allocate every open order of `day`, reserve lots FEFO, record events. The caller commits.
 
+    A re-run gives the same answer: orders allocated before keep their lots and are passed to
+    the allocator as prior allocations in their place in the sequence, so an order still
+    unallocated keeps the reason it was given (and gets no new event) unless the day changed.
+
     Reads and writes in bulk (Core statements, executemany) so that tens of thousands of
     orders allocate in seconds; the ORM's unit of work is not used for these rows.
     """
@@ -330,7 +400,20 @@ def allocate_day(session: Session, day: date, actor: str = "system") -> DayAlloc
     open_orders = _open_orders(session, day, codes, skus)
     _lock_stock(session)
     net = network_inputs(session, day)
-    result = alg.allocate(net.nodes, net.products, net.lots, [o.pure for o in open_orders])
+    open_by_id = {o.id: o for o in open_orders}
+    held = _prior_allocations(session, day, codes, skus, set(open_by_id))
+    sequence, prior = [], []
+    if held:
+        for oid in _day_sequence(session, day):
+            if oid in open_by_id:
+                sequence.append(open_by_id[oid].pure)
+            elif oid in held:
+                ref, allocations = held[oid]
+                sequence.append(alg.Order(ref=ref, mode="delivery", delivery_date=day, lat=None, lon=None, lines=()))
+                prior.extend(allocations)
+    else:
+        sequence = [o.pure for o in open_orders]
+    result = alg.allocate(net.nodes, net.products, net.lots, sequence, prior=prior)
     by_ref = {o.ref: o for o in open_orders}
     now = utcnow()
     reservations, events, order_updates = [], [], {}
@@ -381,6 +464,7 @@ def _audit_allocation(session: Session, events: list[dict], refs: dict[int, str]
 def suggest_transfers_for(session: Session, day: date) -> list[dict]:
     """Flagship → hub transfer proposals for the day's unallocated orders (proposals only)."""
     from fulfillment import allocation as alg
+    from fulfillment.transfers import suggest_transfers
 
     net = network_inputs(session, day)
     orders = list(session.scalars(select(Order).where(Order.delivery_date == day, Order.status == "unallocated")
@@ -392,7 +476,7 @@ def suggest_transfers_for(session: Session, day: date) -> list[dict]:
                                   lots_left={(lt.node, lt.sku, lt.lot): lt.qty for lt in net.lots},
                                   capacity_left={n.code: {c: getattr(n, f"{c}_l") for c in TEMP_CLASSES}
                                                  for n in net.nodes})
-    return [t.to_dict() for t in alg.suggest_transfers(net.nodes, net.products, net.lots, pure, result)]
+    return [t.to_dict() for t in suggest_transfers(net.nodes, net.products, net.lots, pure, result)]
 
 
 def day_allocations(session: Session, day: date) -> dict:

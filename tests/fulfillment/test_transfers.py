@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from fulfillment.allocation import allocate, suggest_transfers
+from fulfillment.allocation import allocate
+from fulfillment.transfers import suggest_transfers
 from tests.support import DAY, PRODUCTS, lot, node, order, square
 
 
