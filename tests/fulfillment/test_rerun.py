@@ -20,7 +20,7 @@ from warehouses.models import StockLot
 from warehouses.samplegen import chengdu, write_scenario
 from warehouses.service import LoadReport
 
-from .helpers import PRODUCTS, at, square
+from tests.support import PRODUCTS, at, square
 
 # ------------------------------------------------------------------------------ pure allocator
 
