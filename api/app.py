@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from api import guards, problems
 from api.routers import auth, health, jobs, network, orders, plans, telemetry
@@ -35,7 +34,7 @@ def install_guards(app: FastAPI) -> None:
     app.add_middleware(guards.BodyLimitMiddleware)
     app.add_middleware(guards.RateLimitMiddleware)
     if settings.allowed_hosts:
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.allowed_hosts)
+        app.add_middleware(guards.AllowedHostsMiddleware, hosts=settings.allowed_hosts)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=False,
                            allow_methods=["GET", "POST"],

@@ -121,9 +121,10 @@ def _guarded(action: Callable[[], int | None]) -> int | None:
 
 def hit(limit: str, kind: str, key: str) -> int | None:
     """Count one request against `limit`; the seconds to wait when it is exhausted, else None."""
-    lim, item = limiter(), rate(limit)
+    item = rate(limit)
 
     def act() -> int | None:
+        lim = limiter()
         if lim.sliding.hit(item, namespace(), kind, key):
             return None
         return _retry_after(lim.sliding, item, namespace(), kind, key)
@@ -133,9 +134,10 @@ def hit(limit: str, kind: str, key: str) -> int | None:
 
 def login_blocked(username: str, address: str) -> int | None:
     """Seconds to wait when this username or this address has used up its failed logins, else None."""
-    settings, lim = get_settings(), limiter()
+    settings = get_settings()
 
     def act() -> int | None:
+        lim = limiter()
         waits = []
         for limit, kind, key in ((settings.login_limit_per_user, "login-user", username.casefold()),
                                  (settings.login_limit_per_address, "login-addr", address)):
@@ -148,9 +150,10 @@ def login_blocked(username: str, address: str) -> int | None:
 
 
 def login_failed(username: str, address: str) -> None:
-    settings, lim = get_settings(), limiter()
+    settings = get_settings()
 
     def act() -> None:
+        lim = limiter()
         lim.moving.hit(rate(settings.login_limit_per_user), namespace(), "login-user", username.casefold())
         lim.moving.hit(rate(settings.login_limit_per_address), namespace(), "login-addr", address)
 
@@ -160,9 +163,9 @@ def login_failed(username: str, address: str) -> None:
 def login_succeeded(username: str) -> None:
     """A right password clears the username's failures (not the address's: one good account must not
     reset an address that is guessing at others)."""
-    settings, lim = get_settings(), limiter()
-    _guarded(lambda: lim.moving.clear(rate(settings.login_limit_per_user), namespace(), "login-user",
-                                      username.casefold()))
+    settings = get_settings()
+    _guarded(lambda: limiter().moving.clear(rate(settings.login_limit_per_user), namespace(), "login-user",
+                                            username.casefold()))
 
 
 def client_address(scope: Scope) -> str:
@@ -208,7 +211,7 @@ class RateLimitMiddleware:
             await self.app(scope, receive, send)
             return
         limit, kind, key = caller_key(scope)
-        if limiter().in_memory:
+        if _guarded(lambda: int(limiter().in_memory)) in (1, None):
             wait = hit(limit, kind, key)
         else:  # a network round trip: keep it off the event loop
             wait = await anyio.to_thread.run_sync(hit, limit, kind, key)
@@ -217,6 +220,31 @@ class RateLimitMiddleware:
             response = too_many(wait, f"more than {limit} requests from {who}; retry in {wait} s", scope["path"])
             await response(scope, receive, send)
             return
+        await self.app(scope, receive, send)
+
+
+# ---------------------------------------------------------------------------------------------- hosts
+
+
+class AllowedHostsMiddleware:
+    """Answer only to the Host names of COLDCHAIN_ALLOWED_HOSTS (when set), so that links built from the
+    request (pagination's next, job hrefs) cannot be pointed at another host by a forged Host header."""
+
+    def __init__(self, app: ASGIApp, hosts: list[str]) -> None:
+        self.app = app
+        self.hosts = {h.lower() for h in hosts}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and "*" not in self.hosts:
+            host = ""
+            for name, value in scope.get("headers", ()):
+                if name == b"host":
+                    host = value.decode("latin-1").lower()
+            host = host.split("]")[0] + "]" if host.startswith("[") else host.split(":")[0]
+            if host not in self.hosts:
+                await problem(400, "this server does not answer to that Host", instance=scope["path"])(
+                    scope, receive, send)
+                return
         await self.app(scope, receive, send)
 
 
