@@ -90,7 +90,7 @@ class LogoutIn(BaseModel):
 
 
 @router.post("/auth/logout", status_code=204, response_class=Response,
-             responses={204: {"description": "logged out"}, **problems(401, 403, 413, 422, 429)})
+             responses={204: {"description": "logged out"}, **problems(400, 401, 403, 413, 422, 429)})
 def logout(session: SessionDep, caller: Anyone, body: Annotated[LogoutIn | None, Body()] = None) -> Response:
     """Revoke the refresh tokens of one login (the refresh token given) or of every login of the caller.
     Access tokens already issued run out by themselves within COLDCHAIN_TOKEN_MINUTES."""
