@@ -155,7 +155,7 @@ def test_zip_slip_links_and_bombs_are_refused(api, token, session, monkeypatch, 
     bomb = zipped({**scenario_entries(), "orders.csv": b"0" * (4 * 1024 * 1024)})
     assert len(bomb) < 64 * 1024  # small on the wire, 4 MB unpacked
     body = assert_problem(api.post(LOAD, files={"file": ("bomb.zip", bomb, "application/zip")}, headers=headers), 400)
-    assert "unpacks to" in body["detail"]
+    assert "unpacks to" in body["detail"] and "more than" not in body["detail"]  # by its headers, before writing
     assert len(session.info.get("coldchain.jobs_after_commit") or []) == before, "a refused upload queued a job"
     # nothing was left behind by the refused loads
     jobs = get_settings().data_dir.resolve() / "scenario-jobs"
@@ -165,19 +165,23 @@ def test_zip_slip_links_and_bombs_are_refused(api, token, session, monkeypatch, 
 
 
 def test_the_unpacked_size_is_counted_not_taken_from_the_zip(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
-    """A zip that understates an entry's size (the header is what a bomb lies in) is still stopped."""
+    """Uploaded files carry no declared size, and a zip can understate one: the bytes written are counted."""
     from api import scenario_upload
 
     monkeypatch.setattr(get_settings(), "scenario_unpacked_max_bytes", 10_000)
-    data = bytearray(zipped({"nodes.csv": b"1" * 50_000}))
-    archive = zipfile.ZipFile(io.BytesIO(bytes(data)))
-    info = archive.infolist()[0]
-    # rewrite the declared uncompressed size (local header at 22, central directory at 24) to 100 bytes
-    data[22:26] = (100).to_bytes(4, "little")
-    central = data.rfind(b"PK\x01\x02")
-    data[central + 24:central + 28] = (100).to_bytes(4, "little")
-    assert info.file_size == 50_000
     dest = tmp_path / "out"
+    dest.mkdir()
+    files = [("nodes.csv", io.BytesIO(b"1" * 6000)), ("orders.csv", io.BytesIO(b"2" * 6000))]
+    with pytest.raises(scenario_upload.Refused, match="more than 10000 bytes"):
+        scenario_upload.from_files(files, dest)
+    assert (dest / "orders.csv").stat().st_size <= 10_000 - 6000
+    # a zip whose headers say 100 bytes for a 50,000-byte entry is refused too, and nothing past the cap is written
+    data = bytearray(zipped({"nodes.csv": b"1" * 50_000}))
+    data[22:26] = (100).to_bytes(4, "little")  # the local header's uncompressed size
+    central = data.rfind(b"PK\x01\x02")
+    data[central + 24:central + 28] = (100).to_bytes(4, "little")  # and the central directory's
+    assert zipfile.ZipFile(io.BytesIO(bytes(data))).infolist()[0].file_size == 100
+    dest = tmp_path / "zip"
     dest.mkdir()
     with pytest.raises(scenario_upload.Refused):
         scenario_upload.from_zip(io.BytesIO(bytes(data)), dest)
