@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from api import guards, problems
 from api.routers import auth, health, jobs, network, orders, plans, telemetry
-from core.settings import get_settings
+from core.settings import Settings, get_settings
+
+log = logging.getLogger("coldchain.api")
 
 
 def create_app() -> FastAPI:
@@ -23,6 +27,8 @@ def create_app() -> FastAPI:
         app.include_router(router, prefix="/api/v1")
     install_guards(app)
     _document_extra_schemas(app)
+    if get_settings().secret_key == Settings.model_fields["secret_key"].default:
+        log.warning("COLDCHAIN_SECRET_KEY is the development default: anyone can sign tokens; set your own")
     return app
 
 

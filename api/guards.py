@@ -211,7 +211,10 @@ class RateLimitMiddleware:
             await self.app(scope, receive, send)
             return
         limit, kind, key = caller_key(scope)
-        if _guarded(lambda: int(limiter().in_memory)) in (1, None):
+        in_memory = _guarded(lambda: int(limiter().in_memory))
+        if in_memory is None:  # the storage cannot even be set up: let the request through (logged)
+            wait = None
+        elif in_memory:
             wait = hit(limit, kind, key)
         else:  # a network round trip: keep it off the event loop
             wait = await anyio.to_thread.run_sync(hit, limit, kind, key)

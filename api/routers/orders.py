@@ -77,7 +77,7 @@ def _import_csv(session, data: bytes, filename: str | None, actor: str) -> dict:
 async def place_order(request: Request, session: SessionDep, caller: Dispatcher) -> JSONResponse:
     """One order as JSON (201), or a CSV upload as multipart field `file` (200, each refused row named)."""
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
-        form = await request.form()
+        form = await request.form(max_files=1, max_fields=10)
         upload = form.get("file")
         if upload is None or isinstance(upload, str):
             raise Invalid("multipart upload needs a file field named 'file'", pointer="/file")
