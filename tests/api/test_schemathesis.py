@@ -61,7 +61,8 @@ def test_no_5xx_and_every_answer_matches_its_schema(server, role: str | None, tm
     if role:
         args += ["--header", f"Authorization: {server.headers[role]['Authorization']}"]
     t0 = time.monotonic()
-    run = subprocess.run(args, capture_output=True, text=True, timeout=600, env={**os.environ, "NO_COLOR": "1"})
+    run = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=tmp_path,  # its cache stays there
+                         env={**os.environ, "NO_COLOR": "1"})
     seconds = time.monotonic() - t0
     output = run.stdout[-12000:] + run.stderr[-3000:]
     assert run.returncode == 0, f"schemathesis as {role or 'no token'} ({seconds:.0f} s):\n{output}\n{server.log()}"
