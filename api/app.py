@@ -1,11 +1,17 @@
-"""The FastAPI application: routers per audience under /api/v1, problem+json errors."""
+"""The FastAPI application: routers per audience under /api/v1, problem+json errors, request guards."""
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+import logging
 
-from api import problems
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from api import guards, problems
 from api.routers import auth, driver, health, jobs, network, orders, plans, telemetry
+from core.settings import Settings, get_settings
+
+log = logging.getLogger("coldchain.api")
 
 
 def create_app() -> FastAPI:
@@ -19,24 +25,47 @@ def create_app() -> FastAPI:
     for router in (health.router, auth.router, network.router, jobs.router, orders.router, plans.router,
                    telemetry.router, driver.router, driver.staff):
         app.include_router(router, prefix="/api/v1")
+    install_guards(app)
     _document_extra_schemas(app)
+    if get_settings().secret_key == Settings.model_fields["secret_key"].default:
+        log.warning("COLDCHAIN_SECRET_KEY is the development default: anyone can sign tokens; set your own")
     return app
 
 
+def install_guards(app: FastAPI) -> None:
+    """Middleware, innermost first (Starlette wraps each added one around the previous): body limit, rate
+    limit, allowed hosts, CORS. CORS is outermost so that a browser can read a 413 or 429 too; it is added
+    only when COLDCHAIN_CORS_ORIGINS names origins (closed by default: no CORS headers at all)."""
+    settings = get_settings()
+    app.add_middleware(guards.BodyLimitMiddleware)
+    app.add_middleware(guards.RateLimitMiddleware)
+    if settings.allowed_hosts:
+        app.add_middleware(guards.AllowedHostsMiddleware, hosts=settings.allowed_hosts)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=False,
+                           allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
+                           expose_headers=["Retry-After"], max_age=600)
+
+
 def _document_extra_schemas(app: FastAPI) -> None:
-    """POST /orders reads its JSON body itself (it also takes a CSV upload), so FastAPI does not see
-    OrderIn: put it, and what it refers to, into the document's components."""
+    """Routes that read their body themselves (JSON or a multipart upload: POST /orders, POST /scenarios/load)
+    hide their models from FastAPI, and problem answers refer to Problem: put these, and what they refer to,
+    into the document's components."""
     from fastapi.openapi.utils import get_openapi
 
+    from api.routers.network import ScenarioLoadRequest
+    from api.schemas import Problem
     from fulfillment.schemas import OrderIn
 
     def openapi() -> dict:
         if app.openapi_schema is None:
             doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-            schema = OrderIn.model_json_schema(ref_template="#/components/schemas/{model}")
             components = doc.setdefault("components", {}).setdefault("schemas", {})
-            components.update(schema.pop("$defs", {}))
-            components["OrderIn"] = schema
+            for model in (OrderIn, ScenarioLoadRequest, Problem):
+                schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(schema.pop("$defs", {}))
+                components[model.__name__] = schema
             app.openapi_schema = doc
         return app.openapi_schema
 

@@ -16,7 +16,7 @@ from core.errors import Forbidden, Unauthorized
 from core.security import read_token
 from warehouses.models import User
 
-oauth2 = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/token", auto_error=False)
+oauth2 = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/token", refreshUrl="/api/v1/auth/refresh", auto_error=False)
 
 
 def get_session(request: Request) -> Iterator[Session]:
@@ -49,7 +49,8 @@ def current_caller(session: SessionDep, token: Annotated[str | None, Depends(oau
 
 
 def require(*roles: str) -> Callable[..., Caller]:
-    """A dependency that lets through only the given roles (admin always passes)."""
+    """A dependency that lets through only the given roles (admin always passes). Every route but the
+    public ones (health, ready, token, refresh) takes one: tests/api/test_openapi_contract.py checks it."""
 
     def _check(caller: Annotated[Caller, Depends(current_caller)]) -> Caller:
         if caller.role not in roles and caller.role != "admin":

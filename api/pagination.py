@@ -1,15 +1,22 @@
-"""Lists answer {"items": [...], "next": URL or null} (CONTRACTS.md section 3), keyset-paged by id."""
+"""Lists answer {"items": [...], "next": URL or null} (CONTRACTS.md section 3), keyset-paged by id.
+
+Every list route takes `Limit` (default 100, at most MAX_PAGE), so no request can ask the
+database for an unbounded list (OWASP API4); tests/api/test_openapi_contract.py checks that
+every route answering a Page declares it.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import Query, Request
+from fastapi import Path, Query, Request
 from sqlalchemy import Select
 from sqlalchemy.orm import Session
 
-Limit = Annotated[int, Query(ge=1, le=1000, description="items per page (at most 1000)")]
+MAX_PAGE = 1000
+Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description=f"items per page (at most {MAX_PAGE})")]
 After = Annotated[int | None, Query(ge=0, le=2**31 - 1, description="cursor from the previous page's next link")]
+Code = Annotated[str, Path(min_length=1, max_length=64, description="a code, reference or id as the files give it")]
 
 
 def page(session: Session, request: Request, query: Select, id_column: Any, limit: int, after: int | None,

@@ -6,8 +6,8 @@ metadata; nothing in core calls into them.
 
 import importlib
 
-MODEL_MODULES = ("core.jobs", "core.audit", "warehouses.models", "fulfillment.models", "routing.models",
-                 "telemetry.models", "traceability.models", "delivery.models")
+MODEL_MODULES = ("core.jobs", "core.audit", "core.security", "warehouses.models", "fulfillment.models",
+                 "routing.models", "telemetry.models", "traceability.models", "delivery.models")
 
 for _module in MODEL_MODULES:
     try:

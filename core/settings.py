@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 from urllib.parse import urlparse
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -27,12 +28,66 @@ class Settings(BaseSettings):
     celery_queue: str = Field(default="celery", description="queue that tasks go to and workers listen on")
     secret_key: str = Field(default="change-me-in-production-coldchain-secret-key", min_length=32)
     timezone: str = Field(default="Asia/Shanghai", description="an IANA zone name such as Asia/Shanghai")
-    token_minutes: int = Field(default=30, ge=1, le=24 * 60, description="minutes an access token lives")
+    token_minutes: int = Field(default=15, ge=1, le=24 * 60, description="minutes an access token lives")
     order_cutoff: str = Field(default="20:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$",
                               description="a local time HH:MM")
     default_service_radius_km: float = Field(default=5.0, gt=0, le=100,
                                              description="radius served by a node without a service-area polygon")
     osrm_url: str | None = Field(default=None, description="an OSRM server for road durations; unset: geodesic x 1.3")
+    # API security (SECURITY.md): token lifetimes, rate limits, body limits, scenario folder, CORS.
+    refresh_token_days: int = Field(default=14, ge=1, le=365,
+                                    description="days a refresh token lives; each use rotates it")
+    rate_limit_url: str | None = Field(default=None, description=(
+        "where rate-limit counts live, shared by every API worker (redis://host:port/db); unset: the Redis "
+        "broker URL if COLDCHAIN_BROKER_URL is one, else each process's memory"))
+    login_limit_per_user: str = Field(default="5/minute",
+                                      description="failed logins allowed per username, as N/second|minute|hour")
+    login_limit_per_address: str = Field(default="20/minute",
+                                         description="failed logins allowed per client address, as N/minute")
+    rate_limit_per_caller: str = Field(default="600/minute",
+                                       description="requests allowed per authenticated user, as N/minute")
+    rate_limit_per_address: str = Field(default="120/minute",
+                                        description="unauthenticated requests allowed per client address, as N/minute")
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024,
+                                description="largest request body in bytes, unless api.limits.BODY_LIMITS allows more")
+    upload_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1024,
+                                  description="largest upload in bytes (order CSV files, scenario zip or CSV files)")
+    scenario_dir: Path | None = Field(default=None, description=(
+        "the one server folder POST /api/v1/scenarios/load may read scenario folders from; unset: uploads only"))
+    scenario_unpacked_max_bytes: int = Field(default=200 * 1024 * 1024, ge=1024,
+                                             description="largest total size of a scenario upload once unpacked")
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description=(
+        "comma-separated browser origins allowed to call the API (https://app.example.com); unset: CORS closed"))
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list, description=(
+        "comma-separated Host names the API answers to (api.example.com); unset: any host"))
+
+    @field_validator("login_limit_per_user", "login_limit_per_address", "rate_limit_per_caller",
+                     "rate_limit_per_address")
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        from limits import parse
+
+        try:
+            parse(value)
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not a rate such as 5/minute") from exc
+        return value
+
+    @field_validator("cors_origins", "allowed_hosts", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @property
+    def rate_limit_storage(self) -> str:
+        """The limits storage URI: the configured one, else a Redis broker, else process memory."""
+        if self.rate_limit_url:
+            return self.rate_limit_url
+        if self.broker_url and self.broker_url.startswith(("redis://", "rediss://")):
+            return self.broker_url
+        return "memory://"
 
     @field_validator("timezone")
     @classmethod

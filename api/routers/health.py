@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 from urllib.parse import urlparse
 
@@ -9,13 +10,15 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
+from api.schemas import Health, Ready, problems
 from core.db import get_engine
 from core.settings import get_settings
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], responses=problems(429))
+log = logging.getLogger("coldchain.api.health")
 
 
-@router.get("/health")
+@router.get("/health", response_model=Health)
 def health() -> dict:
     return {"status": "ok"}
 
@@ -38,7 +41,7 @@ def _mqtt_reachable(url: str, timeout: float = 2.0) -> tuple[bool, str]:
     return False, f"{host}:{port} refused the connection"
 
 
-@router.get("/ready")
+@router.get("/ready", response_model=Ready, responses=problems(503))
 def ready() -> JSONResponse:
     checks: dict[str, dict] = {}
     try:
@@ -46,7 +49,9 @@ def ready() -> JSONResponse:
             conn.execute(text("SELECT 1"))
         checks["database"] = {"ok": True, "dialect": get_engine().dialect.name}
     except Exception as exc:  # any driver error means "not ready", never a 500
-        checks["database"] = {"ok": False, "detail": str(exc).splitlines()[0]}
+        # anyone may ask: the driver's message (host, user, database) goes to the log, not the answer
+        log.warning("readiness: database unreachable: %s", str(exc).splitlines()[0] if str(exc) else exc)
+        checks["database"] = {"ok": False, "detail": f"unreachable ({type(exc).__name__})"}
     url = get_settings().mqtt_url
     if url:
         ok, detail = _mqtt_reachable(url)

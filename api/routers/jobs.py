@@ -2,32 +2,32 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Depends
-from pydantic import BaseModel, Field
+from fastapi import APIRouter, Depends, Path
 
 from api.deps import Caller, SessionDep, require
+from api.schemas import STAFF, JobOut
+from core.errors import DomainError
 from core.jobs import job_for
 
-router = APIRouter(tags=["jobs"])
+router = APIRouter(tags=["jobs"], responses=STAFF)
+_DOMAIN_ERRORS = {"DomainError", "Invalid", "NotFound", "Conflict", "Forbidden", "Unauthorized", "Refused"}
 
 
-class JobOut(BaseModel):
-    job: str
-    kind: str = Field(description="plan, replan, scenario_load, ...")
-    state: str = Field(description="Celery's state: PENDING (queued), STARTED, PROGRESS, SUCCESS, FAILURE")
-    requested_by: str
-    created_at: datetime
-    params: dict[str, Any]
-    progress: dict[str, Any] | None = None
-    result: Any = None
-    error: str | None = None
+def _error_text(info: object) -> str:
+    """A domain error's own words (meant for people); anything else only by its kind, since its text may
+    carry SQL, file paths or other internals (OWASP API8): the worker's log has the rest."""
+    if isinstance(info, BaseException):
+        kind = type(info).__name__
+        if isinstance(info, DomainError) or kind in _DOMAIN_ERRORS:
+            return f"{kind}: {info}"
+        return f"{kind}: the job failed; the worker's log has the details"
+    return "the job failed; the worker's log has the details"
 
 
 @router.get("/jobs/{job_id}", name="get_job", response_model=JobOut)
-def get_job(job_id: str, session: SessionDep,
+def get_job(job_id: Annotated[str, Path(max_length=64)], session: SessionDep,
             caller: Annotated[Caller, Depends(require("dispatcher", "quality"))]) -> JobOut:
     """A job's state; an unknown job, or one the caller's role may not see, answers 404 alike."""
     from celery.result import AsyncResult
@@ -44,5 +44,5 @@ def get_job(job_id: str, session: SessionDep,
     elif state == "SUCCESS":
         out.result = info
     elif state == "FAILURE":
-        out.error = f"{type(info).__name__}: {info}" if isinstance(info, BaseException) else str(info)
+        out.error = _error_text(info)
     return out

@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy import select
+from starlette.exceptions import HTTPException
 
+from api import scenario_upload
 from api.deps import Caller, SessionDep, require
-from api.pagination import After, Limit, page
-from core.errors import Invalid, NotFound
+from api.pagination import After, Code, Limit, page
+from api.schemas import STAFF, JobStarted, NodeOut, Page, VehicleOut, problems
+from core.errors import NotFound
 from core.jobs import enqueue
+from core.settings import get_settings
+from fulfillment.scenario import SCENARIO_FILES
 from warehouses.models import Node, Vehicle
 
-router = APIRouter(tags=["network"])
+router = APIRouter(tags=["network"], responses=STAFF)
 Staff = Annotated[Caller, Depends(require("dispatcher", "quality"))]
 Dispatcher = Annotated[Caller, Depends(require("dispatcher"))]
 
@@ -28,21 +36,21 @@ def _node(n: Node) -> dict:
             "service_area_wkt": n.service_area_wkt}
 
 
-@router.get("/network/nodes")
+@router.get("/network/nodes", response_model=Page[NodeOut])
 def list_nodes(request: Request, session: SessionDep, _caller: Staff, limit: Limit = 100,
                after: After = None) -> dict:
     return page(session, request, select(Node), Node.id, limit, after, _node)
 
 
-@router.get("/network/nodes/{code}")
-def get_node(code: str, session: SessionDep, _caller: Staff) -> dict:
+@router.get("/network/nodes/{code}", response_model=NodeOut)
+def get_node(code: Code, session: SessionDep, _caller: Staff) -> dict:
     node = session.scalar(select(Node).where(Node.code == code))
     if node is None:
         raise NotFound(f"no node {code}")
     return _node(node)
 
 
-@router.get("/network/vehicles")
+@router.get("/network/vehicles", response_model=Page[VehicleOut])
 def list_vehicles(request: Request, session: SessionDep, _caller: Staff, limit: Limit = 100,
                   after: After = None) -> dict:
     def render(v: Vehicle) -> dict:
@@ -54,22 +62,59 @@ def list_vehicles(request: Request, session: SessionDep, _caller: Staff, limit: 
 
 
 class ScenarioLoadRequest(BaseModel):
-    directory: str
+    directory: str = Field(max_length=1000, description="a folder inside COLDCHAIN_SCENARIO_DIR, by its name there")
 
 
-class JobStarted(BaseModel):
-    job: str
-    href: str
+_UPLOAD_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": {"$ref": "#/components/schemas/ScenarioLoadRequest"}},
+    "multipart/form-data": {"schema": {"type": "object", "properties": {
+        "file": {"type": "string", "format": "binary", "description": "a zip of the scenario's CSV files"},
+        "files": {"type": "array", "items": {"type": "string", "format": "binary"},
+                  "description": "the CSV files themselves (nodes.csv, products.csv, ...)"}}}}}}}
 
 
-@router.post("/scenarios/load", status_code=202, response_model=JobStarted)
-def load_scenario(body: ScenarioLoadRequest, request: Request, session: SessionDep, caller: Dispatcher) -> JobStarted:
-    """Queue a scenario load on the Celery workers (sent once this request commits); poll the job link."""
+@router.post("/scenarios/load", status_code=202, response_model=JobStarted, openapi_extra=_UPLOAD_BODY,
+             responses=problems(409))
+async def load_scenario(request: Request, session: SessionDep, caller: Dispatcher) -> JobStarted:
+    """Queue a scenario load (sent once this request commits); poll the job link. The body is a JSON
+    `{"directory"}` naming a folder inside COLDCHAIN_SCENARIO_DIR, or a multipart upload: a zip as field
+    `file`, or the CSV files as fields. The job loads a copy made now, in a folder of its own."""
     from traceability.tasks import load_scenario_task  # the load with its stock received (custody)
 
-    directory = Path(body.directory)
-    if not directory.is_dir():
-        raise Invalid(f"{body.directory}: not a directory on the server")
-    job = enqueue(session, load_scenario_task, str(directory.resolve()), kind="scenario_load",
-                  requested_by=caller.username, roles=("dispatcher",), params={"directory": body.directory})
+    folder = scenario_upload.job_folder()
+    try:
+        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+            source = await _stage_upload(request, folder)
+        else:
+            try:
+                body = ScenarioLoadRequest.model_validate_json(await request.body())
+            except ValidationError as exc:
+                raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from exc
+            await run_in_threadpool(scenario_upload.from_directory, body.directory, folder)
+            source = {"directory": body.directory}
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    job = enqueue(session, load_scenario_task, str(folder), kind="scenario_load",
+                  requested_by=caller.username, roles=("dispatcher",), params=source)
     return JobStarted(job=job.id, href=str(request.url_for("get_job", job_id=job.id)))
+
+
+async def _stage_upload(request: Request, folder: Path) -> dict:
+    limit = get_settings().upload_max_bytes
+    try:
+        form = await request.form(max_files=len(SCENARIO_FILES) + 1, max_fields=10, max_part_size=limit)
+    except HTTPException as exc:  # starlette's refusal of a malformed or oversized form
+        raise scenario_upload.Refused(f"multipart form not usable: {exc.detail}") from None
+    uploads = [(key, v) for key, v in form.multi_items() if not isinstance(v, str)]
+    if not uploads:
+        raise scenario_upload.Refused("upload a zip as field 'file' or the CSV files as fields", pointer="/file")
+    zips = [u for key, u in uploads if key == "file" and not (u.filename or "").lower().endswith(".csv")]
+    if zips:
+        if len(uploads) > 1:
+            raise scenario_upload.Refused("upload either one zip or the CSV files, not both", pointer="/file")
+        taken = await run_in_threadpool(scenario_upload.from_zip, zips[0].file, folder)
+        return {"upload": Path(zips[0].filename or "scenario.zip").name[:200], "files": taken}
+    taken = await run_in_threadpool(scenario_upload.from_files, [(u.filename or "", u.file) for _k, u in uploads],
+                                    folder)
+    return {"upload": "files", "files": taken}

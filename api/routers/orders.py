@@ -10,12 +10,24 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy import select
 
 from api.deps import Caller, SessionDep, require
-from api.pagination import After, Limit, page
+from api.pagination import After, Code, Limit, page
+from api.schemas import (
+    STAFF,
+    AllocationOutcome,
+    DayAllocations,
+    ImportReport,
+    OrderOut,
+    OrderPlaced,
+    Page,
+    Transfers,
+    problems,
+)
 from core.errors import Invalid, NotFound
+from core.settings import get_settings
 from fulfillment.models import Order
 from fulfillment.schemas import OrderIn
 from fulfillment.service import (
@@ -29,9 +41,9 @@ from fulfillment.service import (
 )
 from warehouses.service import LoadReport
 
-router = APIRouter(tags=["orders"])
+router = APIRouter(tags=["orders"], responses=STAFF)
 Dispatcher = Annotated[Caller, Depends(require("dispatcher"))]
-MAX_CSV_BYTES = 20 * 1024 * 1024
+OrderStatus = Annotated[str, Query(max_length=40, description="an order status (fulfillment/lifecycle.py)")]
 
 
 def _order(session, ref: str) -> Order:  # noqa: ANN001
@@ -42,8 +54,9 @@ def _order(session, ref: str) -> Order:  # noqa: ANN001
 
 
 def _import_csv(session, data: bytes, filename: str | None, actor: str) -> dict:  # noqa: ANN001
-    if len(data) > MAX_CSV_BYTES:
-        raise Invalid("CSV larger than 20 MB; split it")
+    limit = get_settings().upload_max_bytes
+    if len(data) > limit:
+        raise Invalid(f"CSV larger than {limit} bytes (COLDCHAIN_UPLOAD_MAX_BYTES); split it")
     name = Path(filename or "orders.csv").name
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / name
@@ -54,37 +67,43 @@ def _import_csv(session, data: bytes, filename: str | None, actor: str) -> dict:
             "rejected": [e.as_dict() for e in report.errors]}
 
 
-@router.post("/orders", status_code=201, openapi_extra={"requestBody": {"content": {
+@router.post("/orders", status_code=201, response_model=OrderPlaced, responses={
+    200: {"description": "a CSV upload: what was taken, each refused row named",
+          "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ImportReport"}}}},
+    **problems(409)}, openapi_extra={"requestBody": {"required": True, "content": {
     "application/json": {"schema": {"$ref": "#/components/schemas/OrderIn"}},
     "multipart/form-data": {"schema": {"type": "object", "properties": {"file": {"type": "string",
                                                                                   "format": "binary"}}}}}}})
 async def place_order(request: Request, session: SessionDep, caller: Dispatcher) -> JSONResponse:
     """One order as JSON (201), or a CSV upload as multipart field `file` (200, each refused row named)."""
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
-        form = await request.form()
+        form = await request.form(max_files=1, max_fields=10)
         upload = form.get("file")
         if upload is None or isinstance(upload, str):
             raise Invalid("multipart upload needs a file field named 'file'", pointer="/file")
-        data = await upload.read(MAX_CSV_BYTES + 1)
-        return JSONResponse(_import_csv(session, data, upload.filename, caller.username))
+        data = await upload.read(get_settings().upload_max_bytes + 1)
+        report = _import_csv(session, data, upload.filename, caller.username)
+        return JSONResponse(ImportReport.model_validate(report).model_dump(mode="json"))
     try:
         body = OrderIn.model_validate_json(await request.body())
     except ValidationError as exc:
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from exc
     order, moved = create_order(session, body, actor=caller.username)
-    return JSONResponse({**order_view(order), "moved": moved}, status_code=201)
+    placed = OrderPlaced.model_validate({**order_view(order), "moved": moved})
+    return JSONResponse(placed.model_dump(mode="json"), status_code=201)
 
 
-@router.post("/orders/import")
+@router.post("/orders/import", response_model=ImportReport)
 async def import_orders(session: SessionDep, caller: Dispatcher,
                         file: Annotated[UploadFile, File(description="orders CSV")]) -> dict:
     """A CSV of orders placed now; each refused row is named by file:line, field and reason."""
-    return _import_csv(session, await file.read(MAX_CSV_BYTES + 1), file.filename, caller.username)
+    return _import_csv(session, await file.read(get_settings().upload_max_bytes + 1), file.filename,
+                       caller.username)
 
 
-@router.get("/orders")
+@router.get("/orders", response_model=Page[OrderOut])
 def list_orders(request: Request, session: SessionDep, _caller: Dispatcher, limit: Limit = 100, after: After = None,
-                day: Annotated[date | None, Query(alias="date")] = None, status: str | None = None) -> dict:
+                day: Annotated[date | None, Query(alias="date")] = None, status: OrderStatus | None = None) -> dict:
     query = select(Order)
     if day:
         query = query.where(Order.delivery_date == day)
@@ -93,17 +112,17 @@ def list_orders(request: Request, session: SessionDep, _caller: Dispatcher, limi
     return page(session, request, query, Order.id, limit, after, order_view)
 
 
-@router.get("/orders/{ref}")
-def get_order(ref: str, session: SessionDep, _caller: Dispatcher) -> dict:
+@router.get("/orders/{ref}", response_model=OrderOut)
+def get_order(ref: Code, session: SessionDep, _caller: Dispatcher) -> dict:
     return order_view(_order(session, ref))
 
 
 class CancelIn(BaseModel):
-    reason: str | None = None
+    reason: str | None = Field(None, max_length=2000)
 
 
-@router.post("/orders/{ref}/cancel")
-def cancel(ref: str, body: CancelIn, session: SessionDep, caller: Dispatcher) -> dict:
+@router.post("/orders/{ref}/cancel", response_model=OrderOut, responses=problems(409))
+def cancel(ref: Code, body: CancelIn, session: SessionDep, caller: Dispatcher) -> dict:
     return order_view(cancel_order(session, _order(session, ref), caller.username, body.reason))
 
 
@@ -111,18 +130,18 @@ class AllocateIn(BaseModel):
     date: date
 
 
-@router.post("/allocations")
+@router.post("/allocations", response_model=AllocationOutcome)
 def allocate(body: AllocateIn, session: SessionDep, caller: Dispatcher) -> dict:
     outcome = allocate_day(session, body.date, actor=caller.username)
     return {"date": body.date.isoformat(), "allocated": outcome.allocated, "unallocated": outcome.unallocated,
             "seconds": round(outcome.seconds, 3), **day_allocations(session, body.date)}
 
 
-@router.get("/allocations")
+@router.get("/allocations", response_model=DayAllocations)
 def get_allocations(session: SessionDep, _caller: Dispatcher, day: Annotated[date, Query(alias="date")]) -> dict:
     return {"date": day.isoformat(), **day_allocations(session, day)}
 
 
-@router.get("/transfers")
+@router.get("/transfers", response_model=Transfers)
 def transfers(session: SessionDep, _caller: Dispatcher, day: Annotated[date, Query(alias="date")]) -> dict:
     return {"date": day.isoformat(), "transfers": suggest_transfers_for(session, day)}

@@ -12,6 +12,8 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from api.deps import Caller, SessionDep, require
+from api.pagination import Code
+from api.schemas import STAFF, DayPlan, JobLink, PlanJobs, media
 from core.errors import Invalid
 from core.jobs import Job, enqueue
 from fulfillment.service import day_allocations
@@ -19,25 +21,14 @@ from routing.exports import day_map_png, route_geojson, route_sheet_pdf
 from routing.replan import add_order, breakdown, cancel_order, depot_of, event_dict
 from routing.service import day_routes, depots_of_day
 
-router = APIRouter(tags=["plans"])
+router = APIRouter(tags=["plans"], responses=STAFF)
 Dispatcher = Annotated[Caller, Depends(require("dispatcher"))]
 
 
 class PlanIn(BaseModel):
     date: date
     time_limit: Annotated[float, Field(gt=0, le=600, description="seconds per depot")] = 10.0
-    depots: list[str] | None = None
-
-
-class JobLink(BaseModel):
-    depot: str
-    job: str = Field(description="the job id")
-    href: str = Field(description="poll this for progress and the result")
-
-
-class PlanJobs(BaseModel):
-    date: date
-    jobs: list[JobLink]
+    depots: Annotated[list[Annotated[str, Field(max_length=64)]] | None, Field(max_length=1000)] = None
 
 
 def _link(request: Request, depot: str, job: Job) -> JobLink:
@@ -67,7 +58,7 @@ def start_plan(body: PlanIn, request: Request, session: SessionDep, caller: Disp
     return PlanJobs(date=body.date, jobs=links)
 
 
-@router.get("/plans")
+@router.get("/plans", response_model=DayPlan)
 def get_plan(session: SessionDep, _caller: Dispatcher, day: Annotated[date, Query(alias="date")]) -> dict:
     """The day's allocations, routes and unserved orders (CONTRACTS.md section 5, plus stop ids and statuses)."""
     return {"date": day.isoformat(), **day_allocations(session, day), **day_routes(session, day)}
@@ -75,11 +66,11 @@ def get_plan(session: SessionDep, _caller: Dispatcher, day: Annotated[date, Quer
 
 class ReplanIn(BaseModel):
     type: Literal["breakdown", "add_order", "cancel_order"]
-    vehicle: str | None = Field(None, description="breakdown: the van")
+    vehicle: str | None = Field(None, max_length=64, description="breakdown: the van")
     at: datetime | None = Field(None, description="breakdown: when (RFC 3339 with a zone)")
     position: tuple[float, float] | None = Field(None, description="breakdown: [lat, lon]")
-    order_ref: str | None = Field(None, description="add_order / cancel_order")
-    reason: str | None = None
+    order_ref: str | None = Field(None, max_length=64, description="add_order / cancel_order")
+    reason: str | None = Field(None, max_length=2000)
     now: datetime | None = Field(None, description="re-plan as of this time (default: the breakdown time or now)")
     time_limit: Annotated[float, Field(gt=0, le=60, description="solver seconds")] = 5.0
 
@@ -108,15 +99,17 @@ def replan_day(day: date, body: ReplanIn, request: Request, session: SessionDep,
     return _link(request, depot, job)
 
 
-@router.get("/plans/{day}/routes/{vehicle}/geojson")
-def get_route_geojson(day: date, vehicle: str, session: SessionDep, _caller: Dispatcher) -> Response:
+@router.get("/plans/{day}/routes/{vehicle}/geojson", response_class=Response,
+            responses=media("application/geo+json", "the route as a GeoJSON FeatureCollection (RFC 7946)"))
+def get_route_geojson(day: date, vehicle: Code, session: SessionDep, _caller: Dispatcher) -> Response:
     """One van's current route as GeoJSON (RFC 7946)."""
     return Response(json.dumps(route_geojson(session, day, vehicle), ensure_ascii=False),
                     media_type="application/geo+json")
 
 
-@router.get("/plans/{day}/routes/{vehicle}/sheet.pdf")
-def get_route_sheet(day: date, vehicle: str, session: SessionDep, _caller: Dispatcher) -> Response:
+@router.get("/plans/{day}/routes/{vehicle}/sheet.pdf", response_class=Response,
+            responses=media("application/pdf", "the printable route sheet"))
+def get_route_sheet(day: date, vehicle: Code, session: SessionDep, _caller: Dispatcher) -> Response:
     """The driver's printable route sheet."""
     with tempfile.TemporaryDirectory() as tmp:
         data = route_sheet_pdf(session, day, vehicle, Path(tmp) / "sheet.pdf").read_bytes()
@@ -124,8 +117,10 @@ def get_route_sheet(day: date, vehicle: str, session: SessionDep, _caller: Dispa
                     headers={"Content-Disposition": f'inline; filename="route-{vehicle}-{day}.pdf"'})
 
 
-@router.get("/plans/{day}/map.png")
-def get_day_map(day: date, session: SessionDep, _caller: Dispatcher, depot: str | None = None) -> Response:
+@router.get("/plans/{day}/map.png", response_class=Response,
+            responses=media("image/png", "the day's routes on a map, coloured per van"))
+def get_day_map(day: date, session: SessionDep, _caller: Dispatcher,
+                depot: Annotated[str | None, Query(max_length=64)] = None) -> Response:
     """The day's routes on a map, coloured per van."""
     with tempfile.TemporaryDirectory() as tmp:
         data = day_map_png(session, day, Path(tmp) / "map.png", depot=depot).read_bytes()

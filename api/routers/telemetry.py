@@ -16,7 +16,8 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, Field, StringConstraints
 
 from api.deps import Caller, SessionDep, require
-from api.pagination import Limit, page
+from api.pagination import Code, Limit, page
+from api.schemas import STAFF, AlertOut, Page, Reading, Reject, Watch, problems
 from core.errors import Invalid, NotFound
 from telemetry.models import Alert, TelemetryReject
 from telemetry.service import (
@@ -31,7 +32,7 @@ from telemetry.service import (
     watch_view,
 )
 
-router = APIRouter(tags=["telemetry"])
+router = APIRouter(tags=["telemetry"], responses=STAFF)
 Watchers = Annotated[Caller, Depends(require("dispatcher", "quality"))]
 Quality = Annotated[Caller, Depends(require("quality"))]
 
@@ -71,8 +72,8 @@ Cursor = Annotated[str | None, Query(max_length=400, description="cursor from th
 AlertKind = Literal["temperature", "door", "shock", "silence", "battery"]
 
 
-@router.get("/telemetry/vehicles/{vehicle_code}/readings")
-def readings(vehicle_code: str, request: Request, session: SessionDep, _caller: Watchers,
+@router.get("/telemetry/vehicles/{vehicle_code}/readings", response_model=Page[Reading])
+def readings(vehicle_code: Code, request: Request, session: SessionDep, _caller: Watchers,
              start: Annotated[Instant | None, Query(alias="from", description="from this time (included), RFC 3339")]
              = None,
              end: Annotated[Instant | None, Query(alias="to", description="up to this time (excluded), RFC 3339")]
@@ -102,8 +103,8 @@ def readings(vehicle_code: str, request: Request, session: SessionDep, _caller: 
     return {"items": items, "next": next_url}
 
 
-@router.get("/telemetry/vehicles/{vehicle_code}/watch")
-def watch(vehicle_code: str, session: SessionDep, _caller: Watchers) -> dict:
+@router.get("/telemetry/vehicles/{vehicle_code}/watch", response_model=Watch)
+def watch(vehicle_code: Code, session: SessionDep, _caller: Watchers) -> dict:
     """What the alert rules watch on this van now: whether it is on an active route (silence alerts), what it
     carries per compartment, and the temperature limits in force (class defaults tightened by the products)."""
     vehicle_id = vehicle_id_of(session, vehicle_code)
@@ -112,7 +113,7 @@ def watch(vehicle_code: str, session: SessionDep, _caller: Watchers) -> dict:
     return watch_view(session, vehicle_id, vehicle_code)
 
 
-@router.get("/telemetry/rejected")
+@router.get("/telemetry/rejected", response_model=Page[Reject])
 def rejected(request: Request, session: SessionDep, _caller: Quality,
              since: Annotated[Instant | None, Query(description="received at or after this time, RFC 3339")] = None,
              limit: Limit = 100, after: After = None) -> dict:
@@ -120,9 +121,9 @@ def rejected(request: Request, session: SessionDep, _caller: Quality,
     return page(session, request, rejects_query(since), TelemetryReject.id, limit, after, reject_view)
 
 
-@router.get("/alerts")
+@router.get("/alerts", response_model=Page[AlertOut])
 def alerts(request: Request, session: SessionDep, _caller: Watchers, status: AlertStatus | None = None,
-           vehicle: Annotated[str | None, Query(description="a vehicle code")] = None,
+           vehicle: Annotated[str | None, Query(max_length=64, description="a vehicle code")] = None,
            kind: AlertKind | None = None, limit: Limit = 100, after: After = None) -> dict:
     """Alerts, oldest first; without status, all of them."""
     return page(session, request, alerts_query(status, vehicle, kind), Alert.id, limit, after, alert_view)
@@ -133,7 +134,7 @@ class AckIn(BaseModel):
         description="what quality staff did or decided (1 to 2000 characters)")
 
 
-@router.post("/alerts/{alert_id}/ack")
+@router.post("/alerts/{alert_id}/ack", response_model=AlertOut, responses=problems(409))
 def acknowledge(alert_id: int, body: AckIn, session: SessionDep, caller: Quality) -> dict:
     """Acknowledge once: an open alert becomes acknowledged; a closed one stays closed but
     records who acknowledged it, when, and the note. A second acknowledgement answers 409."""

@@ -92,8 +92,9 @@ def test_malformed_requests_are_problems_with_pointers(api, token) -> None:  # n
     body = assert_problem(api.post("/api/v1/scenarios/load", content=b"{not json", headers={
         **headers, "content-type": "application/json"}), 422)
     assert body["errors"]
+    # a folder the server will not read is refused outright (tests/api/test_scenario_load_api.py has the rest)
     assert_problem(api.post("/api/v1/scenarios/load", json={"directory": "/definitely/not/here"}, headers=headers),
-                   422)
+                   400)
     assert_problem(api.get("/api/v1/no-such-route"), 404)
     assert_problem(api.delete("/api/v1/health"), 405)
 
