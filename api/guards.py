@@ -51,6 +51,8 @@ BODY_LIMITS: dict[tuple[str, str], str | int] = {
     ("POST", "/api/v1/orders"): "upload_max_bytes",
     ("POST", "/api/v1/orders/import"): "upload_max_bytes",
     ("POST", "/api/v1/scenarios/load"): "upload_max_bytes",
+    # the route itself refuses a photo over 5 MB while streaming (delivery.proofs); room for the multipart framing
+    ("POST", "/api/v1/driver/stops/{stop_id}/proof"): 5 * 1024 * 1024 + 64 * 1024,
 }
 
 

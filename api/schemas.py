@@ -35,6 +35,7 @@ class Problem(BaseModel):
 _WHY = {400: "the request cannot be used (its reason in detail)", 401: "no valid access token",
         403: "the caller's role may not use this route", 404: "no such resource (or not the caller's)",
         409: "conflicts with the resource's current state", 413: "request body too large",
+        415: "the body is not of a type this route takes",
         422: "a field is not valid (pointer and reason in errors)", 429: "rate limit: retry after Retry-After seconds",
         503: "a dependency is unreachable"}
 

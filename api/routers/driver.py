@@ -17,6 +17,7 @@ from fastapi.responses import FileResponse
 from api.deps import Caller, SessionDep, require
 from api.idempotency import CurrentDriver, DriverRoute, DriverSession, read_upload
 from api.pagination import Limit, page
+from api.schemas import problems
 from core.errors import NotFound
 from core.timeutil import local_today
 from delivery import proofs, service
@@ -40,14 +41,23 @@ StopId = Annotated[str, Path(max_length=64, description="the stop's opaque id fr
 _KEY = {"parameters": [{"name": "Idempotency-Key", "in": "header", "required": True,
                         "schema": {"type": "string", "maxLength": 255},
                         "description": "unique per report; the same key again when retrying (IETF draft)"}]}
-_POST_ERRORS = {400: {"description": "no Idempotency-Key"},
-                404: {"description": "no such stop on your routes (also another driver's)"},
-                409: {"description": "not allowed in the current state (body shows it), or the same key is still "
-                                     "being handled"},
-                422: {"description": "invalid body, or the key was used for another request"}}
 
 
-@router.get("/route", response_model=RouteOut, responses={404: {"description": "no route that day"}})
+def _errors(*statuses: int, **why: str) -> dict:
+    """Problem answers of a driver route, with this route's own words where they say more."""
+    out = problems(401, 403, 422, 429, *statuses)
+    for status, text in why.items():
+        out[int(status.removeprefix("s"))]["description"] = text
+    return out
+
+
+_POST_ERRORS = _errors(400, 404, 409, 413, s400="no Idempotency-Key",
+                       s404="no such stop on your routes (also another driver's)",
+                       s409="not allowed in the current state (body shows it), or the same key is still being handled",
+                       s422="invalid body, or the key was used for another request")
+
+
+@router.get("/route", response_model=RouteOut, responses=_errors(404, s404="no route that day"))
 def my_route(driver: CurrentDriver, session: DriverSession,
              day: Annotated[date | None, Query(alias="date", description="local day; default today")] = None) -> dict:
     """The calling driver's route that day: stops in order with ETA, window, address, contact and items."""
@@ -67,8 +77,7 @@ def stop_event(stop_id: StopId, body: StopEventIn, driver: CurrentDriver, sessio
 
 
 @router.post("/stops/{stop_id}/proof", status_code=201, response_model=ProofOut,
-             responses={**_POST_ERRORS, 413: {"description": "over 5 MB"},
-                        415: {"description": "not a JPEG or PNG by its bytes"}},
+             responses={**_POST_ERRORS, **_errors(415, s415="not a JPEG or PNG by its bytes")},
              openapi_extra={**_KEY, "requestBody": {"required": True, "content": {"multipart/form-data": {
                  "schema": {"type": "object", "required": ["file"],
                             "properties": {"file": {"type": "string", "format": "binary"}}}}}}})
@@ -99,7 +108,7 @@ def _scope(session: SessionDep, caller: Caller) -> service.DriverRef | None:
     return driver or service.DriverRef(-1, caller.username, None, None)
 
 
-@staff.get("/proofs", response_model=ProofPage)
+@staff.get("/proofs", response_model=ProofPage, responses=_errors())
 def list_proofs(request: Request, session: SessionDep, caller: ProofReaders, limit: Limit = 100,
                 after: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None,
                 stop_id: Annotated[str | None, Query(max_length=64)] = None,
@@ -112,7 +121,7 @@ def list_proofs(request: Request, session: SessionDep, caller: ProofReaders, lim
 
 @staff.get("/proofs/{proof_id}", response_class=FileResponse,
            responses={200: {"content": {"image/jpeg": {}, "image/png": {}}, "description": "the file"},
-                      404: {"description": "no such proof (or not yours)"}})
+                      **_errors(404, s404="no such proof (or not yours)")})
 def get_proof(proof_id: Annotated[int, Path(ge=1, le=2**31 - 1)], session: SessionDep,
               caller: ProofReaders) -> FileResponse:
     """The photo or signature itself."""
