@@ -14,15 +14,15 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-import os
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 from pathlib import Path
 from random import Random
-from zoneinfo import ZoneInfo
+
+from core import geo
 
 Row = dict[str, str]
 
@@ -43,8 +43,6 @@ FILES: dict[str, str] = {
     "vehicles": "vehicles.csv", "drivers": "drivers.csv", "orders": "orders.csv",
 }
 
-KM_PER_DEG_LAT = 110.574
-KM_PER_DEG_LON_EQ = 111.320
 DEFAULT_RADIUS_KM = 5.0  # an empty service_area_wkt means this radius (CONTRACTS.md section 4)
 
 
@@ -96,15 +94,13 @@ def _num(x: float) -> str:
 
 
 def _offset(lat: float, lon: float, dx_km: float, dy_km: float) -> tuple[float, float]:
-    """The point dx_km east and dy_km north of (lat, lon), on a local equirectangular approximation."""
-    return (lat + dy_km / KM_PER_DEG_LAT, lon + dx_km / (KM_PER_DEG_LON_EQ * math.cos(math.radians(lat))))
+    """The point dx_km east and dy_km north of (lat, lon)."""
+    return geo.offset(lat, lon, dx_km, dy_km)
 
 
 def _km(a: tuple[float, float], b: tuple[float, float]) -> float:
-    """Approximate distance in km between two (lat, lon) points (equirectangular; fine at city scale)."""
-    dy = (a[0] - b[0]) * KM_PER_DEG_LAT
-    dx = (a[1] - b[1]) * KM_PER_DEG_LON_EQ * math.cos(math.radians((a[0] + b[0]) / 2))
-    return math.hypot(dx, dy)
+    """Distance in km between two (lat, lon) points (core.geo's local ellipsoid: within 1.2e-5 of geodesic)."""
+    return geo.local_km1(a[0], a[1], b[0], b[1])
 
 
 def _star_ring(rng: Random, radius_km: float, n_vertices: int) -> list[tuple[float, float]]:
@@ -373,9 +369,7 @@ _CHENGDU_VANS: tuple[tuple[str, str, str, str], ...] = (
 
 
 def _geodesic_km(a: tuple[float, float], b: tuple[float, float]) -> float:
-    from geopy.distance import geodesic
-
-    return geodesic(a, b).km
+    return geo.geodesic_km(a[0], a[1], b[0], b[1])
 
 
 def _van_row(i: int, depot: str, kind: str, start: str, end: str, width: int = 2, dev_width: int = 4) -> Row:
@@ -731,8 +725,9 @@ def synthetic(n_nodes: int, n_orders: int, delivery_date: date, seed: int = 1,
 
 
 def _tomorrow() -> date:
-    tz = ZoneInfo(os.environ.get("COLDCHAIN_TIMEZONE") or "Asia/Shanghai")
-    return datetime.now(tz).date() + timedelta(days=1)
+    from core.timeutil import local_tomorrow  # COLDCHAIN_TIMEZONE through core.settings
+
+    return local_tomorrow()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
