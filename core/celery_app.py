@@ -13,7 +13,7 @@ from celery import Celery
 from core.settings import get_settings
 
 # Task modules, named by path only: core imports no domain (ARCHITECTURE.md).
-TASK_MODULES = ["fulfillment.tasks", "telemetry.tasks", "traceability.tasks"]
+TASK_MODULES = ["telemetry.tasks", "traceability.tasks"]
 
 
 def make_celery() -> Celery:

@@ -76,10 +76,10 @@ from typing import NamedTuple
 
 import numpy as np
 import shapely
-from geographiclib.geodesic import Geodesic
-from geopy.distance import ELLIPSOIDS
 from shapely import STRtree
 from shapely.geometry.base import BaseGeometry
+
+from core.geo import EARTH_R_KM, circle_box, geodesic_km, haversine_km, haversine_km1, local_km, local_km1
 
 __all__ = [
     "CLASSES",
@@ -103,15 +103,11 @@ __all__ = [
 CLASSES = ("frozen", "chilled", "ambient")
 _CLS = {c: i for i, c in enumerate(CLASSES)}
 DEFAULT_RADIUS_KM = 5.0
-EARTH_R_KM = 6371.0088
 _EPS_L = 1e-9  # litres of slack in capacity comparisons (check_plan allows 1e-6)
 _LOCAL_ERR = 2e-4  # local_km vs geodesic, relative, for radii up to 60 km (measured < 1.2e-5)
 
 _clock = time.perf_counter  # phase timings (wall seconds)
 
-_A, _B, _F = ELLIPSOIDS["WGS-84"]  # km, exactly as geopy's geodesic
-_GEOD = Geodesic(_A, _F)
-_DIST = Geodesic.DISTANCE
 
 
 # --------------------------------------------------------------------------------------------
@@ -244,63 +240,7 @@ def to_contract(result: AllocationResult, day: date | str | None = None) -> dict
 
 
 # --------------------------------------------------------------------------------------------
-# distances
-
-
-def geodesic_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    """WGS-84 geodesic distance in km; the same number as ``geopy.distance.geodesic(...).km``
-    (same geographiclib call and ellipsoid) without geopy's per-call parsing overhead."""
-    return _GEOD.Inverse(lat1, lon1, lat2, lon2, _DIST)["s12"]
-
-
-def haversine_km(lat1, lon1, lat2, lon2):
-    """Great-circle distance on the mean-radius sphere; numpy-vectorised."""
-    p1 = np.radians(lat1)
-    p2 = np.radians(lat2)
-    h = np.sin((p2 - p1) * 0.5) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(np.radians(lon2 - lon1) * 0.5) ** 2
-    return 2.0 * EARTH_R_KM * np.arcsin(np.sqrt(np.minimum(h, 1.0)))
-
-
-def local_km(lat1, lon1, lat2, lon2):
-    """Short-distance approximation on the WGS-84 ellipsoid (flat around the mid-latitude, with the
-    ellipsoid's radii of curvature there); numpy-vectorised. Measured against geographiclib on
-    20,000 random pairs up to 60 km apart: relative error below 1.2e-5 (haversine: 5.6e-3)."""
-    e2 = _F * (2.0 - _F)
-    pm = np.radians((np.asarray(lat1) + lat2) * 0.5)
-    sp = np.sin(pm)
-    w = np.sqrt(1.0 - e2 * sp * sp)
-    n_r = _A / w
-    m_r = _A * (1.0 - e2) / (w * w * w)
-    dlon = (np.asarray(lon2) - lon1 + 540.0) % 360.0 - 180.0
-    return np.hypot(m_r * np.radians(np.asarray(lat2) - lat1), n_r * np.cos(pm) * np.radians(dlon))
-
-
-def _hav1(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    """haversine_km for two points, in plain Python (no numpy call overhead)."""
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    dl = math.radians(lon2 - lon1)
-    h = math.sin((p2 - p1) * 0.5) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl * 0.5) ** 2
-    return 2.0 * EARTH_R_KM * math.asin(math.sqrt(min(h, 1.0)))
-
-
-def _local1(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    """local_km for two points, in plain Python."""
-    e2 = _F * (2.0 - _F)
-    pm = math.radians((lat1 + lat2) * 0.5)
-    sp = math.sin(pm)
-    w = math.sqrt(1.0 - e2 * sp * sp)
-    dlon = (lon2 - lon1 + 540.0) % 360.0 - 180.0
-    return math.hypot(_A * (1.0 - e2) / (w * w * w) * math.radians(lat2 - lat1),
-                      _A / w * math.cos(pm) * math.radians(dlon))
-
-
-def _circle_box(lat: float, lon: float, radius_km: float) -> tuple[float, float, float, float]:
-    """A lon/lat box that surely contains every point within radius_km (geodesic) of (lat, lon)."""
-    r = radius_km * 1.02
-    dlat = r / 110.5  # a degree of latitude is >= 110.57 km
-    clat = min(89.9, abs(lat) + dlat)
-    dlon = min(180.0, r / (111.33 * math.cos(math.radians(clat))))
-    return (lon - dlon, lat - dlat, lon + dlon, lat + dlat)
+# service areas (distances: core.geo)
 
 
 class _Spatial:
@@ -313,7 +253,7 @@ class _Spatial:
         for i, n in enumerate(nodes):
             if n.area is None:
                 self.is_circle[i] = True
-                geoms.append(shapely.box(*_circle_box(n.lat, n.lon, radius_km)))
+                geoms.append(shapely.box(*circle_box(n.lat, n.lon, radius_km)))
             else:
                 geoms.append(n.area)
         self.geoms = np.array(geoms, dtype=object)
@@ -353,7 +293,7 @@ class _Spatial:
         for v in vis:
             if circ[v]:
                 la, lo = self.lat_l[v], self.lon_l[v]
-                d = _local1(lat, lon, la, lo)
+                d = local_km1(lat, lon, la, lo)
                 if d <= r * (1 - err) or (d <= r * (1 + err) and geodesic_km(lat, lon, la, lo) <= r):
                     out.append(v)
         return out
@@ -749,7 +689,7 @@ class _Engine:
             vis = vi.tolist()
         else:  # re-test the pairs found by the bulk bounding-box query, without the prefilter
             vis = sp.exact_one(self._bbox_vi[self._bbox_off[p] : self._bbox_off[p + 1]], o.lat, o.lon)
-        return [self.van[v] for v in sorted(vis, key=lambda v: _hav1(o.lat, o.lon, sp.lat_l[v], sp.lon_l[v]))]
+        return [self.van[v] for v in sorted(vis, key=lambda v: haversine_km1(o.lat, o.lon, sp.lat_l[v], sp.lon_l[v]))]
 
     # ---- main loop -----------------------------------------------------------------------
 
@@ -950,7 +890,7 @@ class _Engine:
         first rules out the candidates that cannot be the geodesic nearest nor within ``tie_km``
         of it; only the others get the exact geodesic distance. The outcome is the geodesic one."""
         nodes = self.nodes
-        loc = {n: _local1(o.lat, o.lon, nodes[n].lat, nodes[n].lon) for n in ties}
+        loc = {n: local_km1(o.lat, o.lon, nodes[n].lat, nodes[n].lon) for n in ties}
         lmin = min(loc.values())
         lmax = max(loc.values())
         err = _LOCAL_ERR + 2.0 * (lmax / EARTH_R_KM) ** 2

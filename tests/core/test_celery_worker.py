@@ -33,7 +33,7 @@ def test_worker_runs_a_scenario_load_and_reports_the_result(worker_env, tmp_path
     try:
         code = (
             "import sys, json, time\n"
-            "from fulfillment.tasks import load_scenario_task\n"
+            "from traceability.tasks import load_scenario_task\n"
             f"r = load_scenario_task.apply_async(args=[{str(folder)!r}], queue={queue!r})\n"
             "seen = set()\n"
             "deadline = time.time() + 90\n"
