@@ -413,7 +413,8 @@ def allocate_day(session: Session, day: date, actor: str = "system") -> DayAlloc
                 prior.extend(allocations)
     else:
         sequence = [o.pure for o in open_orders]
-    result = alg.allocate(net.nodes, net.products, net.lots, sequence, prior=prior)
+    result = alg.allocate(net.nodes, net.products, net.lots, sequence, prior=prior,
+                          radius_km=get_settings().default_service_radius_km)
     by_ref = {o.ref: o for o in open_orders}
     now = utcnow()
     reservations, events, order_updates = [], [], {}
@@ -476,7 +477,8 @@ def suggest_transfers_for(session: Session, day: date) -> list[dict]:
                                   lots_left={(lt.node, lt.sku, lt.lot): lt.qty for lt in net.lots},
                                   capacity_left={n.code: {c: getattr(n, f"{c}_l") for c in TEMP_CLASSES}
                                                  for n in net.nodes})
-    return [t.to_dict() for t in suggest_transfers(net.nodes, net.products, net.lots, pure, result)]
+    return [t.to_dict() for t in suggest_transfers(net.nodes, net.products, net.lots, pure, result,
+                                                   radius_km=get_settings().default_service_radius_km)]
 
 
 def day_allocations(session: Session, day: date) -> dict:
