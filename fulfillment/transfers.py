@@ -16,20 +16,18 @@ from datetime import date
 
 import numpy as np
 
+from core.geo import EARTH_R_KM, geodesic_km, local_km1
 from fulfillment.allocation import (
     _EPS_L,
     _LOCAL_ERR,
     CLASSES,
     DEFAULT_RADIUS_KM,
-    EARTH_R_KM,
     AllocationResult,
     Lot,
     Node,
     Order,
     Product,
-    _local1,
     _Spatial,
-    geodesic_km,
 )
 
 __all__ = ["Transfer", "suggest_transfers"]
@@ -80,7 +78,7 @@ def _nearest_node(lat: float, lon: float, cands: list[Node]) -> Node:
     """The geodesic nearest of cands (then the lower code); geographiclib only for close calls."""
     if len(cands) == 1:
         return cands[0]
-    loc = {n.code: _local1(lat, lon, n.lat, n.lon) for n in cands}
+    loc = {n.code: local_km1(lat, lon, n.lat, n.lon) for n in cands}
     lmin = min(loc.values())
     err = _LOCAL_ERR + 2.0 * (max(loc.values()) / EARTH_R_KM) ** 2
     close = [n for n in cands if loc[n.code] * (1 - err) <= lmin * (1 + err)]
