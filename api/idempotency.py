@@ -64,11 +64,20 @@ def key_sessions() -> AbstractContextManager[Session]:
 # ----------------------------------------------------------------------------- the caller
 
 
-def _authenticate(session: Session, authorization: str | None) -> DriverRef:
+def _token_claims(authorization: str | None) -> dict:
+    """The access token's claims, checked without the database: a request with no valid driver token is
+    refused before it opens a transaction (on SQLite, before it waits for the write lock)."""
     scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("not authenticated", headers={"WWW-Authenticate": "Bearer"})
     claims = read_token(token.strip())
+    if claims.get("role") not in ("driver", "admin"):
+        raise Forbidden(f"this needs the role driver; you are {claims.get('role')}")
+    return claims
+
+
+def _authenticate(session: Session, authorization: str | None) -> DriverRef:
+    claims = _token_claims(authorization)
     login = login_of(session, str(claims["sub"]))
     if login is None or not login.active:
         raise Unauthorized("unknown or disabled user")
@@ -260,6 +269,7 @@ class DriverRoute(APIRoute):
                     "the Idempotency-Key header must be a string of 1 to 255 printable characters"))
             sessions = request.app.dependency_overrides.get(key_sessions, key_sessions)
             try:
+                _token_claims(request.headers.get("authorization"))
                 if reader is not None:  # authenticate before taking in megabytes
                     driver = await run_in_threadpool(_auth_only, sessions, request.headers.get("authorization"))
                     material, parsed = await reader(request)

@@ -120,7 +120,9 @@ def list_proofs(request: Request, session: SessionDep, caller: ProofReaders, lim
 
 
 @staff.get("/proofs/{proof_id}", response_class=FileResponse,
-           responses={200: {"content": {"image/jpeg": {}, "image/png": {}}, "description": "the file"},
+           responses={200: {"content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+                                        "image/png": {"schema": {"type": "string", "format": "binary"}}},
+                            "description": "the file"},
                       **_errors(404, s404="no such proof (or not yours)")})
 def get_proof(proof_id: Annotated[int, Path(ge=1, le=2**31 - 1)], session: SessionDep,
               caller: ProofReaders) -> FileResponse:

@@ -11,7 +11,8 @@ from tests.api.test_foundation_api import assert_problem
 
 PUBLIC = {("get", "/api/v1/health"), ("get", "/api/v1/ready"), ("post", "/api/v1/auth/token"),
           ("post", "/api/v1/auth/refresh")}
-EVERY_ROLE = {("post", "/api/v1/auth/logout"), ("get", "/api/v1/auth/me")}
+EVERY_ROLE = {("post", "/api/v1/auth/logout"), ("get", "/api/v1/auth/me"),
+              ("get", "/api/v1/proofs"), ("get", "/api/v1/proofs/{proof_id}")}  # drivers: their own proofs
 METHODS = {"get", "post", "put", "patch", "delete"}
 
 

@@ -58,7 +58,7 @@ def test_worker_runs_a_scenario_load_and_reports_the_result(worker_env, tmp_path
         except subprocess.TimeoutExpired:
             proc.kill()
             log = proc.communicate()[0]
-    assert "fulfillment.load_scenario" in log
+    assert "traceability.load_scenario" in log
     engine = make_engine(env["COLDCHAIN_DATABASE_URL"])
     with engine.connect() as conn:
         assert conn.scalar(select(func.count()).select_from(Node)) == 2
