@@ -211,7 +211,13 @@ def test_a_lost_answer_is_recovered_by_retrying_with_the_same_key(served: Served
             f"Idempotency-Key: lost-1\r\nContent-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
             "Connection: close\r\n\r\n").encode()
     with socket.create_connection((target.hostname, target.port)) as sock:
-        sock.sendall(head + payload)  # and hang up without reading
+        sock.sendall(head + payload)
+        # the server has done the work: now the network drops, before the answer is read (hanging up at once
+        # could instead cut the request itself short, which is a request never made, not an answer lost)
+        deadline = time.monotonic() + 20
+        while served.count(DeliveryEvent, DeliveryEvent.stop_id == stop, DeliveryEvent.type == "arrived") == 0:
+            assert time.monotonic() < deadline, "the first request was never handled"
+            time.sleep(0.05)
     deadline = time.monotonic() + 20
     while True:
         retry = httpx.post(served.url + path, content=payload,
