@@ -513,7 +513,7 @@ def leg_chart_png(leg: dict, directory: Directory, *, dpi: int = 150, now: datet
         values = [v for _a, v in readings] or [0.0]
         bottom = lo if lo is not None else min(values) - 5
         top = hi if hi is not None else max(values) + 5
-        ax.axhspan(bottom, top, color="#2e7d32", alpha=0.12, label=f"允许范围 {_num(lo)}–{_num(hi)} °C")
+        ax.axhspan(bottom, top, color="#2e7d32", alpha=0.12, label=f"允许范围 {_num(lo)} 至 {_num(hi)} °C")
     for run in excursions(readings, band, end):
         ax.axvspan(run["from"], run["to"], color="#c62828", alpha=0.25)
     if readings:
@@ -522,8 +522,9 @@ def leg_chart_png(leg: dict, directory: Directory, *, dpi: int = 150, now: datet
         opened = _t(door.get("opened"))
         if opened is not None:
             ax.axvline(opened, color="#ef6c00", linestyle="--", linewidth=0.9)
-            ax.annotate("门开", (opened, 1.0), xycoords=("data", "axes fraction"), fontsize=7, family=family,
-                        color="#ef6c00", ha="left", va="top")
+            ax.annotate("门开", (opened, 0.97), xycoords=("data", "axes fraction"), xytext=(3, 0),
+                        textcoords="offset points", fontsize=7, family=family, color="#ef6c00", ha="left",
+                        va="top")
     for shock in leg.get("shocks", ()):
         at = _t(shock.get("ts"))
         if at is not None:
@@ -567,7 +568,8 @@ def order_pdf(trace: dict, directory: Directory, *, now: datetime | None = None)
     from core.pdf import document, escape, paragraph_style, styles, table_style
 
     sheet = styles()
-    h1, h2 = paragraph_style("h1", sheet["Title"], fontSize=16), paragraph_style("h2", sheet["Heading2"], fontSize=12)
+    h1, h2 = (paragraph_style("h1", sheet["Title"], fontSize=16),
+              paragraph_style("h2", sheet["Heading2"], fontSize=12, keepWithNext=1))
     body = paragraph_style("body", sheet["BodyText"], fontSize=9, leading=12)
     small = paragraph_style("small", sheet["BodyText"], fontSize=7.5, leading=9.5)
     ref = trace.get("order_ref")
