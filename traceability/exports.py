@@ -34,7 +34,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from core.errors import Invalid, NotFound
@@ -63,6 +63,13 @@ class Directory:
     lot_sources: dict[tuple[str, str], str] = field(default_factory=dict)  # (sku, lot) -> node that assigned it
     orders: dict[str, dict] = field(default_factory=dict)  # ref -> address, lat, lon
     devices: dict[str, str | None] = field(default_factory=dict)  # vehicle code -> its logger
+    vehicle_codes: dict[int, str] = field(default_factory=dict)  # vehicle id -> code (a return names the id)
+
+    def returned_from(self, e: dict) -> tuple[str | None, str | None]:
+        """The van and compartment a returned line came off: custody keeps the vehicle's id in its data."""
+        data = e.get("data") or {}
+        van = data.get("from_vehicle")
+        return (self.vehicle_codes.get(van, str(van)) if isinstance(van, int) else van), data.get("from_compartment")
 
     def product_name(self, sku: str | None) -> str:
         return (self.products.get(sku or "") or {}).get("name") or (sku or "")
@@ -107,9 +114,10 @@ def directory_for(session: Session, custody: Sequence[dict]) -> Directory:
         d.nodes[n.code] = {"name": n.name, "kind": n.kind, "lat": n.lat, "lon": n.lon}
     for o in session.scalars(select(Order).where(Order.ref.in_(refs))) if refs else ():
         d.orders[o.ref] = {"address": o.address, "lat": o.lat, "lon": o.lon}
-    for code, device in session.execute(select(Vehicle.code, Vehicle.device).where(Vehicle.code.in_(vans))) if vans \
-            else ():
-        d.devices[code] = device
+    ids = {(e.get("data") or {}).get("from_vehicle") for e in custody if e["type"] == "returned"} - {None}
+    for vid, code, device in session.execute(select(Vehicle.id, Vehicle.code, Vehicle.device)
+                                             .where(or_(Vehicle.code.in_(vans), Vehicle.id.in_(ids)))):
+        d.devices[code], d.vehicle_codes[vid] = device, code
     return d
 
 
@@ -256,8 +264,8 @@ def fsma_rows(custody: Sequence[dict], directory: Directory) -> list[dict]:
             "delivered": ("Delivery to the consumer", van, e.get("vehicle"), consumer, _id(ID_BASE, "order",
                                                                                              e.get("order_ref"))),
             "failed": ("Failed delivery attempt (goods stay aboard)", van, e.get("vehicle"), van, e.get("vehicle")),
-            "returned": ("Return to a node", _returned_from(e), (e.get("data") or {}).get("from_vehicle") or "van",
-                         directory.node_text(e.get("node")), e.get("node")),
+            "returned": ("Return to a node", "van {} {} compartment".format(*directory.returned_from(e)),
+                         directory.returned_from(e)[0], directory.node_text(e.get("node")), e.get("node")),
             "disposed": ("Disposal", directory.node_text(e.get("node")) or van, e.get("node") or e.get("vehicle"),
                          "destroyed", "destroyed"),
         }.get(kind)
@@ -270,11 +278,6 @@ def fsma_rows(custody: Sequence[dict], directory: Directory) -> list[dict]:
                      "Ship-to or receiving location ID": str(dst_id or ""),
                      **doc})
     return rows
-
-
-def _returned_from(e: dict) -> str:
-    data = e.get("data") or {}
-    return f"van {data.get('from_vehicle', '?')} {data.get('from_compartment', '')} compartment".strip()
 
 
 def _document(e: dict) -> dict:
@@ -383,9 +386,8 @@ def epcis_document(trace: dict, directory: Directory, *, id_base: str = ID_BASE,
         if e["type"] == "loaded" and e.get("vehicle"):
             groups[("ADD", e["at"], e["vehicle"], e.get("compartment"), e.get("node"))].append(e)
         elif e["type"] in ("delivered", "returned"):
-            data = e.get("data") or {}
-            van = e.get("vehicle") or data.get("from_vehicle")
-            cls = e.get("compartment") or data.get("from_compartment")
+            van, cls = (e.get("vehicle"), e.get("compartment")) if e["type"] == "delivered" else \
+                directory.returned_from(e)
             if van:
                 groups[("DELETE", e["at"], van, cls, e.get("node"))].append(e)
     for (action, at_text, van, cls, node), members in groups.items():

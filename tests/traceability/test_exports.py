@@ -155,15 +155,17 @@ def test_a_lot_sheet_lists_every_order_it_went_into_with_failures_and_returns(se
     assert {r["Traceability lot code"] for r in rows} == {egg_lot}
     kinds = {r["Critical tracking event"] for r in rows}
     assert {"Receiving", "Loading into a van", "Delivery to the consumer"} <= kinds
-    failed = [r for r in rows if r["Order"] == driven.failed_ref]
-    if failed:  # the failed stop's order holds this lot: failed aboard, then returned to the depot
-        assert {r["Critical tracking event"] for r in failed} >= {"Failed delivery attempt (goods stay aboard)",
-                                                                   "Return to a node"}
-        assert all(r["FSMA 204 scope"] == exports.EXTENSION for r in failed)
     assert all(r[k].strip() for r in rows for k in exports.FSMA_KDES)
-    # the period sheet of the day holds every row of the lot's
+    # the period sheet of the day holds every row of the lot's, and the failed stop's order: failed aboard,
+    # then returned to the depot when the route finished, both marked as the business's own rows
     _h, period = read_csv(exports.fsma_for_period(session, driven.day - timedelta(days=1), driven.day))
-    assert len(period) >= len(rows) and {r["Custody record"] for r in rows} <= {r["Custody record"] for r in period}
+    assert len(period) > len(rows) and {r["Custody record"] for r in rows} <= {r["Custody record"] for r in period}
+    failed = [r for r in period if r["Order"] == driven.failed_ref and r["FSMA 204 scope"] == exports.EXTENSION]
+    assert {r["Critical tracking event"] for r in failed} == {"Loading into a van", "Return to a node",
+                                                              "Failed delivery attempt (goods stay aboard)"}
+    back = next(r for r in failed if r["Critical tracking event"] == "Return to a node")
+    assert back["Ship-from location"].startswith(f"van {driven.van}") and back["Ship-to or receiving location ID"]
+    assert all(r[k].strip() for r in period for k in exports.FSMA_KDES)
     _h, before = read_csv(exports.fsma_for_period(session, driven.day - timedelta(days=9),
                                                   driven.day - timedelta(days=8)))
     assert before == []
@@ -391,3 +393,16 @@ def test_the_cli_writes_a_lot_sheet_and_refuses_a_wrong_combination(databases, t
     missing = subprocess.run([*coldchain_cmd(), "trace", "export", "NO-SUCH", "--format", "pdf"], env=env,
                              capture_output=True, text=True, timeout=120)
     assert missing.returncode == 1 and "NO-SUCH" in missing.stderr
+
+
+def test_a_failed_order_comes_off_the_van_in_its_epcis_document(session: Session, driven: Day, validator) -> None:  # noqa: ANN001
+    if driven.failed_ref is None:
+        pytest.skip("A1's van had no other stop to fail in this plan")
+    doc = json.loads(exports.export_order(session, driven.failed_ref, "epcis", now=driven.now)[0])
+    assert problems(validator, doc) == []
+    events = doc["epcisBody"]["eventList"]
+    assert [e["bizStep"] for e in events if e["type"] == "ObjectEvent" and e["bizStep"] == "arriving"]
+    (off,) = [e for e in events if e["type"] == "AggregationEvent" and e["action"] == "DELETE"]
+    assert off["parentID"] == f"{exports.ID_BASE}vehicle/{driven.van}/compartment/chilled"
+    assert off["disposition"] == "returned" and off["bizStep"] == "unloading"
+    assert not [e for e in events if e.get("bizStep") == "retail_selling"]
