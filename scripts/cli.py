@@ -116,6 +116,53 @@ def audit_verify(
     raise typer.Exit(0 if verdict.ok else 1)
 
 
+trace_app = typer.Typer(help="Traceability exports auditors use (FSMA 204, EPCIS 2.0, PDF).", no_args_is_help=True)
+app.add_typer(trace_app, name="trace")
+
+
+@trace_app.command("export")
+def trace_export(
+    order_ref: Annotated[str | None, typer.Argument(help="the order (omit with --lot or --from/--to)")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="fsma, epcis or pdf (--lot and --from/--to: fsma only)")]
+    = "fsma",
+    out: Annotated[Path | None, typer.Option("--out", help="file to write (default: the export's own name)")] = None,
+    lot: Annotated[str | None, typer.Option("--lot", help="every custody row of this lot code (FSMA)")] = None,
+    first: Annotated[datetime | None, typer.Option("--from", formats=["%Y-%m-%d"], help="first local day (FSMA)")]
+    = None,
+    last: Annotated[datetime | None, typer.Option("--to", formats=["%Y-%m-%d"], help="last local day (FSMA)")]
+    = None,
+) -> None:
+    """Write an order's FSMA 204 spreadsheet, EPCIS 2.0 document or PDF report; or a lot's or a period's
+    spreadsheet. Exit 1 when there is nothing of that name, 2 on a wrong combination of options."""
+    from core.db import session_scope
+    from core.errors import DomainError
+    from traceability import exports
+
+    chosen = [x for x in (order_ref, lot, first or last) if x]
+    if len(chosen) != 1 or (first is None) != (last is None):
+        err.print("[red]give one of: ORDER_REF, --lot LOT, or --from DAY --to DAY")
+        raise typer.Exit(2)
+    if (lot or first) and fmt != "fsma":
+        err.print("[red]a lot or a period exports as --format fsma only (EPCIS and PDF are per order)")
+        raise typer.Exit(2)
+    ensure_schema()
+    try:
+        with session_scope(write=False) as session:
+            if order_ref:
+                data, _media, name = exports.export_order(session, order_ref, fmt)
+            elif lot:
+                data, name = exports.fsma_for_lot(session, lot), f"lot-{lot}-fsma204.csv"
+            else:
+                data = exports.fsma_for_period(session, first.date(), last.date())
+                name = f"fsma204-{first:%Y-%m-%d}-{last:%Y-%m-%d}.csv"
+    except DomainError as exc:
+        err.print(f"[red]{exc}")
+        raise typer.Exit(2 if exc.status_code == 422 else 1) from exc
+    path = out or Path(name)
+    path.write_bytes(data)
+    err.print(f"wrote {path} ({len(data)} bytes)")
+
+
 @app.command()
 def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
     """Run the HTTP API with uvicorn (migrations first)."""
