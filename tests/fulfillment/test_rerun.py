@@ -16,11 +16,10 @@ from fulfillment.models import Order as OrderRow
 from fulfillment.models import OrderEvent, Reservation
 from fulfillment.scenario import load_scenario
 from fulfillment.service import allocate_day, day_allocations, load_orders_csv
+from tests.support import PRODUCTS, at, square
 from warehouses.models import StockLot
 from warehouses.samplegen import chengdu, write_scenario
 from warehouses.service import LoadReport
-
-from tests.support import PRODUCTS, at, square
 
 # ------------------------------------------------------------------------------ pure allocator
 

@@ -29,14 +29,13 @@ from delivery.schemas import RouteStartIn, StopEventIn
 from delivery.service import driver_ref, start_route, stop_event
 from telemetry.service import Fleet, Message, default_engine, store_batch
 from tests.delivery.helpers import build_day, routes_by_van
-from tests.support import ROOT
+from tests.support import epcis_schema_path
 from traceability import exports, flows
 from warehouses.models import Vehicle
 
 jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is in the test extras: pip install '.[test]'")
 pypdf = pytest.importorskip("pypdf", reason="pypdf is in the test extras: pip install '.[test]'")
 
-SCHEMA_PATH = ROOT / "tests" / "data" / "epcis" / "EPCIS-JSON-Schema.json"
 EGGS = "土鸡蛋30枚"
 DRIVERS = {"VAN-01": "driver01", "VAN-02": "driver02", "VAN-03": "driver03"}
 
@@ -192,7 +191,7 @@ def test_a_lot_loaded_at_another_node_than_its_own_is_a_shipping_and_a_receiving
 
 @pytest.fixture(scope="module")
 def validator():  # noqa: ANN201
-    schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+    schema = json.loads(epcis_schema_path().read_text(encoding="utf-8"))
     cls = jsonschema.validators.validator_for(schema)
     cls.check_schema(schema)
     return cls(schema, format_checker=cls.FORMAT_CHECKER)
