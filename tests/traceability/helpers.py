@@ -82,8 +82,9 @@ def drive_day(session: Session, tmp_path: Path, readings: bool = True) -> Driven
         arrivals.append(at - timedelta(minutes=4))
         stop_event(session, driver, sid, StopEventIn(type="arrived", at=at - timedelta(minutes=4)), now=evening)
         if i == 2:
-            stop_event(session, driver, sid, StopEventIn(type="damaged", at=at - timedelta(minutes=2), note="蛋碎了一个",
-                                                         items=[DamagedItem(sku="EGG-30", qty=1)]), now=evening)
+            broke = StopEventIn(type="damaged", at=at - timedelta(minutes=2), note="蛋碎了一个",
+                                items=[DamagedItem(sku="EGG-30", qty=1)])
+            stop_event(session, driver, sid, broke, now=evening)
         stop_event(session, driver, sid, StopEventIn(type="delivered", at=at, recipient="本人"), now=evening)
         delivered[ref] = at
     last = delivered[refs[-1]]

@@ -16,7 +16,7 @@ from fulfillment.service import allocate_day, day_allocations
 from tests.delivery.helpers import build_day, scenario
 from tests.support import DAY
 from tests.traceability.helpers import VAN, WARM_C, drive_day
-from traceability.service import hold_lot, held_on_routes, release_lot
+from traceability.service import held_on_routes, hold_lot, release_lot
 from traceability.trace import assess_orders, at_risk, lot_trace, order_trace
 from warehouses.models import StockLot
 
