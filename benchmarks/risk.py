@@ -135,7 +135,7 @@ def build(session: Session, vans: int, stops: int, every: int, seed: int) -> dic
     copy_rows(session, CustodyEvent.__table__, custody)
     if events:
         session.execute(OrderEvent.__table__.insert(), events)
-    ensure_partitions(session, [leave])
+    ensure_partitions(session, sorted({r["ts"].replace(hour=0, minute=0, second=0) for r in readings}))
     copy_rows(session, TelemetryReading.__table__, readings)
     session.commit()
     return {"orders": n, "custody_rows": len(custody), "readings": len(readings), "damaged": len(events)}

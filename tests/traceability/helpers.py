@@ -2,7 +2,7 @@
 
 Built on tests/delivery/helpers.build_day (real allocation and OR-Tools planning, dated from the day the
 tests run). VAN-01 (device TL-0001) leaves its depot at 08:00 local on DAY; stop i is delivered at
-08:00 + 30·i min; the second stop reports a broken egg first. The van's chilled compartment reads 4 °C
+08:00 + 30·i min; the last stop reports a broken egg first. The van's chilled compartment reads 4 °C
 every minute from 07:00 to 13:00 except for 30 minutes at 9 °C, ending 10 minutes before the last stop's
 delivery (so the first stop's order saw no excursion, the last one's saw all 30 minutes); the frozen
 compartment reads -19 °C throughout; the chilled door opens for 2 minutes at each stop; shocks 0.3 g.
@@ -81,7 +81,7 @@ def drive_day(session: Session, tmp_path: Path, readings: bool = True) -> Driven
         at = leave + timedelta(minutes=30 * i)
         arrivals.append(at - timedelta(minutes=4))
         stop_event(session, driver, sid, StopEventIn(type="arrived", at=at - timedelta(minutes=4)), now=evening)
-        if i == 2:
+        if i == len(refs):
             broke = StopEventIn(type="damaged", at=at - timedelta(minutes=2), note="蛋碎了一个",
                                 items=[DamagedItem(sku="EGG-30", qty=1)])
             stop_event(session, driver, sid, broke, now=evening)
@@ -91,4 +91,4 @@ def drive_day(session: Session, tmp_path: Path, readings: bool = True) -> Driven
     warm_from, warm_to = last - timedelta(minutes=40), last - timedelta(minutes=10)
     if readings:
         store_readings(session, readings_payloads(leave, warm_from, warm_to, arrivals), evening)
-    return DrivenDay(day, leave, refs, delivered, warm_from, warm_to, refs[1], evening)
+    return DrivenDay(day, leave, refs, delivered, warm_from, warm_to, refs[-1], evening)

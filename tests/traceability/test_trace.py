@@ -69,8 +69,10 @@ def test_an_order_with_no_excursion_is_ok_and_damage_makes_breakage_reject(sessi
     damaged = order_trace(session, d.damaged_ref, now=d.evening)
     assert damaged["breakage_risk"]["level"] == "reject", damaged["breakage_risk"]
     assert any("damage at the door" in r and "蛋碎了一个" in r for r in damaged["breakage_risk"]["reasons"])
-    later = order_trace(session, d.refs[2], now=d.evening)  # aboard the same van when it was reported
-    assert later["breakage_risk"]["level"] == "watch" and d.damaged_ref in later["breakage_risk"]["reasons"][0]
+    before = order_trace(session, d.refs[-2], now=d.evening)  # delivered before the report, 10 min of the warmth
+    assert before["breakage_risk"]["level"] == "ok", before["breakage_risk"]
+    assert before["spoilage_risk"]["level"] == "watch", before["spoilage_risk"]
+    assert any("10 min above 8 °C" in r for r in before["spoilage_risk"]["reasons"])
 
 
 def test_at_risk_lists_exactly_the_risky_orders_and_the_driver_sees_check_on_delivery(session, tmp_path: Path) -> None:
@@ -79,7 +81,8 @@ def test_at_risk_lists_exactly_the_risky_orders_and_the_driver_sees_check_on_del
     one_by_one = {ref: order_trace(session, ref, now=d.evening) for ref in refs}
     risky = {ref for ref, t in one_by_one.items()
              if t["spoilage_risk"]["level"] != "ok" or t["breakage_risk"]["level"] != "ok"}
-    assert d.refs[-1] in risky and d.damaged_ref in risky and d.refs[0] not in risky
+    assert d.refs[-1] in risky and d.refs[-2] in risky and d.refs[0] not in risky
+    assert one_by_one[d.refs[-2]]["breakage_risk"]["level"] == "ok"  # at risk by its spoilage only
     items, following = at_risk(session, d.day, now=d.evening)
     assert following is None and {i["order_ref"] for i in items} == risky
     for item in items:  # the batch agrees with the one-order trace
@@ -99,6 +102,7 @@ def test_at_risk_lists_exactly_the_risky_orders_and_the_driver_sees_check_on_del
     assert {ref for ref, c in checks.items() if c is not None} == risky & set(d.refs)
     last = checks[d.refs[-1]]
     assert last["spoilage"] in ("at_risk", "reject") and any("min above 8 °C" in r for r in last["reasons"])
+    assert last["breakage"] == "reject" and any("蛋碎了一个" in r for r in last["reasons"])
     assert checks[d.refs[0]] is None
 
 
