@@ -16,12 +16,12 @@ from pydantic import BaseModel, Field, StringConstraints
 
 from api.deps import Caller, SessionDep, require
 from api.pagination import After, Code, Limit, page
-from api.schemas import Instant, Number, Page, Reading, problems
+from api.schemas import STAFF, Instant, Number, Page, Reading, problems
 from traceability.service import hold_lot, holds_query, release_lot
 from traceability.trace import at_risk, hold_view, lot_trace, order_trace
 from warehouses.models import LotHold
 
-router = APIRouter(tags=["trace"], responses=problems(401, 403, 404, 422, 429))
+router = APIRouter(tags=["trace"], responses=STAFF)  # 400, 401, 403, 404, 413, 422, 429
 Quality = Annotated[Caller, Depends(require("quality"))]
 Watchers = Annotated[Caller, Depends(require("dispatcher", "quality"))]
 Level = Literal["ok", "watch", "at_risk", "reject"]
