@@ -8,7 +8,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from api import guards, problems
-from api.routers import auth, driver, health, jobs, network, orders, plans, telemetry
+from api.routers import auth, driver, health, jobs, network, orders, plans, telemetry, trace
 from core.settings import Settings, get_settings
 
 log = logging.getLogger("coldchain.api")
@@ -23,7 +23,7 @@ def create_app() -> FastAPI:
     )
     problems.install(app)
     for router in (health.router, auth.router, network.router, jobs.router, orders.router, plans.router,
-                   telemetry.router, driver.router, driver.staff):
+                   telemetry.router, driver.router, driver.staff, trace.router):
         app.include_router(router, prefix="/api/v1")
     install_guards(app)
     _document_extra_schemas(app)

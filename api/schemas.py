@@ -297,11 +297,28 @@ class Unserved(BaseModel):
     depot: str
 
 
+class HeldOnRoute(BaseModel):
+    """Stock under a quality hold that is already on a route: the dispatcher decides (pull it, swap it)."""
+
+    date: date
+    vehicle: str
+    stop_id: str
+    stop_status: str
+    order_ref: str
+    sku: str
+    lot: str
+    qty: int
+    reason: str = Field(description="the hold's reason")
+
+
 class DayPlan(DayAllocations):
-    """CONTRACTS.md section 5, plus each stop's id and status."""
+    """CONTRACTS.md section 5, plus each stop's id and status, and held stock on the day's routes."""
 
     routes: list[PlannedRoute]
     unserved: list[Unserved]
+    held: list[HeldOnRoute] = Field(default_factory=list,
+                                    description="lots on quality hold already on the day's routes (stops not "
+                                                "yet delivered)")
 
 
 # --- telemetry ----------------------------------------------------------------------------------------------
@@ -357,3 +374,6 @@ class Watch(BaseModel):
     last_sample_at: Instant | None
     cargo: dict[str, Any]
     limits_c: dict[str, Limits]
+    held_lots: list[HeldOnRoute] = Field(default_factory=list,
+                                         description="lots on quality hold aboard or due aboard this van (its "
+                                                     "unfinished routes from today on)")

@@ -73,6 +73,15 @@ class ItemOut(BaseModel):
     fragile: bool
 
 
+class StopCheck(BaseModel):
+    """Check on delivery: the order's spoilage or breakage risk is not ok (traceability's assessment)."""
+
+    level: Literal["watch", "at_risk", "reject"] = Field(description="the worse of the two risks")
+    spoilage: Literal["ok", "watch", "at_risk", "reject"]
+    breakage: Literal["ok", "watch", "at_risk", "reject"]
+    reasons: list[str]
+
+
 class StopOut(BaseModel):
     stop_id: str
     seq: int
@@ -86,6 +95,8 @@ class StopOut(BaseModel):
     note: str | None = None
     items: list[ItemOut]
     status: str
+    check: StopCheck | None = Field(default=None, description='"check on delivery": set when the order\'s '
+                                                              "spoilage or breakage risk is not ok, else null")
 
 
 class RouteOut(BaseModel):

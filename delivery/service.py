@@ -38,7 +38,9 @@ from routing.models import Plan, Route, RouteStop
 from telemetry.models import DriverPosition
 from telemetry.service import set_active
 from traceability import custody
+from traceability.risk import LEVELS
 from traceability.service import sync_vans
+from traceability.trace import assess_orders
 from warehouses.models import Compartment, Driver, Node, Product, User, Vehicle
 
 NO_SUCH_STOP = "no such stop on your routes"
@@ -135,6 +137,7 @@ def route_of(session: Session, driver: DriverRef, day: date) -> dict:
                 .where(OrderLine.order_id.in_(order_ids)).order_by(OrderLine.order_id, OrderLine.line_no)):
             items.setdefault(order_id, []).append({"sku": sku, "name": name, "qty": qty, "temp_class": tclass,
                                                    "fragile": bool(fragile)})
+    checks = stop_checks(session, [s.Order for s in stops])
     compartments: dict[str, float] = {}
     for tclass, litres in session.execute(select(Compartment.temp_class, Compartment.capacity_l)
                                           .where(Compartment.vehicle_id == route.vehicle_id)):
@@ -151,8 +154,23 @@ def route_of(session: Session, driver: DriverRef, day: date) -> dict:
             "address": s.Order.address,
             "contact": " ".join(p for p in (s.Order.customer, s.Order.phone) if p) or None,
             "note": s.Order.note, "items": items.get(s.Order.id, []), "status": s.status,
+            "check": checks.get(s.Order.id),
         } for s in stops],
     }
+
+
+def stop_checks(session: Session, orders: list[Order]) -> dict[int, dict]:
+    """"Check on delivery" per order whose spoilage or breakage risk is not ok (the same test as quality
+    staff's at-risk list): the worse level, both levels, and the reasons of the risks not ok."""
+    out: dict[int, dict] = {}
+    for order, assessed in zip(orders, assess_orders(session, orders), strict=True):
+        spoil, brk = assessed["spoilage_risk"], assessed["breakage_risk"]
+        if spoil["level"] == "ok" and brk["level"] == "ok":
+            continue
+        level = max(spoil["level"], brk["level"], key=LEVELS.index)
+        out[order.id] = {"level": level, "spoilage": spoil["level"], "breakage": brk["level"],
+                         "reasons": [r for risk in (spoil, brk) if risk["level"] != "ok" for r in risk["reasons"]]}
+    return out
 
 
 def _load_out(session: Session, order: Order, actor: str, at: datetime, data: dict) -> bool:

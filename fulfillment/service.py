@@ -20,7 +20,7 @@ from core.timeutil import parse_hhmm, utcnow
 from fulfillment.lifecycle import check_move
 from fulfillment.models import Order, OrderEvent, OrderLine, Reservation
 from fulfillment.schemas import ORDER_FIELDS, ORDER_FIELDS_NEEDED, ORDER_OPTIONAL, ORDER_REQUIRED, OrderRow
-from warehouses.models import TEMP_CLASSES, Node, Product, StockLot, Vehicle
+from warehouses.models import TEMP_CLASSES, LotHold, Node, Product, StockLot, Vehicle
 from warehouses.service import LoadReport
 
 EDITABLE = ("received", "unallocated")
@@ -364,12 +364,15 @@ def network_inputs(session: Session, day: date) -> Network:
     skus = {r.id: r.sku for r in product_rows}
     products = [alg.Product(sku=r.sku, temp_class=r.temp_class, unit_l=r.unit_l) for r in product_rows]
     lots, lot_ids = [], {}
+    # a lot code under an active quality hold is held at every node, also where its stock came in after the
+    # hold was put on (the lot's own on_hold flag is set only on the rows there were then)
+    held = set(session.scalars(select(LotHold.lot).where(LotHold.released_at.is_(None))))
     for r in session.execute(select(StockLot.id, StockLot.node_id, StockLot.product_id, StockLot.lot, StockLot.qty,
                                     StockLot.reserved, StockLot.expires, StockLot.on_hold).order_by(StockLot.id)):
         key = (codes[r.node_id], skus[r.product_id], r.lot)
         lot_ids[key] = r.id
         lots.append(alg.Lot(node=key[0], sku=key[1], lot=r.lot, qty=r.qty - r.reserved, expires=r.expires,
-                            on_hold=r.on_hold))
+                            on_hold=r.on_hold or r.lot in held))
     return Network(nodes, products, lots, {c: i for i, c in codes.items()}, codes, skus, lot_ids)
 
 

@@ -12,15 +12,18 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import date, datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from core import audit
+from core.errors import Conflict, NotFound
 from core.timeutil import to_local, utcnow
-from fulfillment.models import OrderLine
+from fulfillment.models import Order, OrderLine, Reservation
 from routing.models import Plan, Route, RouteStop
 from telemetry.models import DriverPosition
 from telemetry.service import VanWatch, last_positions, watch_vans
-from warehouses.models import Node, Product, Vehicle
+from traceability.models import CustodyEvent
+from warehouses.models import LotHold, Node, Product, StockLot, Vehicle
 
 # A van counts as out from its planned departure until this long after its planned return
 # (late vans are still watched); a route a driver started counts until it is done.
@@ -107,3 +110,102 @@ def van_positions(session: Session, depot_code: str, at: datetime) -> dict[str, 
 
 _PHONE = DriverPosition.__table__  # phones in vans without a tracker (telemetry keeps them; delivery records them)
 PHONE_MAX_AGE = timedelta(minutes=15)
+
+
+# ----------------------------------------------------------------------------- quality holds
+# A hold is on a lot code: every node's stock of it (allocation, pick lists, transfers and re-planning
+# all read StockLot.on_hold; allocation also reads the hold table, so stock of the code that comes in
+# while it is held is held too). Each hold and release is appended to the audit log.
+
+
+def _lot_rows(session: Session, lot: str) -> list[StockLot]:
+    return list(session.scalars(select(StockLot).where(StockLot.lot == lot).order_by(StockLot.id).with_for_update()))
+
+
+def _lot_known(session: Session, lot: str, rows: list[StockLot]) -> None:
+    if not rows and session.scalar(select(CustodyEvent.id).where(CustodyEvent.lot == lot).limit(1)) is None:
+        raise NotFound(f"no lot {lot}")
+
+
+def active_hold(session: Session, lot: str) -> LotHold | None:
+    return session.scalar(select(LotHold).where(LotHold.lot == lot, LotHold.released_at.is_(None)))
+
+
+def hold_lot(session: Session, lot: str, reason: str, actor: str, now: datetime | None = None) -> LotHold:
+    """Put ``lot`` on quality hold: from now on allocation never takes it (orders take another lot or are
+    left unallocated with the hold as their reason). Conflict when it is already held."""
+    now = now or utcnow()
+    rows = _lot_rows(session, lot)
+    _lot_known(session, lot, rows)
+    held = active_hold(session, lot)
+    if held is not None:
+        raise Conflict(f"lot {lot} is already on hold since {held.held_at.isoformat()} ({held.reason})")
+    hold = LotHold(lot=lot, reason=reason, held_by=actor, held_at=now)
+    session.add(hold)
+    for row in rows:
+        row.on_hold, row.hold_reason = True, reason
+    session.flush()
+    aboard = held_on_routes(session, lots=[lot])
+    audit.append(session, actor, "lot.hold", "lot", lot,
+                 {"hold_id": hold.id, "stock": [{"node_id": r.node_id, "qty": r.qty, "reserved": r.reserved}
+                                                for r in rows],
+                  "on_routes": [{k: a[k] for k in ("order_ref", "vehicle", "date", "qty")} for a in aboard]},
+                 why=reason, at=now)
+    return hold
+
+
+def release_lot(session: Session, lot: str, reason: str, actor: str, now: datetime | None = None) -> LotHold:
+    """Release the lot's active hold: allocation may take it again. Conflict when it is not on hold."""
+    now = now or utcnow()
+    rows = _lot_rows(session, lot)
+    _lot_known(session, lot, rows)
+    hold = active_hold(session, lot)
+    if hold is None:
+        raise Conflict(f"lot {lot} is not on hold")
+    hold.released_by, hold.released_at, hold.release_reason = actor, now, reason
+    for row in rows:
+        row.on_hold, row.hold_reason = False, None
+    session.flush()
+    audit.append(session, actor, "lot.release", "lot", lot, {"hold_id": hold.id, "held_by": hold.held_by,
+                                                             "held_for": hold.reason}, why=reason, at=now)
+    return hold
+
+
+def holds_query(active: bool = True):  # noqa: ANN201
+    query = select(LotHold)
+    return query.where(LotHold.released_at.is_(None)) if active else query
+
+
+def held_on_routes(session: Session, day: date | None = None, vehicle_code: str | None = None,
+                   lots: list[str] | None = None, unfinished_only: bool = False,
+                   from_day: date | None = None) -> list[dict]:
+    """Held stock already on a route (current plans; stops not yet delivered), for the dispatcher: per stop
+    and lot, the order, van, quantity and the hold's reason. ``unfinished_only``: routes not yet done;
+    ``from_day``: plans of that day or later."""
+    hold_reasons = dict(session.execute(select(LotHold.lot, LotHold.reason)
+                                        .where(LotHold.released_at.is_(None))).all())
+    if lots is not None:
+        hold_reasons = {k: v for k, v in hold_reasons.items() if k in lots}
+    if not hold_reasons:
+        return []
+    query = (select(Plan.day, Vehicle.code, RouteStop.stop_id, RouteStop.status, Order.ref, Product.sku,
+                    StockLot.lot, func.sum(Reservation.qty))
+             .join(Route, Route.plan_id == Plan.id).join(Vehicle, Vehicle.id == Route.vehicle_id)
+             .join(RouteStop, RouteStop.route_id == Route.id).join(Order, Order.id == RouteStop.order_id)
+             .join(OrderLine, OrderLine.order_id == Order.id).join(Reservation, Reservation.line_id == OrderLine.id)
+             .join(StockLot, StockLot.id == Reservation.lot_id).join(Product, Product.id == OrderLine.product_id)
+             .where(Plan.status == "current", RouteStop.status != "delivered", StockLot.lot.in_(list(hold_reasons)))
+             .group_by(Plan.day, Vehicle.code, RouteStop.stop_id, RouteStop.status, RouteStop.seq, Order.ref,
+                       Product.sku, StockLot.lot)
+             .order_by(Plan.day, Vehicle.code, RouteStop.seq, Product.sku, StockLot.lot))
+    if day is not None:
+        query = query.where(Plan.day == day)
+    if vehicle_code is not None:
+        query = query.where(Vehicle.code == vehicle_code)
+    if unfinished_only:
+        query = query.where(Route.status.not_in(_FINISHED_ROUTES))
+    if from_day is not None:
+        query = query.where(Plan.day >= from_day)
+    return [{"date": d.isoformat(), "vehicle": van, "stop_id": stop_id, "stop_status": status, "order_ref": ref,
+             "sku": sku, "lot": lot, "qty": int(qty), "reason": hold_reasons[lot]}
+            for d, van, stop_id, status, ref, sku, lot, qty in session.execute(query)]

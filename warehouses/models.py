@@ -11,12 +11,14 @@ from sqlalchemy import (
     Date,
     Float,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
     Time,
     UniqueConstraint,
     func,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -171,3 +173,27 @@ class ScenarioLoad(Base):
     at: Mapped[datetime] = mapped_column(UTCDateTime)
     counts: Mapped[dict] = mapped_column(JSON)
     rejected: Mapped[list] = mapped_column(JSON)
+
+
+class LotHold(Base):
+    """A quality hold on a lot code (every node's stock of it): who put it on, why, and who released it.
+
+    Here, not in traceability, so that allocation (fulfillment) reads it without importing the room above
+    it; traceability.service puts holds on and takes them off (and appends each to the audit log). One
+    active hold per lot (the partial unique index); released holds stay as the lot's history.
+    """
+
+    __tablename__ = "lot_holds"
+    __table_args__ = (
+        Index("uq_lot_holds_active_lot", "lot", unique=True, sqlite_where=text("released_at IS NULL"),
+              postgresql_where=text("released_at IS NULL")),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    lot: Mapped[str] = mapped_column(String(64), index=True)
+    reason: Mapped[str] = mapped_column(Text)
+    held_by: Mapped[str] = mapped_column(String(64))
+    held_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    released_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    released_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    release_reason: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -20,6 +20,7 @@ from fulfillment.service import day_allocations
 from routing.exports import day_map_png, route_geojson, route_sheet_pdf
 from routing.replan import add_order, breakdown, cancel_order, depot_of, event_dict
 from routing.service import day_routes, depots_of_day
+from traceability.service import held_on_routes
 
 router = APIRouter(tags=["plans"], responses=STAFF)
 Dispatcher = Annotated[Caller, Depends(require("dispatcher"))]
@@ -61,7 +62,8 @@ def start_plan(body: PlanIn, request: Request, session: SessionDep, caller: Disp
 @router.get("/plans", response_model=DayPlan)
 def get_plan(session: SessionDep, _caller: Dispatcher, day: Annotated[date, Query(alias="date")]) -> dict:
     """The day's allocations, routes and unserved orders (CONTRACTS.md section 5, plus stop ids and statuses)."""
-    return {"date": day.isoformat(), **day_allocations(session, day), **day_routes(session, day)}
+    return {"date": day.isoformat(), **day_allocations(session, day), **day_routes(session, day),
+            "held": held_on_routes(session, day)}
 
 
 class ReplanIn(BaseModel):

@@ -9,7 +9,7 @@ ingestor publishes the alerts it raises.
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -19,6 +19,7 @@ from api.deps import Caller, SessionDep, require
 from api.pagination import Code, Limit, page
 from api.schemas import STAFF, AlertOut, Page, Reading, Reject, Watch, problems
 from core.errors import Invalid, NotFound
+from core.timeutil import local_today
 from telemetry.models import Alert, TelemetryReject
 from telemetry.service import (
     ReadingKey,
@@ -31,6 +32,7 @@ from telemetry.service import (
     vehicle_id_of,
     watch_view,
 )
+from traceability.service import held_on_routes
 
 router = APIRouter(tags=["telemetry"], responses=STAFF)
 Watchers = Annotated[Caller, Depends(require("dispatcher", "quality"))]
@@ -106,11 +108,14 @@ def readings(vehicle_code: Code, request: Request, session: SessionDep, _caller:
 @router.get("/telemetry/vehicles/{vehicle_code}/watch", response_model=Watch)
 def watch(vehicle_code: Code, session: SessionDep, _caller: Watchers) -> dict:
     """What the alert rules watch on this van now: whether it is on an active route (silence alerts), what it
-    carries per compartment, and the temperature limits in force (class defaults tightened by the products)."""
+    carries per compartment, the temperature limits in force (class defaults tightened by the products), and
+    any lot on quality hold on its unfinished routes (yesterday's on: routes run past midnight)."""
     vehicle_id = vehicle_id_of(session, vehicle_code)
     if vehicle_id is None:
         raise NotFound(f"no vehicle {vehicle_code}")
-    return watch_view(session, vehicle_id, vehicle_code)
+    return {**watch_view(session, vehicle_id, vehicle_code),
+            "held_lots": held_on_routes(session, vehicle_code=vehicle_code, unfinished_only=True,
+                                        from_day=local_today() - timedelta(days=1))}
 
 
 @router.get("/telemetry/rejected", response_model=Page[Reject])

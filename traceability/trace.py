@@ -1,0 +1,523 @@
+"""An order's or a lot's trace for quality staff: custody, the temperature history of each interval a line
+spent in a compartment, spoilage and breakage risk; and for a lot, where all of it went (a recall).
+
+The order's trace (CONTRACTS.md section 3), the shape the exporters (traceability/exports.py) take as
+input. Keep it stable; add keys, never rename or remove::
+
+    {"order_ref": "A1", "delivery_date": "2026-11-24", "status": "delivered",
+     "customer": "张三", "address": "…",
+     "assessed_at": "…Z",                        # the clock open legs were assessed to
+     "custody": [{"type", "at", "vehicle", "compartment", "sku", "lot", "qty", "node", "position",
+                  "order_ref", "line_no", "stop_id", "actor", "reason", "data"}, ...],   # time order
+     "legs": [{"vehicle": "VAN-01", "device": "TL-0001", "compartment": "chilled",
+               "from": "…Z", "to": "…Z" | null, "open": false,  # to is null while still aboard
+               "ended_by": "delivered" | "returned" | "disposed" | "loaded" | null,  # loaded: moved to another van
+               "failed_at": [...],                # failed attempts during the leg (the goods stayed aboard)
+               "lines": [{"line_no", "sku", "lot", "qty"}],
+               "readings": [{"device", "seq", "ts", "compartment", "kind": "temperature", "value"}],
+               "summary": {"readings", "min_c", "max_c", "mean_c"},
+               "door_openings": [{"opened", "closed" | null, "minutes"}],   # this compartment's door
+               "shocks": [{"device", "seq", "ts", "compartment": null, "kind": "shock", "value"}],
+               "max_shock_g": 2.7 | null}, ...],
+     "spoilage_risk": {"level": "ok" | "watch" | "at_risk" | "reject", "reasons": ["…"],
+                       "products": [{"sku", "name", "level", "reasons", "figures"}]},
+     "breakage_risk": {same shape}}
+
+A leg is one line's (and lot's) time in one compartment of one van: from its ``loaded`` custody event to
+its ``delivered``, ``returned`` or ``disposed`` one (or its loading into another van). A ``failed`` attempt
+does not end it: custody says the goods stay in the van until they are returned or delivered on a later
+attempt, and they keep warming or shaking meanwhile; the attempt is listed in ``failed_at``. Lines that
+shared a compartment over the same interval share one leg. A leg still open is assessed up to
+``assessed_at``. ``readings`` are the compartment's temperatures inside the leg only; ``shocks`` lists the
+van's shock readings inside the leg at or above the hard-jolt level of the most fragile product in it (the
+risk uses every one).
+
+Readings are fetched by index range on ix_telemetry_readings_vehicle_kind_ts (vehicle, kind, compartment,
+ts), never loaded whole: one range per leg for one order; for a day's orders (:func:`assess_orders`), one
+range per van, kind and compartment covering all the day's legs of that van, sliced per leg in memory.
+
+Driver damage is read from the order's ``damaged`` events (fulfillment's order history, written by the
+same driver report that writes delivery's stop_damages, with the same SKUs and quantities plus the
+driver's note): traceability sits below delivery and may not import it (ARCHITECTURE.md).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from core.audit import utc_text
+from core.errors import NotFound
+from core.settings import get_settings
+from core.timeutil import local_datetime, utcnow
+from fulfillment.models import Order, OrderEvent, OrderLine, Reservation
+from routing.models import RouteStop
+from telemetry.models import TelemetryReading
+from telemetry.service import readings_query
+from traceability import risk
+from traceability.custody import event_views
+from traceability.models import CustodyEvent
+from warehouses.models import LotHold, Node, Product, StockLot, Vehicle
+
+_ENDS = ("delivered", "returned", "disposed")
+_ABOARD = ("loaded", "failed")
+
+
+def _z(moment: datetime | None) -> str | None:
+    return utc_text(moment) if moment is not None else None
+
+
+# ----------------------------------------------------------------------------- readings
+
+
+class Readings:
+    """Readings by index range. ``spans``: per van, a time range to fetch once per (kind, compartment) and
+    slice per leg (a day's assessment); a leg outside its van's span is fetched on its own."""
+
+    def __init__(self, session: Session, spans: dict[int, tuple[datetime, datetime]] | None = None) -> None:
+        self.session = session
+        self.spans = spans or {}
+        self._cache: dict[tuple[int, str, str], tuple[list[datetime], list[tuple]]] = {}
+        self.queries = 0
+
+    def _fetch(self, vehicle_id: int, kind: str, compartment: str, start: datetime, end: datetime) -> list[tuple]:
+        r = TelemetryReading
+        query = readings_query(vehicle_id, start, end, kind, compartment).with_only_columns(
+            r.ts, r.device, r.seq, r.value)
+        self.queries += 1
+        return [tuple(row) for row in self.session.execute(query)]
+
+    def get(self, vehicle_id: int, kind: str, compartment: str, start: datetime, end: datetime) -> list[tuple]:
+        """(ts, device, seq, value) of the van's ``kind`` readings in ``compartment`` ('' = none), start <= ts < end."""
+        span = self.spans.get(vehicle_id)
+        if span is None or start < span[0] or end > span[1]:
+            return self._fetch(vehicle_id, kind, compartment, start, end)
+        key = (vehicle_id, kind, compartment)
+        got = self._cache.get(key)
+        if got is None:
+            rows = self._fetch(vehicle_id, kind, compartment, span[0], span[1])
+            got = self._cache[key] = ([row[0] for row in rows], rows)
+        times, rows = got
+        return rows[bisect_left(times, start):bisect_left(times, end)]
+
+
+# ----------------------------------------------------------------------------- legs
+
+
+@dataclass
+class _Leg:
+    vehicle_id: int
+    compartment: str
+    start: datetime
+    route_id: int | None
+    end: datetime | None = None
+    ended_by: str | None = None
+    failed_at: list[datetime] = field(default_factory=list)
+    # (line id, lot id, product id, lot code, qty) of each line aboard
+    lines: list[tuple[int, int | None, int, str, int]] = field(default_factory=list)
+
+
+def _intervals(events: Sequence[CustodyEvent]) -> list[_Leg]:
+    """Each (line, lot)'s time aboard, from custody rows in the order they were recorded."""
+    open_: dict[tuple[int, int | None], _Leg] = {}
+    done: list[_Leg] = []
+    for ev in sorted(events, key=lambda e: e.id):
+        if ev.line_id is None:
+            continue
+        key = (ev.line_id, ev.lot_id)
+        leg = open_.get(key)
+        if ev.type == "loaded":
+            if leg is not None and leg.vehicle_id == ev.vehicle_id and leg.compartment == ev.compartment:
+                continue  # already aboard this compartment
+            if leg is not None:
+                leg.end, leg.ended_by = ev.at, "loaded"
+                done.append(open_.pop(key))
+            open_[key] = _Leg(ev.vehicle_id, ev.compartment or "", ev.at, ev.route_id,
+                              lines=[(ev.line_id, ev.lot_id, ev.product_id, ev.lot, ev.qty)])
+        elif leg is not None and ev.type == "failed":
+            leg.failed_at.append(ev.at)
+        elif leg is not None and ev.type in _ENDS:
+            leg.end, leg.ended_by = ev.at, ev.type
+            done.append(open_.pop(key))
+    merged: dict[tuple, _Leg] = {}
+    for leg in [*done, *open_.values()]:
+        k = (leg.vehicle_id, leg.compartment, leg.start, leg.end, leg.ended_by, tuple(leg.failed_at))
+        if k in merged:
+            merged[k].lines.extend(leg.lines)
+        else:
+            merged[k] = leg
+    return sorted(merged.values(), key=lambda g: (g.start, g.vehicle_id, g.compartment))
+
+
+def _reading(row: tuple, kind: str, compartment: str | None) -> dict:
+    ts, device, seq, value = row
+    return {"device": device, "seq": seq, "ts": _z(ts), "compartment": compartment, "kind": kind, "value": value}
+
+
+def _door_openings(rows: Sequence[tuple], end: datetime) -> list[dict]:
+    out, opened = [], None
+    for ts, _device, _seq, value in rows:
+        if value >= 0.5 and opened is None:
+            opened = ts
+        elif value < 0.5 and opened is not None:
+            minutes = round((ts - opened).total_seconds() / 60, 1)
+            out.append({"opened": _z(opened), "closed": _z(ts), "minutes": minutes})
+            opened = None
+    if opened is not None:
+        out.append({"opened": _z(opened), "closed": None, "minutes": round((end - opened).total_seconds() / 60, 1)})
+    return out
+
+
+# ----------------------------------------------------------------------------- assessing
+
+
+@dataclass
+class _Ctx:
+    """What a batch of orders needs, read once."""
+
+    products: dict[int, Product]
+    vehicles: dict[int, tuple[str, str | None]]
+    expires: dict[int, date]
+    damage: dict[int, list[tuple[datetime, dict]]]  # order id -> its damaged events
+    van_damage: dict[int, list[tuple[datetime, int, str, dict]]]  # route id -> (at, order id, ref, data)
+    lines: dict[int, list[tuple[int, int, int]]]  # order id -> (line id, line no, product id), in line order
+
+
+def _context(session: Session, events: Sequence[CustodyEvent], order_ids: list[int]) -> _Ctx:
+    lines: dict[int, list[tuple[int, int, int]]] = defaultdict(list)
+    for order_id, line_id, line_no, product_id in session.execute(
+            select(OrderLine.order_id, OrderLine.id, OrderLine.line_no, OrderLine.product_id)
+            .where(OrderLine.order_id.in_(order_ids)).order_by(OrderLine.order_id, OrderLine.line_no)):
+        lines[order_id].append((line_id, line_no, product_id))
+    product_ids = {e.product_id for e in events} | {p for ls in lines.values() for _i, _n, p in ls}
+    products = {p.id: p for p in session.scalars(select(Product).where(Product.id.in_(product_ids)))} \
+        if product_ids else {}
+    vehicle_ids = {e.vehicle_id for e in events if e.vehicle_id is not None}
+    vehicles = {vid: (code, device) for vid, code, device in session.execute(
+        select(Vehicle.id, Vehicle.code, Vehicle.device).where(Vehicle.id.in_(vehicle_ids)))} if vehicle_ids else {}
+    lot_ids = {e.lot_id for e in events if e.lot_id is not None}
+    expires = dict(session.execute(select(StockLot.id, StockLot.expires).where(StockLot.id.in_(lot_ids))).all()) \
+        if lot_ids else {}
+    damage: dict[int, list] = defaultdict(list)
+    for order_id, at, data in session.execute(
+            select(OrderEvent.order_id, OrderEvent.at, OrderEvent.data)
+            .where(OrderEvent.order_id.in_(order_ids), OrderEvent.type == "damaged").order_by(OrderEvent.id)):
+        damage[order_id].append((at, data or {}))
+    route_ids = {e.route_id for e in events if e.route_id is not None}
+    van_damage: dict[int, list] = defaultdict(list)
+    if route_ids:
+        for route_id, at, order_id, ref, data in session.execute(
+                select(RouteStop.route_id, OrderEvent.at, OrderEvent.order_id, Order.ref, OrderEvent.data)
+                .join(OrderEvent, OrderEvent.order_id == RouteStop.order_id)
+                .join(Order, Order.id == RouteStop.order_id)
+                .where(RouteStop.route_id.in_(route_ids), OrderEvent.type == "damaged").order_by(OrderEvent.id)):
+            van_damage[route_id].append((at, order_id, ref, data or {}))
+    return _Ctx(products, vehicles, expires, damage, van_damage, lines)
+
+
+def _risk_product(p: Product) -> risk.Product:
+    return risk.Product(sku=p.sku, min_c=p.min_c, max_c=p.max_c, shelf_life_days=p.shelf_life_days,
+                        fragile=bool(p.fragile), name=p.name)
+
+
+def _damage_note(data: dict, sku: str | None = None) -> str:
+    items = [i for i in data.get("items") or [] if sku is None or i.get("sku") == sku]
+    what = ", ".join(f"{i.get('qty')} × {i.get('sku')}" for i in items)
+    note = (data.get("note") or "").strip()
+    return "; ".join(x for x in (f"{what} damaged" if what else "", note) if x) or "damage reported"
+
+
+def _combine(per_product: list[dict]) -> dict:
+    """The order's level is its worst product's; the reasons are those of every product not ok (each named),
+    or, when all are ok, each product's ok reason."""
+    if not per_product:
+        return {"level": "ok", "reasons": ["no lines to assess"], "products": []}
+    worst = max(risk.LEVELS.index(p["level"]) for p in per_product)
+    shown = [p for p in per_product if p["level"] != "ok"] if worst else per_product
+    shown = sorted(shown, key=lambda p: -risk.LEVELS.index(p["level"]))
+    label = {p["sku"]: f"{p['sku']} {p['name']}".strip() for p in per_product}
+    reasons = [f"{label[p['sku']]}: {r}" for p in shown for r in p["reasons"]]
+    return {"level": risk.LEVELS[worst], "reasons": reasons, "products": per_product}
+
+
+def _assess(order: Order, events: Sequence[CustodyEvent], ctx: _Ctx, source: Readings, now: datetime,
+            detail: bool, spoilage: risk.SpoilageRules, breakage: risk.BreakageRules) -> dict:
+    legs = _intervals(events)
+    hold = spoilage.max_hold
+    risk_legs: list[risk.Leg] = []
+    legs_out: list[dict] = []
+    for leg in legs:
+        code, device = ctx.vehicles.get(leg.vehicle_id, (None, None))
+        end = leg.end if leg.end is not None else max(now, leg.start)
+        temps = source.get(leg.vehicle_id, "temperature", leg.compartment, leg.start - hold, end)
+        shocks = source.get(leg.vehicle_id, "shock", "", leg.start, end)
+        rl = risk.Leg(vehicle=code or "?", compartment=leg.compartment, start=leg.start, end=end,
+                      temperatures=[risk.Reading(ts, value) for ts, _d, _s, value in temps],
+                      shocks=[risk.Reading(ts, value) for ts, _d, _s, value in shocks])
+        risk_legs.append(rl)
+        if detail:
+            inside = [row for row in temps if row[0] >= leg.start]
+            values = [row[3] for row in inside]
+            fragile = min((risk.shock_limit(_risk_product(ctx.products[pid]), breakage)
+                           for _l, _lot, pid, _c, _q in leg.lines if pid in ctx.products),
+                          default=breakage.normal_limit_g) * breakage.hard_share
+            doors = source.get(leg.vehicle_id, "door", leg.compartment, leg.start, end)
+            legs_out.append({
+                "vehicle": code, "device": device, "compartment": leg.compartment,
+                "from": _z(leg.start), "to": _z(leg.end), "open": leg.end is None, "ended_by": leg.ended_by,
+                "failed_at": [_z(t) for t in leg.failed_at],
+                "lines": [{"line_no": None, "sku": ctx.products[pid].sku if pid in ctx.products else None,
+                           "lot": lot, "qty": qty, "_line_id": line_id}
+                          for line_id, _lot_id, pid, lot, qty in leg.lines],
+                "readings": [_reading(row, "temperature", leg.compartment) for row in inside],
+                "summary": {"readings": len(values), "min_c": min(values, default=None),
+                            "max_c": max(values, default=None),
+                            "mean_c": round(sum(values) / len(values), 2) if values else None},
+                "door_openings": _door_openings(doors, end),
+                "shocks": [_reading(row, "shock", None) for row in shocks if row[3] >= fragile],
+                "max_shock_g": max((row[3] for row in shocks), default=None),
+            })
+    by_product: dict[int, list[int]] = defaultdict(list)  # product id -> indexes of its legs
+    for i, leg in enumerate(legs):
+        for _l, _lot, pid, _c, _q in leg.lines:
+            if i not in by_product[pid]:
+                by_product[pid].append(i)
+    line_products = list(dict.fromkeys(pid for _i, _n, pid in ctx.lines.get(order.id, [])))
+    own_damage = ctx.damage.get(order.id, [])
+    spoil_out, break_out = [], []
+    for pid in line_products:
+        p = ctx.products[pid]
+        rp = _risk_product(p)
+        mine = [risk_legs[i] for i in by_product.get(pid, [])]
+        lots = {lot_id for i in by_product.get(pid, []) for _l, lot_id, q, _c, _q in legs[i].lines if q == pid}
+        days_left = None
+        if mine and lots and all(lot in ctx.expires for lot in lots):
+            begins = min(leg.start for leg in mine)
+            ends = min(local_datetime(ctx.expires[lot] + timedelta(days=1), datetime.min.time()) for lot in lots)
+            days_left = (ends - begins).total_seconds() / 86400
+        s = risk.spoilage_risk(rp, mine, spoilage, days_left=days_left)
+        damage = [risk.Damage(at, _damage_note(data, p.sku), own_order=True, order_ref=order.ref)
+                  for at, data in own_damage if any(i.get("sku") == p.sku for i in data.get("items") or [])]
+        for i in by_product.get(pid, []):
+            leg = legs[i]
+            end = risk_legs[i].end
+            for at, other_id, ref, data in ctx.van_damage.get(leg.route_id, []):
+                if other_id != order.id and leg.start <= at <= end:
+                    damage.append(risk.Damage(at, _damage_note(data), own_order=False, order_ref=ref))
+        b = risk.breakage_risk(rp, mine, damage, breakage)
+        spoil_out.append({"sku": p.sku, "name": p.name, **s.as_dict()})
+        break_out.append({"sku": p.sku, "name": p.name, **b.as_dict()})
+    out = {"order_ref": order.ref, "delivery_date": order.delivery_date.isoformat(), "status": order.status,
+           "spoilage_risk": _combine(spoil_out), "breakage_risk": _combine(break_out)}
+    if detail:
+        line_nos = {i: n for i, n, _p in ctx.lines.get(order.id, [])}
+        for leg in legs_out:
+            for ln in leg["lines"]:
+                ln["line_no"] = line_nos.get(ln.pop("_line_id"))
+        out.update(customer=order.customer, address=order.address, assessed_at=_z(now), legs=legs_out)
+    return out
+
+
+def _rules() -> tuple[risk.SpoilageRules, risk.BreakageRules]:
+    tz = get_settings().tz
+    return risk.SpoilageRules(tz=tz), risk.BreakageRules(tz=tz)
+
+
+def order_trace(session: Session, order_ref: str, now: datetime | None = None) -> dict:
+    """The order's trace in the shape of the module docstring; NotFound for an unknown order."""
+    order = session.scalar(select(Order).where(Order.ref == order_ref))
+    if order is None:
+        raise NotFound(f"no order {order_ref}")
+    events = session.scalars(select(CustodyEvent).where(CustodyEvent.order_id == order.id)
+                             .order_by(CustodyEvent.at, CustodyEvent.id)).all()
+    ctx = _context(session, events, [order.id])
+    spoilage, breakage = _rules()
+    out = _assess(order, events, ctx, Readings(session), now or utcnow(), True, spoilage, breakage)
+    trace = {"order_ref": out.pop("order_ref"), "custody": event_views(session, events), **out}
+    return {"order_ref": trace["order_ref"], "delivery_date": trace["delivery_date"], "status": trace["status"],
+            "customer": trace["customer"], "address": trace["address"], "assessed_at": trace["assessed_at"],
+            "custody": trace["custody"], "legs": trace["legs"], "spoilage_risk": trace["spoilage_risk"],
+            "breakage_risk": trace["breakage_risk"]}
+
+
+def assess_orders(session: Session, orders: Sequence[Order], now: datetime | None = None,
+                  readings: Readings | None = None) -> list[dict]:
+    """Spoilage and breakage risk of many orders at once, without their legs' readings in the answer:
+    ``{"order_ref", "delivery_date", "status", "spoilage_risk", "breakage_risk"}`` each, in the given order.
+
+    Custody, products and damage are read in one query each; readings once per van, kind and compartment
+    over the span of that van's legs (``readings``: a source to share between batches of one day).
+    """
+    if not orders:
+        return []
+    ids = [o.id for o in orders]
+    events = session.scalars(select(CustodyEvent).where(CustodyEvent.order_id.in_(ids))
+                             .order_by(CustodyEvent.id)).all()
+    by_order: dict[int, list[CustodyEvent]] = defaultdict(list)
+    for ev in events:
+        by_order[ev.order_id].append(ev)
+    now = now or utcnow()
+    spoilage, breakage = _rules()
+    if readings is None:
+        readings = Readings(session, day_spans(events, now, spoilage.max_hold))
+    ctx = _context(session, events, ids)
+    return [_assess(o, by_order.get(o.id, []), ctx, readings, now, False, spoilage, breakage) for o in orders]
+
+
+def day_spans(events: Iterable[CustodyEvent], now: datetime,
+              margin: timedelta = timedelta(minutes=15)) -> dict[int, tuple[datetime, datetime]]:
+    """Per van, the time from its first loading to the last moment anything was aboard (now while still
+    aboard), widened by ``margin`` at the start (the reading before a leg covers its beginning)."""
+    spans: dict[int, tuple[datetime, datetime]] = {}
+    for leg in _intervals(list(events)):
+        lo, hi = leg.start - margin, (leg.end or max(now, leg.start)) + timedelta(microseconds=1)
+        if leg.vehicle_id in spans:
+            a, b = spans[leg.vehicle_id]
+            spans[leg.vehicle_id] = (min(a, lo), max(b, hi))
+        else:
+            spans[leg.vehicle_id] = (lo, hi)
+    return spans
+
+
+def day_events(session: Session, day: date) -> list[CustodyEvent]:
+    """Custody rows of a delivery day's orders (for :func:`day_spans`)."""
+    return session.scalars(select(CustodyEvent).join(Order, Order.id == CustodyEvent.order_id)
+                           .where(Order.delivery_date == day).order_by(CustodyEvent.id)).all()
+
+
+def at_risk(session: Session, day: date, limit: int = 100, after: int | None = None,
+            now: datetime | None = None, batch: int = 200) -> tuple[list[dict], int | None]:
+    """The day's orders whose spoilage or breakage level is not ok, by order id after the cursor ``after``;
+    each with its levels and reasons. Returns the page and the cursor of the next (None on the last)."""
+    now = now or utcnow()
+    query = select(Order).where(Order.delivery_date == day, Order.status != "cancelled").order_by(Order.id)
+    readings = Readings(session, day_spans(day_events(session, day), now))
+    found: list[tuple[int, dict]] = []
+    last_id = after
+    while len(found) <= limit:
+        orders = session.scalars((query.where(Order.id > last_id) if last_id is not None else query)
+                                 .limit(batch)).all()
+        if not orders:
+            break
+        for order, assessed in zip(orders, assess_orders(session, orders, now, readings), strict=True):
+            if assessed["spoilage_risk"]["level"] != "ok" or assessed["breakage_risk"]["level"] != "ok":
+                found.append((order.id, assessed))
+        last_id = orders[-1].id
+    page = found[:limit]
+    following = page[-1][0] if len(found) > limit else None
+    return [item for _id, item in page], following
+
+
+# ----------------------------------------------------------------------------- lots
+
+
+def lot_trace(session: Session, lot: str) -> dict:
+    """Everything about one lot code, for a recall: every order and order line (and customer) it went into,
+    and where the rest of it is: on hand per node (what is promised out of it), aboard vans, delivered,
+    disposed; its holds; its custody. NotFound when no stock and no custody has that lot code.
+
+    Stock rows' qty is what the node received (picking and delivery do not decrease it), so on hand is
+    received less what is aboard a van now, delivered or disposed (returned goods are back on hand), and
+    reserved on hand is what orders were promised and have not yet taken away.
+    """
+    stock = session.execute(select(StockLot, Node.code, Product.sku, Product.name)
+                            .join(Node, Node.id == StockLot.node_id).join(Product, Product.id == StockLot.product_id)
+                            .where(StockLot.lot == lot).order_by(Node.code, Product.sku)).all()
+    events = session.scalars(select(CustodyEvent).where(CustodyEvent.lot == lot)
+                             .order_by(CustodyEvent.at, CustodyEvent.id)).all()
+    if not stock and not events:
+        raise NotFound(f"no lot {lot}")
+    lot_ids = [row[0].id for row in stock]
+    held: dict[tuple[int, int | None], int] = defaultdict(int)  # (line, lot) -> qty of the lot the line holds
+    reserved_keys: set[tuple[int, int | None]] = set()
+    if lot_ids:
+        for lot_id, line_id, qty in session.execute(select(Reservation.lot_id, Reservation.line_id, Reservation.qty)
+                                                    .where(Reservation.lot_id.in_(lot_ids))):
+            held[(line_id, lot_id)] += qty
+            reserved_keys.add((line_id, lot_id))
+    last: dict[tuple[int, int | None], CustodyEvent] = {}
+    for ev in sorted(events, key=lambda e: e.id):
+        if ev.line_id is not None:
+            key = (ev.line_id, ev.lot_id)
+            last[key] = ev
+            if key not in reserved_keys and ev.type in ("picked", "loaded"):  # no longer reserved: re-allocated
+                held[key] = max(held.get(key, 0), ev.qty)
+    line_ids = {line for line, _lot in held}
+    lines = {row[0]: row for row in session.execute(
+        select(OrderLine.id, OrderLine.line_no, Product.sku, Order)
+        .join(Product, Product.id == OrderLine.product_id).join(Order, Order.id == OrderLine.order_id)
+        .where(OrderLine.id.in_(line_ids)))} if line_ids else {}
+    codes = dict(session.execute(select(Vehicle.id, Vehicle.code)).all())
+    orders: dict[str, dict] = {}
+    for (line_id, lot_id), qty in sorted(held.items(), key=lambda kv: (lines[kv[0][0]][3].ref, lines[kv[0][0]][1])):
+        _lid, line_no, sku, order = lines[line_id]
+        ev = last.get((line_id, lot_id))
+        _order_entry(orders, order)["lines"].append(
+            {"line_no": line_no, "sku": sku, "qty": qty, "state": ev.type if ev is not None else "reserved",
+             "vehicle": codes.get(ev.vehicle_id) if ev is not None and ev.type in _ABOARD else None,
+             "at": _z(ev.at) if ev is not None else None})
+
+    aboard, delivered, disposed = [], 0, 0
+    out_of_node: dict[int, int] = defaultdict(int)
+    for (line_id, lot_id), ev in last.items():
+        if ev.type in _ABOARD:
+            ref = lines[line_id][3].ref if line_id in lines else None
+            aboard.append({"vehicle": codes.get(ev.vehicle_id), "compartment": ev.compartment, "qty": ev.qty,
+                           "order_ref": ref, "since": _z(ev.at), "state": ev.type})
+            out_of_node[lot_id] += ev.qty
+        elif ev.type == "delivered":
+            delivered += ev.qty
+            out_of_node[lot_id] += ev.qty
+    for ev in events:
+        if ev.type == "disposed":
+            disposed += ev.qty
+            if ev.lot_id is not None:
+                out_of_node[ev.lot_id] += ev.qty
+    promised_here: dict[int, int] = defaultdict(int)  # promised to lines that have not taken it away yet
+    for (line_id, lot_id), qty in held.items():
+        now_ev = last.get((line_id, lot_id))
+        if (line_id, lot_id) in reserved_keys and (now_ev is None or now_ev.type in ("picked", "returned")):
+            promised_here[lot_id] += qty
+    on_hand = []
+    for sl, node, sku, name in stock:
+        here = max(sl.qty - out_of_node.get(sl.id, 0), 0)
+        on_hand.append({"node": node, "sku": sku, "name": name, "received": sl.qty, "on_hand": here,
+                        "reserved": promised_here.get(sl.id, 0), "free": max(here - promised_here.get(sl.id, 0), 0),
+                        "expires": sl.expires.isoformat(), "on_hold": bool(sl.on_hold)})
+    views = event_views(session, events)
+    holds = session.scalars(select(LotHold).where(LotHold.lot == lot).order_by(LotHold.id)).all()
+    return {
+        "lot": lot,
+        "skus": sorted({sku for _sl, _n, sku, _name in stock} | {v["sku"] for v in views if v["sku"]}),
+        "on_hold": any(h.released_at is None for h in holds),
+        "holds": [hold_view(h) for h in holds],
+        "orders": sorted(orders.values(), key=lambda o: o["order_ref"]),
+        "remainder": {"on_hand": on_hand, "aboard": aboard,
+                      "totals": {"received": sum(r["received"] for r in on_hand),
+                                 "on_hand": sum(r["on_hand"] for r in on_hand),
+                                 "reserved": sum(r["reserved"] for r in on_hand),
+                                 "aboard": sum(a["qty"] for a in aboard), "delivered": delivered,
+                                 "disposed": disposed}},
+        "custody": views,
+    }
+
+
+def _order_entry(orders: dict[str, dict], order: Order) -> dict:
+    entry = orders.get(order.ref)
+    if entry is None:
+        entry = orders[order.ref] = {"order_ref": order.ref, "delivery_date": order.delivery_date.isoformat(),
+                                     "status": order.status, "customer": order.customer, "phone": order.phone,
+                                     "address": order.address, "lines": []}
+    return entry
+
+
+def hold_view(h: LotHold) -> dict:
+    return {"id": h.id, "lot": h.lot, "reason": h.reason, "held_by": h.held_by, "held_at": _z(h.held_at),
+            "active": h.released_at is None, "released_by": h.released_by, "released_at": _z(h.released_at),
+            "release_reason": h.release_reason}
