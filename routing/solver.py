@@ -331,22 +331,34 @@ class _Model:
         for r, s in enumerate(stops, start=nd):
             service[r] = int(math.ceil(s.service * S - _EPS)) if s.service > 0 else 0
 
-        # distance / cost evaluators, one per distinct cost per km
+        # distance / cost evaluators, one per distinct cost per km (and fixed cost folded in, below)
         dist = np.asarray(P.distance, dtype=float)[np.ix_(idx, idx)]
-        self.cost_evals: dict[float, int] = {}
+        self.cost_evals: dict[tuple, int] = {}
         max_arc = 1
+        keys = []
         for k, v in enumerate(vehicles):
-            if v.cost_per_km not in self.cost_evals:
+            # a van with several trips pays its fixed cost on the arcs leaving the depot on its first
+            # trip, not as OR-Tools' fixed cost of a vehicle: the search inserts into one empty vehicle
+            # per type, the cheapest to use first, which would be a later trip (no fixed cost) that may
+            # not run before the first one; so no stop could ever be inserted
+            fold = v.fixed_cost and v.trips > 1 and v.start == v.end and self.fleet[k][1] == 0
+            key = (v.cost_per_km, starts[k] if fold else None, v.fixed_cost if fold else 0.0)
+            keys.append(key)
+            if key not in self.cost_evals:
                 cm = np.rint(dist / 1000.0 * v.cost_per_km * P.cost_scale).astype(np.int64)
                 np.fill_diagonal(cm, 0)
                 max_arc = max(max_arc, int(cm.max()))
-                self.cost_evals[v.cost_per_km] = routing.RegisterTransitMatrix(cm.tolist())
-            if len({x.cost_per_km for x in vehicles}) > 1:
-                routing.SetArcCostEvaluatorOfVehicle(self.cost_evals[v.cost_per_km], k)
-            else:
-                routing.SetArcCostEvaluatorOfAllVehicles(self.cost_evals[v.cost_per_km])
-            if v.fixed_cost and self.fleet[k][1] == 0:  # once per van: on its first trip
+                if fold:
+                    cm[starts[k], :] += int(round(v.fixed_cost * P.cost_scale))
+                    cm[starts[k], starts[k]] = 0  # an unused trip stays free
+                self.cost_evals[key] = routing.RegisterTransitMatrix(cm.tolist())
+            if v.fixed_cost and v.trips == 1:
                 routing.SetFixedCostOfVehicle(int(round(v.fixed_cost * P.cost_scale)), k)
+        if len(set(keys)) > 1:
+            for k, key in enumerate(keys):
+                routing.SetArcCostEvaluatorOfVehicle(self.cost_evals[key], k)
+        else:
+            routing.SetArcCostEvaluatorOfAllVehicles(self.cost_evals[keys[0]])
 
         # time: ceil(travel * scale) + service of the origin, one evaluator per distinct matrix
         horizon = 0
@@ -868,8 +880,9 @@ def _build_solution(problem: Problem, res: dict, active: list[int], unserved: li
     trips_of: dict[str, list[Route]] = defaultdict(list)
     for r in routes:
         trips_of[r.vehicle_id].append(r)
+    reported = {u.stop_id for u in unserved}  # e.g. every stop when no plan was found at all
     for i in active:
-        if i in served:
+        if i in served or problem.stops[i].id in reported:
             continue
         s = problem.stops[i]
         room = spare = False

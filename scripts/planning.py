@@ -69,8 +69,8 @@ def plan_day(day: date, time_limit: float, workers: int | None, actor: str) -> l
                         results[d] = info
                         r = results[d]
                         bar.update(tasks[d], completed=1.0,
-                                   status=f"{r.get('vans', r['routes'])} vans, {r['routes']} trips, "
-                                          f"{r['stops']} stops, {r['distance_km']} km, cost {r.get('cost', 0):.1f}")
+                                   status=f"{r.get('vans', r['routes'])} vans, {r['stops']} stops, "
+                                          f"{r['routes']} trips, {r['distance_km']} km, cost {r.get('cost', 0):.1f}")
                     elif state in ("FAILURE", "REVOKED"):
                         results[d] = {"depot": d, "error": f"{type(info).__name__}: {info}"}
                         bar.update(tasks[d], status=f"[red]failed: {info}")

@@ -1,6 +1,6 @@
 """Second trips: a van that runs out of room (or of time on board) comes back to its depot, reloads and goes out
 again within its shift; its fixed cost counts once. The pure solver first, then a day plan end to end (stored,
-exported per CONTRACTS.md section 5, independently checked, shown on the route sheet's map and the driver's route)."""
+exported per CONTRACTS.md section 5, independently checked, drawn on the GeoJSON map with the returns to the depot)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,18 @@ from fulfillment.service import allocate_day, day_allocations
 from routing.exports import route_geojson
 from routing.service import day_routes, plan_depot, reload_seconds, trips_needed
 from routing.solver import Stop, solve
-from tests.support import DAY, H, REPLAN_MORE, REPLAN_STOCK, assert_schedule_feasible, check, problem, same, van, write
+from tests.support import (
+    DAY,
+    REPLAN_MORE,
+    REPLAN_STOCK,
+    H,
+    assert_schedule_feasible,
+    check,
+    problem,
+    same,
+    van,
+    write,
+)
 
 RELOAD = 20 * 60.0
 # eight stops of 30 l chilled on a line east of the depot, 1-8 km out: 240 l for a van of 100 l
@@ -111,6 +122,7 @@ def test_trips_are_modelled_only_when_the_day_needs_them() -> None:
     assert trips_needed(vans, line_stops(10.0)) == 1  # 80 l for 100 l
     assert trips_needed(vans, line_stops(30.0)) == 3  # 240 l
     assert trips_needed(vans, line_stops(5.0, max_on_board=3600)) == 3
+    assert trips_needed(vans * 3, line_stops(5.0, max_on_board=3600)) == 1  # three vans spread the time on board
 
 
 # ------------------------------------------------------------------------------------------ a day plan
