@@ -1,14 +1,14 @@
 """routes.trip: a van's second and later trips of the day are routes of their own
 
 Revision ID: 0011
-Revises: 0009 (0010 on main: another branch writes it; the lead re-points this when merging)
+Revises: 0010
 Create Date: 2026-12-03
 """
 import sqlalchemy as sa
 from alembic import op
 
 revision = '0011'
-down_revision = '0009'  # 0010 once merged with the branch that writes it
+down_revision = '0010'  # written by another branch; tested here on top of 0009
 branch_labels = None
 depends_on = None
 
