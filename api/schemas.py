@@ -284,6 +284,7 @@ class PlannedStop(BaseModel):
 
 class PlannedRoute(BaseModel):
     vehicle: str
+    trip: int = 1  # the van's n-th trip of the day (CONTRACTS.md section 5)
     depot: str
     start: HHMM | None
     end: HHMM | None

@@ -134,6 +134,10 @@ class Settings(BaseSettings):
         self.data_dir.mkdir(parents=True, exist_ok=True)
         return self.data_dir
 
+    # routing: a van back at its depot between two trips of the day (CONTRACTS.md section 5)
+    reload_minutes: float = Field(default=20, ge=0, le=240, description=(
+        "minutes a van spends at its depot to reload between two trips of the day"))
+
     # the driver delivery API (delivery/)
     idempotency_hours: float = Field(default=24, gt=0, le=24 * 365,
                                      description="how long a driver's Idempotency-Key is remembered")

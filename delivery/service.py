@@ -99,11 +99,23 @@ def _conflict(exc: IllegalMove) -> Conflict:
 
 
 def _route_query(driver: DriverRef, day: date) -> Select:
+    """The van's routes of the day, one per trip (routing stores each trip as a route), in order."""
     return (select(Route, Plan.day, Node.code)
             .join(Plan, Plan.id == Route.plan_id)
             .join(Node, Node.id == Plan.depot_id)
             .where(Plan.day == day, Plan.status == "current", Route.vehicle_id == driver.vehicle_id)
-            .order_by(Plan.id.desc()))
+            .order_by(Plan.id.desc(), Route.trip, Route.id))
+
+
+def _trips(session: Session, query: Select) -> list:
+    """The rows of the newest current plan only (a van has one depot, so one plan a day)."""
+    rows = session.execute(query).all()
+    return [r for r in rows if r[0].plan_id == rows[0][0].plan_id] if rows else []
+
+
+def _trip_to_start(trips: list[Route]) -> Route:
+    """The trip the van loads next: the first not yet finished (a started one answers 409 as before)."""
+    return next((r for r in trips if r.status != "done"), trips[-1])
 
 
 def _local(moment: datetime) -> datetime:
@@ -119,14 +131,16 @@ def _no_route(driver: DriverRef, day: date) -> NotFound:
 
 def route_of(session: Session, driver: DriverRef, day: date) -> dict:
     """The driver's route that day in the contract's shape, stops in order."""
-    row = session.execute(_route_query(driver, day).limit(1)).first() if driver.vehicle_id else None
-    if row is None:
+    rows = _trips(session, _route_query(driver, day)) if driver.vehicle_id else []
+    if not rows:
         raise _no_route(driver, day)
-    route, plan_day, depot = row
+    route, plan_day, depot = rows[0]
+    trips = [r[0] for r in rows]
+    current = _trip_to_start(trips)
     stops = session.execute(
         select(RouteStop.id, RouteStop.stop_id, RouteStop.seq, RouteStop.arrive_at, RouteStop.status, Order)
-        .join(Order, Order.id == RouteStop.order_id)
-        .where(RouteStop.route_id == route.id).order_by(RouteStop.seq)).all()
+        .join(Order, Order.id == RouteStop.order_id).join(Route, Route.id == RouteStop.route_id)
+        .where(RouteStop.route_id.in_([r.id for r in trips])).order_by(Route.trip, RouteStop.seq)).all()
     order_ids = [s.Order.id for s in stops]
     items: dict[int, list[dict]] = {}
     if order_ids:
@@ -143,9 +157,9 @@ def route_of(session: Session, driver: DriverRef, day: date) -> dict:
                                           .where(Compartment.vehicle_id == route.vehicle_id)):
         compartments[tclass] = compartments.get(tclass, 0.0) + litres
     return {
-        "date": plan_day, "vehicle": driver.vehicle_code, "depot": depot, "status": route_state(route.status),
-        "start": _local(route.start_at), "end": _local(route.end_at),
-        "started_at": to_local(route.started_at) if route.started_at else None,
+        "date": plan_day, "vehicle": driver.vehicle_code, "depot": depot, "status": route_state(current.status),
+        "start": _local(route.start_at), "end": _local(trips[-1].end_at),
+        "started_at": to_local(current.started_at) if current.started_at else None,
         "compartments": compartments,
         "stops": [{
             "stop_id": s.stop_id, "seq": s.seq, "order_ref": s.Order.ref, "eta": _local(s.arrive_at),
@@ -185,11 +199,10 @@ def start_route(session: Session, driver: DriverRef, body: RouteStartIn, now: da
     """The van is loaded and leaves: the route starts, its orders go out for delivery, the van is watched."""
     now = now or utcnow()
     at = body.at or now
-    row = (session.execute(_route_query(driver, body.date).limit(1).with_for_update(of=Route)).first()
-           if driver.vehicle_id else None)
-    if row is None:
+    rows = _trips(session, _route_query(driver, body.date).with_for_update(of=Route)) if driver.vehicle_id else []
+    if not rows:
         raise _no_route(driver, body.date)
-    route = row[0]
+    route = _trip_to_start([r[0] for r in rows])  # with several trips: the next load
     try:
         lifecycle.check_route_move(route_state(route.status), "started")
     except IllegalMove as exc:

@@ -30,22 +30,38 @@ from warehouses.models import TEMP_CLASSES, Driver, Node, Vehicle
 @dataclass
 class _RouteView:
     plan: Plan
-    route: Route
+    route: Route  # the first trip
     depot: Node
     van: Vehicle
     breakdown: tuple[float, float] | None  # where the van broke down, if it did
+    trips: list[Route]  # every trip of the van that day, in order (one route per trip)
+
+    @property
+    def stops(self) -> list[RouteStop]:
+        return [s for r in self.trips for s in r.stops]
+
+    @property
+    def distance_m(self) -> float:
+        return sum(r.distance_m for r in self.trips)
+
+    @property
+    def end_at(self):  # noqa: ANN201 - datetime
+        return self.trips[-1].end_at
 
 
 def _route(session: Session, day: date, vehicle_code: str) -> _RouteView:
-    route = session.scalar(
+    trips = list(session.scalars(
         select(Route).join(Plan, Route.plan_id == Plan.id).join(Vehicle, Route.vehicle_id == Vehicle.id)
         .where(Plan.day == day, Plan.status == "current", Vehicle.code == vehicle_code)
+        .order_by(Route.trip, Route.id)
         .options(selectinload(Route.stops).selectinload(RouteStop.order).selectinload(Order.lines)
-                 .selectinload(OrderLine.product)))
-    if route is None:
+                 .selectinload(OrderLine.product))))
+    if not trips:
         raise NotFound(f"no route for {vehicle_code} on {day}")
+    route = trips[0]
     plan = route.plan
-    return _RouteView(plan, route, plan.depot, route.vehicle, _breakdown_position(session, plan, vehicle_code))
+    return _RouteView(plan, route, plan.depot, route.vehicle, _breakdown_position(session, plan, vehicle_code),
+                      trips)
 
 
 def _breakdown_position(session: Session, plan: Plan, vehicle_code: str) -> tuple[float, float] | None:
@@ -59,11 +75,17 @@ def _breakdown_position(session: Session, plan: Plan, vehicle_code: str) -> tupl
     return None
 
 
-def reload_before(plan: Plan, route: Route) -> set[str]:
-    """Stop ids before which the van goes back to its depot to load again (routing.replan's trips)."""
-    trips = ((plan.diff or {}).get("trips") or {}).get(route.vehicle.code) or []
-    starts = {t["stop_ids"][0] for t in trips if t.get("load") == "depot" and t.get("stop_ids")}
-    first = route.stops[0].stop_id if route.stops else None
+def reload_before(plan: Plan, route: Route | list[Route]) -> set[str]:
+    """Stop ids before which the van goes back to its depot to load again: the first stop of each later
+    trip (a route of its own, ``Route.trip``), and routing.replan's trips within one route."""
+    routes = route if isinstance(route, list) else [route]
+    starts: set[str] = set()
+    for r in routes:
+        trips = ((plan.diff or {}).get("trips") or {}).get(r.vehicle.code) or []
+        starts |= {t["stop_ids"][0] for t in trips if t.get("load") == "depot" and t.get("stop_ids")}
+        if r.stops:
+            starts.add(r.stops[0].stop_id)
+    first = next((r.stops[0].stop_id for r in routes if r.stops), None)
     return starts - {first}
 
 
@@ -83,12 +105,13 @@ def route_geojson(session: Session, day: date, vehicle_code: str) -> dict:
     """The van's route of the day as a GeoJSON FeatureCollection: the depot, each stop, and the path."""
     v = _route(session, day, vehicle_code)
     depot, route = v.depot, v.route
+    trip_of = {s.stop_id: r.trip or 1 for r in v.trips for s in r.stops}
     home = [depot.lon, depot.lat]
     features = [{"type": "Feature", "geometry": {"type": "Point", "coordinates": home},
                  "properties": {"kind": "depot", "code": depot.code, "name": depot.name}}]
     path = [home]
-    reloads = reload_before(v.plan, route)
-    for s in route.stops:
+    reloads = reload_before(v.plan, v.trips)
+    for s in v.stops:
         o = s.order
         at = [o.lon, o.lat]
         if s.stop_id in reloads:
@@ -99,7 +122,7 @@ def route_geojson(session: Session, day: date, vehicle_code: str) -> dict:
             "eta": to_local(s.arrive_at).isoformat(), "arrive": local_hhmm(s.arrive_at),
             "depart": local_hhmm(s.depart_at),
             "window": _window(o), "address": o.address, "customer": o.customer,
-            "reload_before": s.stop_id in reloads}})
+            "reload_before": s.stop_id in reloads, "trip": trip_of[s.stop_id]}})
     if route.status == "broken" and v.breakdown:
         stop = [v.breakdown[1], v.breakdown[0]]
         path.append(stop)
@@ -109,12 +132,14 @@ def route_geojson(session: Session, day: date, vehicle_code: str) -> dict:
         path.append(home)
     features.append({"type": "Feature", "geometry": {"type": "LineString", "coordinates": path},
                      "properties": {"kind": "route", "vehicle": v.van.code, "status": route.status,
-                                    "distance_km": round(route.distance_m / 1000, 3)}})
+                                    "distance_km": round(v.distance_m / 1000, 3)}})
     return {"type": "FeatureCollection", "features": features,
             "properties": {"date": day.isoformat(), "vehicle": v.van.code, "depot": depot.code,
                            "status": route.status, "start": local_hhmm(route.start_at),
-                           "end": local_hhmm(route.end_at), "distance_km": round(route.distance_m / 1000, 3),
-                           "plan_version": v.plan.version, "stops": len(route.stops)}}
+                           "end": local_hhmm(v.end_at), "distance_km": round(v.distance_m / 1000, 3),
+                           "plan_version": v.plan.version, "stops": len(v.stops), "trips": len(v.trips),
+                           "trip_times": [{"trip": r.trip or 1, "start": local_hhmm(r.start_at),
+                                           "end": local_hhmm(r.end_at)} for r in v.trips]}}
 
 
 # --------------------------------------------------------------------------------------- PDF
@@ -146,8 +171,9 @@ def route_sheet_pdf(session: Session, day: date, vehicle_code: str, path: Path) 
         [Paragraph(f"<b>Van</b> {esc(van.code)} ({esc(compartments)})", head),
          Paragraph(f"<b>Driver</b> {esc(driver.name) if driver else '-'}", head),
          Paragraph(f"<b>Depot</b> {esc(depot.code)} {esc(depot.name)}", head)],
-        [Paragraph(f"<b>Start</b> {local_hhmm(route.start_at)}  <b>End</b> {local_hhmm(route.end_at)}", head),
-         Paragraph(f"<b>Distance</b> {route.distance_m / 1000:.1f} km  <b>Stops</b> {len(route.stops)}", head),
+        [Paragraph(f"<b>Start</b> {local_hhmm(route.start_at)}  <b>End</b> {local_hhmm(v.end_at)}"
+                   + (f"  <b>Trips</b> {len(v.trips)}" if len(v.trips) > 1 else ""), head),
+         Paragraph(f"<b>Distance</b> {v.distance_m / 1000:.1f} km  <b>Stops</b> {len(v.stops)}", head),
          Paragraph(f"<b>Plan</b> v{v.plan.version} {esc(route.status)}"
                    + (f" — {esc(v.plan.reason)}" if v.plan.reason else ""), head)],
     ]
@@ -158,14 +184,17 @@ def route_sheet_pdf(session: Session, day: date, vehicle_code: str, path: Path) 
 
     rows = [[Paragraph(f"<b>{h}</b>", base) for h in
              ("#", "ETA", "window", "order", "address / contact", "items", "status", "signature 签收")]]
-    reloads = reload_before(v.plan, route)
+    reloads = reload_before(v.plan, v.trips)
+    leaves = {r.stops[0].stop_id: r for r in v.trips[1:] if r.stops}  # a later trip's own departure
     reload_rows = []
-    for s in route.stops:
+    for s in v.stops:
         o = s.order
         if s.stop_id in reloads:
             reload_rows.append(len(rows))
+            trip = leaves.get(s.stop_id)
+            when = f" — trip {trip.trip} leaves {local_hhmm(trip.start_at)}" if trip is not None else ""
             rows.append([Paragraph("", base), Paragraph("", base), Paragraph("", base), Paragraph("", base),
-                         Paragraph(f"<b>back to {esc(depot.code)}: load the next trip 回仓装货</b>", base),
+                         Paragraph(f"<b>back to {esc(depot.code)}: load the next trip 回仓装货{when}</b>", base),
                          Paragraph("", base), Paragraph("", base), Paragraph("", base)])
         items = []
         for it in _items(o):
@@ -188,7 +217,7 @@ def route_sheet_pdf(session: Session, day: date, vehicle_code: str, path: Path) 
         ("VALIGN", (0, 0), (-1, -1), "TOP"),
         *[("BACKGROUND", (0, r), (-1, r), colors.HexColor("#fff3cd")) for r in reload_rows],
     ))
-    story.append(table if route.stops else Paragraph("No stops on this route.", base))
+    story.append(table if v.stops else Paragraph("No stops on this route.", base))
     doc.build(story)
     return path
 
@@ -254,7 +283,9 @@ def day_map_png(session: Session, day: date, path: Path, depot: str | None = Non
             else:
                 xs.append(node.lon)
                 ys.append(node.lat)
-            label = f"{route.vehicle.code} ({len(route.stops)} stops{', broken' if route.status == 'broken' else ''})"
+            trip = f" trip {route.trip}" if (route.trip or 1) > 1 else ""
+            label = (f"{route.vehicle.code}{trip} ({len(route.stops)} stops"
+                     f"{', broken' if route.status == 'broken' else ''})")
             ax.plot(xs, ys, color=c, linewidth=2, linestyle="--" if route.status == "broken" else "-", label=label,
                     zorder=3)
             done = [s for s in route.stops if s.status in ("delivered", "failed")]

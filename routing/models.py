@@ -33,7 +33,7 @@ class Plan(Base):
 
     depot: Mapped[Node] = relationship()
     routes: Mapped[list[Route]] = relationship(back_populates="plan", cascade="all, delete-orphan",
-                                               order_by="Route.id")
+                                               order_by="Route.id")  # a van's trips in order
     unserved: Mapped[list[UnservedOrder]] = relationship(back_populates="plan", cascade="all, delete-orphan")
 
 
@@ -43,6 +43,7 @@ class Route(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     plan_id: Mapped[int] = mapped_column(ForeignKey("plans.id", ondelete="CASCADE"), index=True)
     vehicle_id: Mapped[int] = mapped_column(ForeignKey("vehicles.id"), index=True)
+    trip: Mapped[int] = mapped_column(Integer, default=1, server_default="1")  # the van's n-th load that day
     start_at: Mapped[datetime] = mapped_column(UTCDateTime)
     end_at: Mapped[datetime] = mapped_column(UTCDateTime)
     distance_m: Mapped[float] = mapped_column(Float)

@@ -160,6 +160,7 @@ class _Stop:
     lon: float
     arrive_at: datetime
     leg_m: float = 0.0  # metres of the leg to it: a done stop's counts in its route's distance
+    aboard: bool = True  # False: on a later trip of the first plan, its goods still at the depot
 
 
 @dataclass
@@ -291,15 +292,25 @@ def _read(session: Session, day: date, depot_code: str, event: Event | None, now
         vans.append(_Van(v.code, v.id, (_secs(v.shift_start), _secs(v.shift_end)), v.speed_kmh, dict(cap), v.max_kg,
                          v.cost_per_km, v.fixed_cost))
     by_id = {v.id: v for v in vans}
-    for route in plan.routes:
-        van = by_id.get(route.vehicle_id)
+    trips_of: dict[int, list[Route]] = defaultdict(list)  # a day plan stores each trip as a route
+    for route in sorted(plan.routes, key=lambda r: (r.trip or 1, r.id)):
+        trips_of[route.vehicle_id].append(route)
+    for vehicle_id, trips in trips_of.items():
+        van = by_id.get(vehicle_id)
         if van is None:
             continue
-        van.route_status, van.started_at, van.start_at = route.status, route.started_at, route.start_at
-        van.end_at, van.load = route.end_at, route.load
-        van.broken = route.status == "broken"
+        statuses = [r.status for r in trips]
+        # the van as one route: out (started) while a trip is out or once one came back; goods aboard
+        # only on the trip that is out (later trips' goods wait at the depot, so they join the pool)
+        status = next((x for x in ("broken", "started", "done") if x in statuses), statuses[0])
+        out = next((r for r in trips if r.status in ("started", "broken")), None)
+        first = out or trips[0]
+        van.route_status, van.started_at, van.start_at = status, first.started_at, trips[0].start_at
+        van.end_at, van.load = trips[-1].end_at, first.load
+        van.broken = status == "broken"
         van.stops = [_Stop(s.stop_id, s.seq, s.order_id, s.order.ref, s.status, s.order.lat, s.order.lon,
-                           s.arrive_at, s.leg_m) for s in route.stops]
+                           s.arrive_at, s.leg_m, aboard=(len(trips) == 1 or r is out))
+                     for r in trips for s in r.stops]
     orders = _open_orders(session, day, depot)
     on_route = {s.ref: v.code for v in vans for s in v.stops if s.status not in DONE}
     code_of = {v.code: v for v in vans}
@@ -319,7 +330,7 @@ def _read(session: Session, day: date, depot_code: str, event: Event | None, now
             free = _free_stock(session, day, depot)
             for s in sorted(van.stops, key=lambda s: s.seq):
                 o = orders.get(s.ref)
-                if s.status in DONE or o is None:
+                if s.status in DONE or o is None or not s.aboard:
                     continue
                 short = [(sku, qty, free.get(pid, 0)) for pid, sku, qty in o.lines if free.get(pid, 0) < qty]
                 if short:
@@ -385,7 +396,8 @@ def _solve(snap: _Snapshot, day: date, depot_code: str, time_limit: float, worke
     started = [v for v in vans if v.started]
     loaded: dict[str, list[_Stop]] = {}
     for v in started:
-        mine = [s for s in sorted(v.stops, key=lambda s: s.seq) if s.status not in DONE and s.ref in snap.orders]
+        mine = [s for s in sorted(v.stops, key=lambda s: s.seq)
+                if s.status not in DONE and s.ref in snap.orders and s.aboard]
         mine.sort(key=lambda s: s.status != "arrived")  # the stop the driver is at comes first
         loaded[v.code] = mine
     loaded_refs = {s.ref for ss in loaded.values() for s in ss}
@@ -677,7 +689,7 @@ def merge(snap: _Snapshot, solved: _Solved, event: Event | None, day: date, depo
                 seq += 1
                 times = Times(local_at(day, visit.arrival), local_at(day, visit.service_start),
                               local_at(day, visit.departure), visit.distance)
-                if ref in mine and (trip is ra or not v.started):  # same van, goods not moved
+                if ref in mine and (trip is ra or not v.started or not mine[ref].aboard):  # same van, goods not moved
                     was = mine[ref]
                     stop = StopDraft(was.stop_id, ref, was.order_id, seq, was.status, reuse=True, times=times)
                 else:

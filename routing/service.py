@@ -2,6 +2,13 @@
 
 The solver (routing/solver.py) knows nothing of the database; this module is the only
 bridge. A delivery order is served from the node it was allocated to, by that node's vans.
+
+The objective is the scenario's own: serve as many orders as possible first (a dropped order
+costs more than any plan's vans and kilometres), then the least of each used van's
+``fixed_cost`` plus ``cost_per_km`` times its kilometres. A van may go out several times
+(``MAX_TRIPS``), back at the depot for ``COLDCHAIN_RELOAD_MINUTES`` between trips, when the day
+needs it (:func:`trips_needed`); its fixed cost counts once. Each trip is stored as a route of its
+own (``Route.trip``).
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ from routing.travel import CachedTravel, travel_model
 from warehouses.models import TEMP_CLASSES, Node, Product, Vehicle
 
 SERVICE_S = 5 * 60  # CONTRACTS.md section 5: 5 minutes of service per stop
+MAX_TRIPS = 3  # loads from the depot a van may make in a day plan
+TRIP_MARGIN = 0.9  # offer second trips once the day needs more than this share of one load per van
 _travel: CachedTravel | None = None
 
 
@@ -92,6 +101,28 @@ def depot_stops(session: Session, day: date, depot: Node) -> DepotStops:
     return DepotStops(list(orders.values()), dict(demand), dict(weight), on_board)
 
 
+def trips_needed(vans: list[solver.Vehicle], stops: list[solver.Stop]) -> int:
+    """How many loads per van the depot's day is modelled with: ``MAX_TRIPS`` when one load per van
+    cannot carry the day's orders (per class or by weight, with a margin: routes rarely fill every van
+    to the last litre) or when a depot of one or two vans has orders with a time-on-board limit (a later
+    departure keeps them fresh), else 1. Trips cost search time (one routing vehicle per trip, and the
+    time-on-board constraints multiply with them: on the sample city's FS-01, 4 vans x 3 trips, the
+    first solution took about 0.9 s), so a day that fits one load per van is solved as before.
+    """
+    if not vans or not stops:
+        return 1
+    if len(vans) <= 2 and any(s.max_on_board is not None for s in stops):
+        return MAX_TRIPS  # a hub's one or two vans: later loads keep perishables fresh
+    classes = {c for s in stops for c in s.demand}
+    for c in classes:
+        if sum(s.demand.get(c, 0.0) for s in stops) > TRIP_MARGIN * sum(v.capacity.get(c, 0.0) for v in vans):
+            return MAX_TRIPS
+    if all(v.max_weight is not None for v in vans) and \
+            sum(s.weight for s in stops) > TRIP_MARGIN * sum(v.max_weight or 0.0 for v in vans):
+        return MAX_TRIPS
+    return 1
+
+
 def build_problem(session: Session, day: date, depot: Node, time_limit: float,
                   exclude: set[int] | None = None) -> tuple[solver.Problem, dict[str, Order], dict[str, Vehicle]]:
     """The depot's vans and the orders allocated to it, as a pure solver problem."""
@@ -116,9 +147,17 @@ def build_problem(session: Session, day: date, depot: Node, time_limit: float,
                     max_on_board=ds.max_on_board.get(o.id))
         for i, o in enumerate(orders)
     ]
+    trips = trips_needed(vehicles, stops)
+    for v in vehicles:
+        v.trips = trips
     problem = solver.Problem(vehicles=vehicles, stops=stops, travel_time=base_seconds, distance=metres,
-                             time_limit=time_limit, depots=[0])
+                             time_limit=time_limit, depots=[0], reload_time=reload_seconds())
     return problem, {o.ref: o for o in orders}, {v.code: v for v in vans}
+
+
+def reload_seconds() -> float:
+    """COLDCHAIN_RELOAD_MINUTES in seconds: a van at its depot between two trips."""
+    return float(get_settings().reload_minutes) * 60.0
 
 
 def new_stop_id() -> str:
@@ -139,17 +178,19 @@ def store_solution(session: Session, day: date, depot: Node, solution: solver.So
                 created_by=actor, time_limit=time_limit, seconds=solution.seconds, distance_m=solution.distance,
                 cost=solution.cost, strategy=solution.strategy, reason=reason)
     session.add(plan)
-    for r in solution.routes:
-        route = Route(vehicle_id=vans[r.vehicle_id].id, start_at=local_at(day, r.start), end_at=local_at(day, r.end),
-                      distance_m=r.distance, cost=r.cost, status="planned", load=r.load)
-        for i, v in enumerate(r.visits):
+    seq: dict[str, int] = defaultdict(int)  # a van's stops are numbered through all its trips
+    for r in sorted(solution.routes, key=lambda r: (r.vehicle_id, r.trip)):
+        route = Route(vehicle_id=vans[r.vehicle_id].id, trip=r.trip, start_at=local_at(day, r.start),
+                      end_at=local_at(day, r.end), distance_m=r.distance, cost=r.cost, status="planned", load=r.load)
+        for v in r.visits:
             order = orders[v.stop_id]
-            route.stops.append(RouteStop(stop_id=new_stop_id(), seq=i + 1, order_id=order.id,
+            seq[r.vehicle_id] += 1
+            route.stops.append(RouteStop(stop_id=new_stop_id(), seq=seq[r.vehicle_id], order_id=order.id,
                                          arrive_at=local_at(day, v.arrival), service_at=local_at(day, v.service_start),
                                          depart_at=local_at(day, v.departure), leg_m=v.distance))
             if order.status != "planned":
                 record_event(session, order, "planned", actor, to_status="planned",
-                             data={"vehicle": r.vehicle_id, "depot": depot.code})
+                             data={"vehicle": r.vehicle_id, "depot": depot.code, "trip": r.trip})
         plan.routes.append(route)
     for u in solution.unserved:
         order = orders[u.stop_id]
@@ -159,7 +200,7 @@ def store_solution(session: Session, day: date, depot: Node, solution: solver.So
     session.flush()
     audit.append(session, actor, "plan.stored", "plan", plan.id,
                  {"day": day, "depot": depot.code, "version": version, "superseded": [p.id for p in previous],
-                  "routes": [{"vehicle": r.vehicle_id, "stops": [v.stop_id for v in r.visits]}
+                  "routes": [{"vehicle": r.vehicle_id, "trip": r.trip, "stops": [v.stop_id for v in r.visits]}
                              for r in solution.routes],
                   "unserved": {u.stop_id: u.reason for u in solution.unserved},
                   "distance_m": solution.distance, "cost": solution.cost}, why=reason)
@@ -197,8 +238,10 @@ def plan_depot(day: date, depot_code: str, time_limit: float, actor: str = "syst
         vans = {v.code: v for v in session.scalars(select(Vehicle).where(Vehicle.depot_id == depot.id))}
         plan = store_solution(session, day, depot, solution, orders, vans, actor, time_limit)
         return {"depot": depot_code, "plan": plan.id, "routes": len(plan.routes),
+                "vans": solution.vehicles_used, "trips": solution.trips,
                 "stops": sum(len(r.visits) for r in solution.routes), "unserved": len(solution.unserved),
-                "distance_km": round(solution.distance / 1000, 2), "seconds": round(solution.seconds, 2)}
+                "distance_km": round(solution.distance / 1000, 2), "cost": round(solution.cost, 2),
+                "seconds": round(solution.seconds, 2)}
 
 
 def day_routes(session: Session, day: date) -> dict:
@@ -209,11 +252,12 @@ def day_routes(session: Session, day: date) -> dict:
                             .order_by(Plan.depot_id)).all()
     routes, unserved = [], []
     for plan in plans:
-        for route in plan.routes:
+        for route in sorted(plan.routes, key=lambda r: (r.vehicle.code, r.trip or 1, r.id)):
             if not route.stops:
                 continue
             routes.append({
-                "vehicle": route.vehicle.code, "depot": plan.depot.code, "start": local_hhmm(route.start_at),
+                "vehicle": route.vehicle.code, "trip": route.trip or 1, "depot": plan.depot.code,
+                "start": local_hhmm(route.start_at),
                 "end": local_hhmm(route.end_at), "distance_km": round(route.distance_m / 1000, 3),
                 "stops": [{"order_ref": s.order.ref, "lat": s.order.lat, "lon": s.order.lon,
                            "arrive": local_hhmm(s.arrive_at), "depart": local_hhmm(s.depart_at),

@@ -11,7 +11,12 @@ The model is OR-Tools routing (pywrapcp) with integer transit matrices:
 * arc cost = distance x cost per km (per-vehicle evaluators when costs differ), plus a
   fixed cost per used vehicle;
 * every stop is optional with a large penalty, so one impossible order never sinks the
-  plan; the obviously impossible ones are filtered out beforehand with a human reason.
+  plan; the obviously impossible ones are filtered out beforehand with a human reason;
+* second trips: a van with ``trips`` > 1 is modelled as that many routing vehicles, one per
+  load from the depot, chained in time (trip t+1 leaves at least ``Problem.reload_time`` after
+  trip t is back, and is used only when trip t is). Capacities and time on board hold per
+  trip (each trip's start is its own departure); the van's fixed cost sits on its first trip
+  only, so it counts once however many trips it makes.
 
 Search: a portfolio of configurations (mostly iterated local search with ruin-and-recreate
 perturbations, differing in first solution and ruin size), one per process (each builds its
@@ -28,6 +33,7 @@ import math
 import multiprocessing as mp
 import os
 import time
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field, replace
@@ -57,6 +63,7 @@ class Vehicle:
     cost_per_km: float = 1.0
     fixed_cost: float = 0.0
     travel_time: np.ndarray | None = None  # optional own seconds matrix (e.g. another speed)
+    trips: int = 1  # most loads from the depot in the shift (back to reload between them)
 
 
 @dataclass
@@ -99,6 +106,7 @@ class Problem:
     initial_routes: list[InitialRoute] = field(default_factory=list)
     time_scale: float = 1.0  # integer model units per second
     cost_scale: float = 1000.0  # integer model units per currency unit
+    reload_time: float = 0.0  # seconds at the depot between two trips of one van
 
 
 # -------------------------------------------------------------------------- data out
@@ -123,6 +131,7 @@ class Route:
     visits: list[Visit]
     load: dict[str, float] = field(default_factory=dict)
     weight: float = 0.0
+    trip: int = 1  # the van's n-th load from the depot that day
 
 
 @dataclass
@@ -133,7 +142,7 @@ class Unserved:
 
 @dataclass
 class Solution:
-    routes: list[Route]  # only vehicles that leave their depot
+    routes: list[Route]  # only vehicles that leave their depot, one per trip, a van's trips in order
     unserved: list[Unserved]
     distance: float  # metres, all routes
     cost: float
@@ -142,6 +151,10 @@ class Solution:
 
     @property
     def vehicles_used(self) -> int:
+        return len({r.vehicle_id for r in self.routes})
+
+    @property
+    def trips(self) -> int:
         return len(self.routes)
 
 
@@ -244,6 +257,12 @@ def _impossible_reason(problem: Problem, s: Stop) -> str | None:
 # --------------------------------------------------------------------- the model
 
 
+def fleet(problem: Problem) -> list[tuple[int, int]]:
+    """The routing vehicles of the model: (van index, trip index from 0), a van's trips in a row."""
+    return [(k, t) for k, v in enumerate(problem.vehicles) for t in range(max(1, int(v.trips)))]
+
+
+
 @dataclass
 class SearchConfig:
     first_solution: str = "PARALLEL_CHEAPEST_INSERTION"
@@ -282,7 +301,8 @@ class _Model:
         self.active = list(active)
         P = problem
         S = P.time_scale
-        vehicles = P.vehicles
+        self.fleet = fleet(P)
+        vehicles = [P.vehicles[k] for k, _t in self.fleet]  # one routing vehicle per trip
         nv = len(vehicles)
         depot_nodes: list[int] = []
         for v in vehicles:
@@ -311,22 +331,34 @@ class _Model:
         for r, s in enumerate(stops, start=nd):
             service[r] = int(math.ceil(s.service * S - _EPS)) if s.service > 0 else 0
 
-        # distance / cost evaluators, one per distinct cost per km
+        # distance / cost evaluators, one per distinct cost per km (and fixed cost folded in, below)
         dist = np.asarray(P.distance, dtype=float)[np.ix_(idx, idx)]
-        self.cost_evals: dict[float, int] = {}
+        self.cost_evals: dict[tuple, int] = {}
         max_arc = 1
+        keys = []
         for k, v in enumerate(vehicles):
-            if v.cost_per_km not in self.cost_evals:
+            # a van with several trips pays its fixed cost on the arcs leaving the depot on its first
+            # trip, not as OR-Tools' fixed cost of a vehicle: the search inserts into one empty vehicle
+            # per type, the cheapest to use first, which would be a later trip (no fixed cost) that may
+            # not run before the first one; so no stop could ever be inserted
+            fold = v.fixed_cost and v.trips > 1 and v.start == v.end and self.fleet[k][1] == 0
+            key = (v.cost_per_km, starts[k] if fold else None, v.fixed_cost if fold else 0.0)
+            keys.append(key)
+            if key not in self.cost_evals:
                 cm = np.rint(dist / 1000.0 * v.cost_per_km * P.cost_scale).astype(np.int64)
                 np.fill_diagonal(cm, 0)
                 max_arc = max(max_arc, int(cm.max()))
-                self.cost_evals[v.cost_per_km] = routing.RegisterTransitMatrix(cm.tolist())
-            if len({x.cost_per_km for x in vehicles}) > 1:
-                routing.SetArcCostEvaluatorOfVehicle(self.cost_evals[v.cost_per_km], k)
-            else:
-                routing.SetArcCostEvaluatorOfAllVehicles(self.cost_evals[v.cost_per_km])
-            if v.fixed_cost:
+                if fold:
+                    cm[starts[k], :] += int(round(v.fixed_cost * P.cost_scale))
+                    cm[starts[k], starts[k]] = 0  # an unused trip stays free
+                self.cost_evals[key] = routing.RegisterTransitMatrix(cm.tolist())
+            if v.fixed_cost and v.trips == 1:
                 routing.SetFixedCostOfVehicle(int(round(v.fixed_cost * P.cost_scale)), k)
+        if len(set(keys)) > 1:
+            for k, key in enumerate(keys):
+                routing.SetArcCostEvaluatorOfVehicle(self.cost_evals[key], k)
+        else:
+            routing.SetArcCostEvaluatorOfAllVehicles(self.cost_evals[keys[0]])
 
         # time: ceil(travel * scale) + service of the origin, one evaluator per distinct matrix
         horizon = 0
@@ -365,6 +397,16 @@ class _Model:
 
         # schedules: come back as early as possible, then leave as late as that allows
         # (no van waits at a customer for nothing, nor leaves hours before it needs to)
+        # trips of one van: the next is used only after the previous one, and leaves once it
+        # is back and reloaded
+        reload = int(math.ceil(max(0.0, P.reload_time) * S - _EPS))
+        for k in range(1, nv):
+            if self.fleet[k][0] != self.fleet[k - 1][0]:
+                continue
+            on, before = routing.ActiveVehicleVar(k), routing.ActiveVehicleVar(k - 1)
+            routing.solver().Add(on <= before)
+            routing.solver().Add(time.CumulVar(routing.Start(k))
+                                 >= time.CumulVar(routing.End(k - 1)) + reload - (horizon + reload) * (1 - on))
         for k in range(nv):
             routing.AddVariableMinimizedByFinalizer(time.CumulVar(routing.End(k)))
         for k in range(nv):
@@ -392,7 +434,10 @@ class _Model:
             routing.AddDimensionWithVehicleCapacity(cb, 0, caps, True, "weight")
 
         # allowed vehicles, pinning and locks
-        vid = {v.id: k for k, v in enumerate(vehicles)}
+        vid = {v.id: k for k, v in enumerate(vehicles) if self.fleet[k][1] == 0}  # a van's first trip
+        trips_of: dict[str, list[int]] = defaultdict(list)  # van id -> its routing vehicles
+        for k, v in enumerate(vehicles):
+            trips_of[v.id].append(k)
         row_of = {s.id: r for r, s in enumerate(stops, start=nd)}
         pinned: dict[str, int] = {}
         locks: list[tuple[int, list[int]]] = []
@@ -415,7 +460,7 @@ class _Model:
             if s.id in pinned:
                 routing.VehicleVar(ix).SetValues([-1, pinned[s.id]])
             elif s.allowed_vehicles is not None:
-                allowed = sorted({vid[x] for x in s.allowed_vehicles if x in vid})
+                allowed = sorted({k for x in s.allowed_vehicles for k in trips_of.get(x, [])})
                 routing.VehicleVar(ix).SetValues([-1] + allowed)
 
         # max time on board: service start <= departure of the serving van + limit
@@ -428,8 +473,8 @@ class _Model:
             cumul = time.CumulVar(ix)
             vv = routing.VehicleVar(ix)
             cand = ([pinned[s.id]] if s.id in pinned else
-                    [vid[x] for x in s.allowed_vehicles if x in vid] if s.allowed_vehicles is not None
-                    else range(nv))
+                    [k for x in s.allowed_vehicles for k in trips_of.get(x, [])]
+                    if s.allowed_vehicles is not None else range(nv))
             for k in cand:
                 is_k = solver.IsEqualCstVar(vv, k)
                 solver.Add(cumul <= time.CumulVar(routing.Start(k)) + limit + horizon * (1 - is_k))
@@ -514,8 +559,9 @@ class _Model:
         routing.CloseModelWithParameters(params)
 
     def routes_to_indices(self, routes: dict[int, list[str]]) -> list[list[int]]:
+        """Routes keyed by routing vehicle (see :func:`fleet`) as OR-Tools indices."""
         out = []
-        for k in range(len(self.problem.vehicles)):
+        for k in range(len(self.fleet)):
             out.append([self.manager.NodeToIndex(self.row_of[sid]) for sid in routes.get(k, [])
                         if sid in self.row_of])
         return out
@@ -524,7 +570,7 @@ class _Model:
         routing, manager, time = self.routing, self.manager, self.time
         routes: list[list[int]] = []
         starts: list[int] = []
-        for k in range(len(self.problem.vehicles)):
+        for k in range(len(self.fleet)):
             ix = routing.Start(k)
             starts.append(assignment.Value(time.CumulVar(ix)))
             seq = []
@@ -649,7 +695,7 @@ def solve(problem: Problem, workers: int | None = None,
     initial = _initial_routes(problem, active)
     best: dict | None = None
     if not active or not problem.vehicles:
-        best = {"routes": [[] for _ in problem.vehicles], "starts": None, "objective": 0, "served": 0,
+        best = {"routes": [[] for _ in fleet(problem)], "starts": None, "objective": 0, "served": 0,
                 "config": "empty"}
     else:
         best = _portfolio(problem, active, configs, workers, limit, t0, initial, ctx, progress)
@@ -659,7 +705,7 @@ def solve(problem: Problem, workers: int | None = None,
         # no plan at all (e.g. locks that cannot be honoured): report every stop
         for i in active:
             unserved.append(Unserved(problem.stops[i].id, "no feasible plan found within the time limit"))
-        best = {"routes": [[] for _ in problem.vehicles], "starts": None, "objective": 0, "served": 0,
+        best = {"routes": [[] for _ in fleet(problem)], "starts": None, "objective": 0, "served": 0,
                 "config": "none"}
     return _build_solution(problem, best, active, unserved, time.monotonic() - t0)
 
@@ -667,7 +713,11 @@ def solve(problem: Problem, workers: int | None = None,
 def _initial_routes(problem: Problem, active: list[int]) -> dict[int, list[int]] | None:
     if not problem.initial_routes:
         return None
-    vid = {v.id: k for k, v in enumerate(problem.vehicles)}
+    first = {}  # van id -> the routing vehicle of its first trip
+    for m, (k, t) in enumerate(fleet(problem)):
+        if t == 0:
+            first[problem.vehicles[k].id] = m
+    vid = first
     pos = {problem.stops[i].id: i for i in active}
     out: dict[int, list[int]] = {}
     for ir in problem.initial_routes:
@@ -757,7 +807,8 @@ def _collect(futs, best, progress, t0, limit):
 # ------------------------------------------------------------------ building output
 
 
-def _schedule(problem: Problem, k: int, seq: list[int], start: float) -> Route:
+def _schedule(problem: Problem, k: int, seq: list[int], start: float, trip: int = 1) -> Route:
+    """Times, distance and load of one trip in exact arithmetic; the fixed cost rides on trip 1."""
     v = problem.vehicles[k]
     tt = _tt(problem, v)
     dm = problem.distance
@@ -781,8 +832,8 @@ def _schedule(problem: Problem, k: int, seq: list[int], start: float) -> Route:
         t, node = depart, s.node
     total += float(dm[node, v.end])
     end = t + float(tt[node, v.end])
-    cost = total / 1000.0 * v.cost_per_km + v.fixed_cost
-    return Route(v.id, start, end, total, cost, visits, load, weight)
+    cost = total / 1000.0 * v.cost_per_km + (v.fixed_cost if trip == 1 else 0.0)
+    return Route(v.id, start, end, total, cost, visits, load, weight, trip)
 
 
 def _latest_start(problem: Problem, k: int, seq: list[int]) -> float:
@@ -798,38 +849,57 @@ def _latest_start(problem: Problem, k: int, seq: list[int]) -> float:
     return max(v.shift[0], min(v.shift[1], latest - float(tt[v.start, node])))
 
 
+def _room(v: Vehicle, r: Route | None, s: Stop) -> bool:
+    """Whether the stop's goods would still fit on this trip (None: an unused trip)."""
+    load = r.load if r else {}
+    w = r.weight if r else 0.0
+    ok = all(q <= v.capacity.get(c, 0.0) - load.get(c, 0.0) + _EPS for c, q in s.demand.items() if q > 0)
+    return ok and not (v.max_weight is not None and s.weight > v.max_weight - w + _EPS)
+
+
 def _build_solution(problem: Problem, res: dict, active: list[int], unserved: list[Unserved],
                     seconds: float) -> Solution:
     routes: list[Route] = []
     served: set[int] = set()
-    for k, seq in enumerate(res["routes"]):
+    model_fleet = fleet(problem)
+    if len(res["routes"]) != len(model_fleet):  # a result keyed by van (no trips)
+        model_fleet = [(k, 0) for k in range(len(res["routes"]))]
+    made: dict[int, int] = defaultdict(int)  # van -> trips made; trips are numbered in time order
+    for m, seq in enumerate(res["routes"]):
         if not seq:
             continue
+        k = model_fleet[m][0]
         if res.get("starts") is not None:
-            start = res["starts"][k] / problem.time_scale
+            start = res["starts"][m] / problem.time_scale
         else:
             start = _latest_start(problem, k, seq)
-        routes.append(_schedule(problem, k, seq, start))
+        made[k] += 1
+        routes.append(_schedule(problem, k, seq, start, made[k]))
         served.update(seq)
-    # stops the model dropped: say whether capacity or time ran out
-    used = {r.vehicle_id: r for r in routes}
+    # stops the model dropped: say whether capacity, trips or time ran out
+    trips_of: dict[str, list[Route]] = defaultdict(list)
+    for r in routes:
+        trips_of[r.vehicle_id].append(r)
+    reported = {u.stop_id for u in unserved}  # e.g. every stop when no plan was found at all
     for i in active:
-        if i in served:
+        if i in served or problem.stops[i].id in reported:
             continue
         s = problem.stops[i]
-        room = False
+        room = spare = False
+        most = 1
         for k in _allowed(problem, s):
             v = problem.vehicles[k]
-            r = used.get(v.id)
-            load = r.load if r else {}
-            w = r.weight if r else 0.0
-            ok = all(q <= v.capacity.get(c, 0.0) - load.get(c, 0.0) + _EPS
-                     for c, q in s.demand.items() if q > 0)
-            if v.max_weight is not None and s.weight > v.max_weight - w + _EPS:
-                ok = False
-            room = room or ok
-        if not room:
-            unserved.append(Unserved(s.id, "fleet capacity exhausted"))
+            mine = trips_of.get(v.id, [])
+            most = max(most, v.trips)
+            room = room or any(_room(v, r, s) for r in mine) or (not mine and _room(v, None, s))
+            spare = spare or (bool(mine) and len(mine) < v.trips and _room(v, None, s))
+        if not room and spare:
+            unserved.append(Unserved(s.id, "shift time exhausted: the vans are full and another trip "
+                                           f"(back to the depot, {problem.reload_time / 60:.0f} min to reload) "
+                                           "does not fit their shifts"))
+        elif not room:
+            unserved.append(Unserved(s.id, "fleet capacity exhausted" + (
+                f" (every van full on each of its trips, at most {most} a day)" if most > 1 else "")))
         elif s.max_on_board is not None:
             unserved.append(Unserved(s.id, "shift time exhausted (or time on board would exceed the "
                                            f"product's limit of {s.max_on_board / 60:.0f} min)"))

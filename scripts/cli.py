@@ -256,7 +256,14 @@ def plan(
     = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the plan (CONTRACTS.md section 5)")] = False,
 ) -> None:
-    """Plan routes for every depot of the day, each depot an independent Celery task."""
+    """Plan routes for every depot of the day, each depot an independent Celery task.
+
+    Objective, from vehicles.csv: serve as many orders as possible first (an unserved order costs more
+    than any van and kilometre), then the least total cost: each used van's fixed_cost plus cost_per_km
+    times its kilometres. When a day does not fit one load per van, a van may go out again (up to 3
+    trips), back at its depot for COLDCHAIN_RELOAD_MINUTES (default 20) between trips; its fixed_cost
+    counts once. The table shows vans, trips, stops, unserved, km and cost per depot.
+    """
     from scripts.planning import plan_day
 
     ensure_schema()

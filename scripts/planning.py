@@ -69,21 +69,22 @@ def plan_day(day: date, time_limit: float, workers: int | None, actor: str) -> l
                         results[d] = info
                         r = results[d]
                         bar.update(tasks[d], completed=1.0,
-                                   status=f"{r['routes']} vans, {r['stops']} stops, {r['distance_km']} km")
+                                   status=f"{r.get('vans', r['routes'])} vans, {r['stops']} stops, "
+                                          f"{r['routes']} trips, {r['distance_km']} km, cost {r.get('cost', 0):.1f}")
                     elif state in ("FAILURE", "REVOKED"):
                         results[d] = {"depot": d, "error": f"{type(info).__name__}: {info}"}
                         bar.update(tasks[d], status=f"[red]failed: {info}")
                 time.sleep(0.2)
         for d in jobs:
             results.setdefault(d, {"depot": d, "error": "timed out waiting for a worker"})
-    table = Table("depot", "vans", "stops", "unserved", "km", "seconds", title=f"plans for {day}",
+    table = Table("depot", "vans", "trips", "stops", "unserved", "km", "cost", "seconds", title=f"plans for {day}",
                   title_justify="left")
     for d in depots:
         r = results[d]
         if "error" in r:
-            table.add_row(d, "[red]" + r["error"][:60], "", "", "", "")
+            table.add_row(d, "[red]" + r["error"][:60], "", "", "", "", "", "")
         else:
-            table.add_row(d, str(r["routes"]), str(r["stops"]), str(r["unserved"]), f"{r['distance_km']:.1f}",
-                          f"{r['seconds']:.1f}")
+            table.add_row(d, str(r.get("vans", r["routes"])), str(r["routes"]), str(r["stops"]), str(r["unserved"]),
+                          f"{r['distance_km']:.1f}", f"{r.get('cost', 0):.1f}", f"{r['seconds']:.1f}")
     err.print(table)
     return [results[d] for d in depots]
