@@ -695,19 +695,15 @@ def fsma_for_period(session: Session, first: date, last: date) -> bytes:
     return fsma_csv(fsma_rows(rows, directory_for(session, rows)))
 
 
-# ----------------------------------------------------------------------------- MINIMAL TRACE, TO BE REPLACED
-# _trace_for_export builds the trace from custody and readings only while traceability.trace.order_trace
-# (written on another branch) is not here. On merge: make it `return order_trace(session, order_ref)` (the
-# import below already prefers it) and delete _minimal_trace and its helpers.
+# ------------------------------------------------------------------------------------------ the trace
 
 
 def _trace_for_export(session: Session, order_ref: str, now: datetime | None = None) -> dict:
-    try:
-        from traceability.trace import order_trace
-    except ImportError:
-        return _minimal_trace(session, order_ref, now)
-    trace = order_trace(session, order_ref)
-    if not any("id" in e for e in trace.get("custody", ())):  # the custody ids for the FSMA reference column
+    """The order's trace (traceability.trace), with the custody records' ids for the FSMA reference column."""
+    from traceability.trace import order_trace
+
+    trace = order_trace(session, order_ref, now=now)
+    if not any("id" in e for e in trace.get("custody", ())):
         ids = _custody_rows(session, select(CustodyEvent).join(Order, Order.id == CustodyEvent.order_id)
                             .where(Order.ref == order_ref))
         if len(ids) == len(trace["custody"]):
@@ -715,78 +711,3 @@ def _trace_for_export(session: Session, order_ref: str, now: datetime | None = N
     return trace
 
 
-def _minimal_trace(session: Session, order_ref: str, now: datetime | None) -> dict:
-    from telemetry.service import reading_view, readings_query
-    from traceability import risk
-
-    if session.scalar(select(Order.id).where(Order.ref == order_ref)) is None:
-        raise NotFound(f"no order {order_ref}")
-    custody = _custody_rows(session, select(CustodyEvent).join(Order, Order.id == CustodyEvent.order_id)
-                            .where(Order.ref == order_ref))
-    open_legs: dict[tuple, dict] = {}
-    spans: list[dict] = []
-    for e in custody:
-        key = (e.get("line_no"), e.get("lot"))
-        if e["type"] == "loaded":
-            if key in open_legs:
-                spans.append({**open_legs.pop(key), "to": e["at"]})
-            open_legs[key] = {"vehicle": e["vehicle"], "compartment": e["compartment"], "from": e["at"],
-                              "line": {"line_no": e.get("line_no"), "sku": e["sku"], "lot": e["lot"], "qty": e["qty"]}}
-        elif e["type"] in ("delivered", "returned", "disposed") and key in open_legs:
-            spans.append({**open_legs.pop(key), "to": e["at"]})
-    spans += [{**leg, "to": None} for leg in open_legs.values()]
-    grouped: dict[tuple, dict] = {}
-    for s in spans:
-        g = grouped.setdefault((s["vehicle"], s["compartment"], s["from"], s["to"]), {**s, "lines": []})
-        g["lines"].append(s["line"])
-    vans = dict(session.execute(select(Vehicle.code, Vehicle.id)).all())
-    devices = dict(session.execute(select(Vehicle.code, Vehicle.device)).all())
-    end_now = now or utcnow()
-    legs = []
-    for g in grouped.values():
-        vid, start, end = vans.get(g["vehicle"]), _t(g["from"]), _t(g["to"]) or end_now
-
-        def read(kind: str, comp: str, vid: int | None = vid, start: datetime = start, end: datetime = end) -> list:
-            if vid is None:
-                return []
-            return [reading_view(r) for r in session.scalars(readings_query(vid, start, end, kind, comp))]
-
-        doors, opened = [], None
-        for r in read("door", g["compartment"]):
-            if r["value"] >= 0.5 and opened is None:
-                opened = r["ts"]
-            elif r["value"] < 0.5 and opened is not None:
-                doors.append({"opened": opened, "closed": r["ts"]})
-                opened = None
-        if opened is not None:
-            doors.append({"opened": opened, "closed": None})
-        legs.append({"vehicle": g["vehicle"], "device": devices.get(g["vehicle"]), "compartment": g["compartment"],
-                     "from": g["from"], "to": g["to"], "open": g["to"] is None, "lines": g["lines"],
-                     "readings": read("temperature", g["compartment"]), "door_openings": doors,
-                     "shocks": read("shock", "")})
-    products = {p.sku: p for p in session.scalars(select(Product).where(Product.sku.in_(
-        {e["sku"] for e in custody})))} if custody else {}
-    spoil, brk = [], []
-    for sku, p in products.items():
-        product = risk.Product(sku, p.min_c, p.max_c, p.shelf_life_days, p.fragile, name=p.name)
-        mine = [risk.Leg(lg["vehicle"], lg["compartment"], _t(lg["from"]), _t(lg["to"]) or end_now,
-                         [risk.Reading(_t(r["ts"]), float(r["value"])) for r in lg["readings"]],
-                         [risk.Reading(_t(r["ts"]), float(r["value"])) for r in lg["shocks"]])
-                for lg in legs if any(ln["sku"] == sku for ln in lg["lines"])]
-        spoil.append((p.name, risk.spoilage_risk(product, mine)))
-        brk.append((p.name, risk.breakage_risk(product, mine)))
-
-    def worst(found: list) -> dict:
-        if not found:
-            return {"level": "ok", "reasons": ["no line of this order has been picked yet"]}
-        level = max((r.level for _n, r in found), key=risk.LEVELS.index)
-        reasons = [f"{name}: {reason}" for name, r in sorted(found, key=lambda x: -risk.LEVELS.index(x[1].level))
-                   for reason in r.reasons]
-        return {"level": level, "reasons": reasons}
-
-    return {"order_ref": order_ref, "custody": custody, "legs": legs, "spoilage_risk": worst(spoil),
-            "breakage_risk": worst(brk), "assessed_at": _z(end_now)}
-
-
-__all__ = ["FSMA_COLUMNS", "FSMA_KDES", "Directory", "directory_for", "epcis_document", "excursions", "export_order",
-           "fsma_csv", "fsma_for_lot", "fsma_for_period", "fsma_rows", "leg_chart_png", "order_pdf"]

@@ -11,12 +11,13 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, Field, StringConstraints
 
 from api.deps import Caller, SessionDep, require
 from api.pagination import After, Code, Limit, page
 from api.schemas import STAFF, Instant, Number, Page, Reading, problems
+from traceability.exports import export_order
 from traceability.service import hold_lot, holds_query, release_lot
 from traceability.trace import at_risk, hold_view, lot_trace, order_trace
 from warehouses.models import LotHold
@@ -206,6 +207,22 @@ def get_order_trace(order_ref: Code, session: SessionDep, _caller: Quality) -> d
     """Custody events, the temperature history (with door openings and shocks) of each interval the order's
     lines spent in a compartment, and spoilage and breakage risk with their reasons."""
     return order_trace(session, order_ref)
+
+
+_EXPORT_TYPES = {"application/ld+json": {"schema": {"type": "object"}},
+                 "text/csv": {"schema": {"type": "string"}},
+                 "application/pdf": {"schema": {"type": "string", "format": "binary"}}}
+
+
+@router.get("/trace/orders/{order_ref}/export", response_class=Response,
+            responses={200: {"content": _EXPORT_TYPES,
+                             "description": "epcis: GS1 EPCIS 2.0 JSON-LD; fsma: the FSMA 204 sortable spreadsheet "
+                                            "(CSV, UTF-8 with BOM); pdf: the order's report"}})
+def export_order_trace(order_ref: Code, request: Request, session: SessionDep, _caller: Quality,
+                       fmt: Annotated[Literal["epcis", "fsma", "pdf"], Query(alias="format")]) -> Response:
+    """An order's trace in the format auditors use (CONTRACTS section 3); rawData links point at this API."""
+    data, media, filename = export_order(session, order_ref, fmt, api_base=str(request.base_url).rstrip("/"))
+    return Response(data, media_type=media, headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 
 
 @router.get("/trace/lots/{lot}", response_model=LotTrace)
