@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = '0009'
-down_revision = '0008'  # the head on branch h-security; the lead re-points it when merging
+down_revision = '0008'
 branch_labels = None
 depends_on = None
 

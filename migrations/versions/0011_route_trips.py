@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = '0011'
-down_revision = '0010'  # written by another branch; tested here on top of 0009
+down_revision = '0010'
 branch_labels = None
 depends_on = None
 
