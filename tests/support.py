@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -512,3 +513,40 @@ def publisher(url: str) -> mqtt.Client:
 def samples(device: str, start_seq: int, n: int, base: datetime, chilled=4.0) -> list[dict]:  # noqa: ANN001
     return [{"device": device, "seq": start_seq + i, "ts": (base + timedelta(seconds=10 * i)).isoformat(),
              "temp_c": {"chilled": chilled}} for i in range(n)]
+
+
+# ------------------------------------------------------------------------------- PDFs
+
+
+def squeeze(text: str) -> str:
+    """Text without whitespace: extractors split or join lines and cells at will."""
+    return re.sub(r"\s+", "", text)
+
+
+def font_dicts(reader) -> list:  # noqa: ANN001
+    """Every font dictionary that a page (or a form XObject on it) uses, each once."""
+    found: dict[int, object] = {}
+
+    def visit(resources) -> None:  # noqa: ANN001
+        resources = resources.get_object() if resources is not None else {}
+        for ref in (resources.get("/Font") or {}).values():
+            found.setdefault(id(ref.get_object()), ref.get_object())
+        for ref in (resources.get("/XObject") or {}).values():
+            xobject = ref.get_object()
+            if xobject.get("/Subtype") == "/Form":
+                visit(xobject.get("/Resources"))
+
+    for page in reader.pages:
+        visit(page.get("/Resources"))
+    return list(found.values())
+
+
+def embedded(font) -> bool:  # noqa: ANN001
+    """A font that carries its glyphs: a font file in its descriptor (or its CID descendant's), or Type 3."""
+    if font.get("/Subtype") == "/Type3":
+        return True
+    if font.get("/Subtype") == "/Type0":
+        font = font["/DescendantFonts"][0].get_object()
+    descriptor = font.get("/FontDescriptor")
+    descriptor = descriptor.get_object() if descriptor is not None else {}
+    return any(k in descriptor for k in ("/FontFile", "/FontFile2", "/FontFile3"))

@@ -19,6 +19,7 @@ import pytest
 
 from core import pdf
 from core.timeutil import local_tomorrow
+from tests.support import embedded, font_dicts, squeeze
 
 pypdf = pytest.importorskip("pypdf", reason="pypdf is in the test extras: pip install '.[test]'")
 
@@ -90,40 +91,6 @@ def built(session, tmp_path: Path) -> Built:  # noqa: ANN001
 
 def page_text(path: Path) -> str:
     return "\n".join(page.extract_text() or "" for page in pypdf.PdfReader(str(path)).pages)
-
-
-def squeeze(text: str) -> str:
-    """Text without whitespace: extractors split or join lines and cells at will."""
-    return re.sub(r"\s+", "", text)
-
-
-def font_dicts(reader) -> list:  # noqa: ANN001
-    """Every font dictionary that a page (or a form XObject on it) uses, each once."""
-    found: dict[int, object] = {}
-
-    def visit(resources) -> None:  # noqa: ANN001
-        resources = resources.get_object() if resources is not None else {}
-        for ref in (resources.get("/Font") or {}).values():
-            found.setdefault(id(ref.get_object()), ref.get_object())
-        for ref in (resources.get("/XObject") or {}).values():
-            xobject = ref.get_object()
-            if xobject.get("/Subtype") == "/Form":
-                visit(xobject.get("/Resources"))
-
-    for page in reader.pages:
-        visit(page.get("/Resources"))
-    return list(found.values())
-
-
-def embedded(font) -> bool:  # noqa: ANN001
-    """A font that carries its glyphs: a font file in its descriptor (or its CID descendant's), or Type 3."""
-    if font.get("/Subtype") == "/Type3":
-        return True
-    if font.get("/Subtype") == "/Type0":
-        font = font["/DescendantFonts"][0].get_object()
-    descriptor = font.get("/FontDescriptor")
-    descriptor = descriptor.get_object() if descriptor is not None else {}
-    return any(k in descriptor for k in ("/FontFile", "/FontFile2", "/FontFile3"))
 
 
 def font_file_bytes(font) -> int:  # noqa: ANN001

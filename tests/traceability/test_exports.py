@@ -14,7 +14,6 @@ import copy
 import csv
 import io
 import json
-import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from delivery.schemas import RouteStartIn, StopEventIn
 from delivery.service import driver_ref, start_route, stop_event
 from telemetry.service import Fleet, Message, default_engine, store_batch
 from tests.delivery.helpers import build_day, routes_by_van
-from tests.support import epcis_schema_path
+from tests.support import embedded, epcis_schema_path, font_dicts, squeeze
 from traceability import exports, flows
 from warehouses.models import Vehicle
 
@@ -275,36 +274,6 @@ def test_the_excursion_runs_are_those_outside_the_band() -> None:
 # ------------------------------------------------------------------------------------------ PDF
 
 
-def _squeeze(text: str) -> str:
-    return re.sub(r"\s+", "", text)
-
-
-def _fonts(reader) -> list:  # noqa: ANN001
-    found: dict[int, object] = {}
-
-    def visit(resources) -> None:  # noqa: ANN001
-        resources = resources.get_object() if resources is not None else {}
-        for ref in (resources.get("/Font") or {}).values():
-            found.setdefault(id(ref.get_object()), ref.get_object())
-        for ref in (resources.get("/XObject") or {}).values():
-            if ref.get_object().get("/Subtype") == "/Form":
-                visit(ref.get_object().get("/Resources"))
-
-    for page in reader.pages:
-        visit(page.get("/Resources"))
-    return list(found.values())
-
-
-def _embedded(font) -> bool:  # noqa: ANN001
-    if font.get("/Subtype") == "/Type3":
-        return True
-    if font.get("/Subtype") == "/Type0":
-        font = font["/DescendantFonts"][0].get_object()
-    descriptor = font.get("/FontDescriptor")
-    descriptor = descriptor.get_object() if descriptor is not None else {}
-    return any(k in descriptor for k in ("/FontFile", "/FontFile2", "/FontFile3"))
-
-
 def test_the_pdf_report_names_the_product_and_the_risk_reasons_in_embedded_fonts(session: Session, driven: Day,
                                                                                  tmp_path: Path) -> None:
     data, media, name = exports.export_order(session, "A1", "pdf", now=driven.now)
@@ -312,15 +281,15 @@ def test_the_pdf_report_names_the_product_and_the_risk_reasons_in_embedded_fonts
     path = tmp_path / name
     path.write_bytes(data)
     reader = pypdf.PdfReader(str(path))
-    text = _squeeze("\n".join(p.extract_text() or "" for p in reader.pages))
+    text = squeeze("\n".join(p.extract_text() or "" for p in reader.pages))
     assert EGGS in text and "龙抄手" in text and "交接记录" in text
     trace = exports._trace_for_export(session, "A1", now=driven.now)
     assert trace["spoilage_risk"]["level"] != "ok" and trace["breakage_risk"]["level"] != "ok"
     for reason in trace["spoilage_risk"]["reasons"] + trace["breakage_risk"]["reasons"]:
-        assert _squeeze(reason) in text, f"risk reason missing from the PDF: {reason}"
+        assert squeeze(reason) in text, f"risk reason missing from the PDF: {reason}"
     assert any("above 8 °C" in r for r in trace["spoilage_risk"]["reasons"])
-    fonts = _fonts(reader)
-    assert fonts and all(_embedded(f) for f in fonts), [str(f.get("/BaseFont")) for f in fonts]
+    fonts = font_dicts(reader)
+    assert fonts and all(embedded(f) for f in fonts), [str(f.get("/BaseFont")) for f in fonts]
     assert sum(len(p.images) for p in reader.pages) == 2  # one chart per leg (chilled, frozen)
     if shutil.which("pdftoppm"):
         subprocess.run(["pdftoppm", "-png", "-r", "70", "-f", "1", "-l", "1", str(path), str(tmp_path / "page")],
