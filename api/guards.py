@@ -34,7 +34,7 @@ from limits.storage import MemoryStorage, Storage, storage_from_string
 from limits.strategies import MovingWindowRateLimiter, SlidingWindowCounterRateLimiter
 
 from api.problems import problem
-from core.errors import DomainError, Unauthorized
+from core.errors import PayloadTooLarge, TooManyRequests, Unauthorized
 from core.security import read_token
 from core.settings import get_settings
 
@@ -56,14 +56,6 @@ BODY_LIMITS: dict[tuple[str, str], str | int] = {
 }
 
 
-class TooManyRequests(DomainError):
-    status_code = 429
-    title = "Too many requests"
-
-
-class PayloadTooLarge(DomainError):
-    status_code = 413
-    title = "Content too large"
 
 
 # ---------------------------------------------------------------------------------------------- rate limits

@@ -38,21 +38,17 @@ from starlette.requests import ClientDisconnect
 from api.deps import get_session, oauth2
 from api.problems import problem
 from core.db import session_scope
-from core.errors import DomainError, Forbidden, Unauthorized
+from core.errors import BadRequest, DomainError, Forbidden, Unauthorized, UnsupportedMedia
+from core.errors import PayloadTooLarge as TooLarge
 from core.security import read_token
 from core.timeutil import utcnow
 from delivery import idempotency, proofs
-from delivery.proofs import TooLarge
 from delivery.service import DriverRef, login_of
 
 JSON_LIMIT = 64 * 1024
 UPLOAD_LIMIT = proofs.MAX_BYTES + 64 * 1024  # the file plus the multipart envelope around it
 _KEPT_HEADERS = ("content-type", "location")
 
-
-class BadRequest(DomainError):
-    status_code = 400
-    title = "Bad request"
 
 
 def key_sessions() -> AbstractContextManager[Session]:
@@ -149,7 +145,7 @@ async def read_upload(request: Request) -> tuple[bytes, Upload]:
     ctype, params = parse_options_header(request.headers.get("content-type"))
     boundary = params.get(b"boundary")
     if ctype != b"multipart/form-data" or not boundary:
-        raise proofs.UnsupportedMedia("send the proof as multipart/form-data with a field named file")
+        raise UnsupportedMedia("send the proof as multipart/form-data with a field named file")
     state: dict[str, Any] = {"headers": {}, "field": b"", "value": b"", "part": None, "ended": False}
     found: dict[str, Any] = {"data": None, "filename": None, "type": None}
     file_parts: list[bytes] = []

@@ -20,7 +20,7 @@ import zipfile
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import BinaryIO
 
-from core.errors import DomainError
+from core.errors import BadRequest as Refused
 from core.settings import get_settings
 from fulfillment.scenario import SCENARIO_FILES
 
@@ -28,10 +28,6 @@ CHUNK = 1024 * 1024
 MAX_ENTRIES = 1000
 KEEP_JOB_FOLDERS_S = 7 * 24 * 3600
 
-
-class Refused(DomainError):
-    status_code = 400
-    title = "Bad request"
 
 
 def job_folder() -> Path:

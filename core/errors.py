@@ -37,3 +37,23 @@ class Forbidden(DomainError):
 class Unauthorized(DomainError):
     status_code = 401
     title = "Unauthorized"
+
+
+class BadRequest(DomainError):
+    status_code = 400
+    title = "Bad request"
+
+
+class PayloadTooLarge(DomainError):
+    status_code = 413
+    title = "Content too large"
+
+
+class UnsupportedMedia(DomainError):
+    status_code = 415
+    title = "Unsupported media type"
+
+
+class TooManyRequests(DomainError):
+    status_code = 429
+    title = "Too many requests"

@@ -6,21 +6,12 @@ import os
 import tempfile
 from pathlib import Path
 
-from core.errors import DomainError
 from core.settings import get_settings
 
 MAX_BYTES = 5 * 1024 * 1024  # CONTRACTS.md section 3: at most 5 MB
 _SIGNATURES = ((b"\xff\xd8\xff", "image/jpeg"), (b"\x89PNG\r\n\x1a\n", "image/png"))
 
 
-class TooLarge(DomainError):
-    status_code = 413
-    title = "Content too large"
-
-
-class UnsupportedMedia(DomainError):
-    status_code = 415
-    title = "Unsupported media type"
 
 
 def sniff(head: bytes) -> str | None:

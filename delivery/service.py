@@ -26,7 +26,7 @@ from datetime import date, datetime, timedelta
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
-from core.errors import Conflict, Invalid, NotFound
+from core.errors import Conflict, Invalid, NotFound, PayloadTooLarge, UnsupportedMedia
 from core.timeutil import to_local, utcnow
 from delivery import lifecycle, proofs
 from delivery.lifecycle import IllegalMove, route_state, route_stored
@@ -357,10 +357,10 @@ def add_proof(session: Session, driver: DriverRef, stop_id: str, data: bytes | N
     if data is None:
         raise Invalid("the multipart form needs a field named file", pointer="/file")
     if len(data) > proofs.MAX_BYTES:
-        raise proofs.TooLarge(f"the file has {len(data)} bytes; at most {proofs.MAX_BYTES}")
+        raise PayloadTooLarge(f"the file has {len(data)} bytes; at most {proofs.MAX_BYTES}")
     content_type = proofs.sniff(data[:16])
     if content_type is None:
-        raise proofs.UnsupportedMedia("a proof is a JPEG or PNG image (judged by its bytes, not its name or "
+        raise UnsupportedMedia("a proof is a JPEG or PNG image (judged by its bytes, not its name or "
                                       "declared type)")
     if stop.status not in lifecycle.PROOF_ALLOWED:
         raise Conflict(f"the stop is {stop.status}: a proof comes at or after the door", stop_status=stop.status,
