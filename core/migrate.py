@@ -6,9 +6,14 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 import migrations
+
+# Every service of the real stack (API, workers, beat, ingestors) migrates before it starts, so on
+# a fresh database several processes upgrade at once; this lock makes the others wait and then
+# find the schema at head instead of racing to create the same tables.
+MIGRATION_LOCK_KEY = 0x636F6C64_6D696772  # "coldmigr"
 
 
 def alembic_config(url: str | None = None) -> Config:
@@ -20,8 +25,11 @@ def alembic_config(url: str | None = None) -> Config:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Upgrade, one process at a time: a PostgreSQL advisory lock, SQLite's write lock at BEGIN."""
     cfg = alembic_config()
-    with engine.begin() as conn:
+    with engine.connect().execution_options(sqlite_immediate=True) as conn, conn.begin():
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
 

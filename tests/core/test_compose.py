@@ -10,7 +10,9 @@ import yaml
 
 from tests.support import ROOT, coldchain_cmd
 
-APP_SERVICES = {"api": "serve", "worker": "worker", "beat": "beat", "ingestor": "ingest"}
+APP_SERVICES = {"migrate": "db", "api": "serve", "worker-a": "worker", "worker-b": "worker", "beat": "beat",
+                "ingestor-a": "ingest", "ingestor-b": "ingest"}
+ONE_SHOT = {"migrate"}
 
 
 def compose() -> dict:
@@ -21,10 +23,25 @@ def test_every_service_is_there_with_a_health_check() -> None:
     services = compose()["services"]
     assert set(services) == {"postgres", "redis", "mosquitto", *APP_SERVICES}
     for name, service in services.items():
+        if name in ONE_SHOT:
+            assert service["restart"] == "no", name
+            continue
         assert "healthcheck" in service and service["healthcheck"]["test"], name
     images = {services[n].get("image") for n in APP_SERVICES}
     assert images == {"coldchain:latest"} and all(services[n]["build"] == "." for n in APP_SERVICES)
     assert (ROOT / "Dockerfile").exists()
+    for name in set(APP_SERVICES) - ONE_SHOT:  # nothing starts on a schema that is not at head yet
+        assert services[name]["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}, name
+
+
+def test_two_ingestors_share_one_subscription_with_their_own_sessions() -> None:
+    services = compose()["services"]
+    commands = [services[n]["command"] for n in ("ingestor-a", "ingestor-b")]
+    groups = {c[c.index("--shared-group") + 1] for c in commands}
+    client_ids = {c[c.index("--client-id") + 1] for c in commands}
+    assert len(groups) == 1 and len(client_ids) == 2
+    workers = [services[n]["command"] for n in ("worker-a", "worker-b")]
+    assert all(c[:2] == ["coldchain", "worker"] for c in workers)
 
 
 def test_app_services_run_real_coldchain_commands() -> None:

@@ -41,3 +41,27 @@ def test_models_and_migrations_agree(databases) -> None:  # noqa: ANN001
         assert diff == []
     finally:
         engine.dispose()
+
+
+def test_services_starting_together_on_a_fresh_database_all_migrate(databases, tmp_path) -> None:  # noqa: ANN001
+    """The real stack's services each migrate at start: four at once must all succeed, with one head."""
+    import os
+    import subprocess
+
+    from tests.support import coldchain_cmd
+
+    url = databases.new("race")
+    env = {**os.environ, "COLDCHAIN_DATABASE_URL": url, "COLDCHAIN_DATA_DIR": str(tmp_path)}
+    procs = [subprocess.Popen([*coldchain_cmd(), "db", "upgrade"], env=env, stderr=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    failed = [(p.returncode, e[-400:]) for p, e in zip(procs, errors, strict=True) if p.returncode != 0]
+    assert failed == []
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            heads = conn.exec_driver_sql("SELECT version_num FROM alembic_version").all()
+        assert len(heads) == 1 and heads[0][0] == migrate.current(engine)
+        assert set(Base.metadata.tables) <= set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
