@@ -412,6 +412,41 @@ def ingest(
             err.print(f"ingestor stopped: {stats.as_dict()}")
 
 
+@app.command()
+def status(
+    max_lag: Annotated[float, typer.Option(help="seconds of silence before a van on a route counts as stale")] = 120.0,
+    json_out: Annotated[bool, typer.Option("--json", help="print the status as JSON")] = False,
+) -> None:
+    """The stack's vital signs: telemetry lag, stale vans, rejects, open alerts, the audit chain.
+
+    Exits 1 when a van on a route has been silent longer than --max-lag, so a monitor can poll it.
+    """
+    from core.db import session_scope
+    from telemetry.operations import status as read_status
+
+    ensure_schema()
+    with session_scope() as session:
+        st = read_status(session, max_lag_s=max_lag)
+    if json_out:
+        print_json(st.as_dict())
+    else:
+        last = st.last_reject
+        table = Table(title="coldchain status", show_header=False)
+        rows = [("vans on a route", str(st.active_vans)),
+                ("newest sample", f"{st.newest_sample_at or '-'} (lag {st.lag_s if st.lag_s is not None else '-'} s)"),
+                (f"stale (> {st.max_lag_s:g} s)", ", ".join(st.stale_vans) or "none"),
+                ("rejected in the last hour", str(st.rejected_last_hour)),
+                ("last reject", f"{last['received_at']} {last['reason']}" if last else "-"),
+                ("open alerts", f"{st.open_alerts} (oldest {st.oldest_open_alert_at or '-'})"),
+                ("audit records", f"{st.audit_records} (last {st.audit_last_at or '-'}; "
+                                  "verify: coldchain audit verify)")]
+        for key, value in rows:
+            table.add_row(key, value)
+        err.print(table)
+    if not st.healthy:
+        raise typer.Exit(1)
+
+
 replan_app = typer.Typer(help="Re-plan a depot's day while the vans are out.", no_args_is_help=True)
 app.add_typer(replan_app, name="replan")
 TimeLimitOpt = Annotated[float, typer.Option("--time-limit", help="seconds for the solver")]

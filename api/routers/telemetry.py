@@ -20,6 +20,7 @@ from api.pagination import Code, Limit, page
 from api.schemas import STAFF, AlertOut, Page, Reading, Reject, Watch, problems
 from core.errors import Invalid, NotFound
 from core.timeutil import local_today
+from telemetry import operations
 from telemetry.models import Alert, TelemetryReject
 from telemetry.service import (
     ReadingKey,
@@ -147,3 +148,34 @@ def acknowledge(alert_id: int, body: AckIn, session: SessionDep, caller: Quality
         raise NotFound(f"no alert {alert_id}")
     return alert_view(acknowledge_alert(session, alert_id, caller.username, body.note))
 
+
+
+class LastReject(BaseModel):
+    received_at: datetime
+    topic: str
+    reason: str
+
+
+class StackStatus(BaseModel):
+    """The operator's vital signs (docs/operations.md, "What to watch")."""
+
+    at: datetime
+    healthy: bool
+    active_vans: int
+    newest_sample_at: datetime | None
+    lag_s: float | None
+    stale_vans: list[str]
+    max_lag_s: float
+    rejected_last_hour: int
+    last_reject: LastReject | None
+    open_alerts: int
+    oldest_open_alert_at: datetime | None
+    audit_records: int
+    audit_last_at: datetime | None
+
+
+@router.get("/status", response_model=StackStatus)
+def stack_status(session: SessionDep, _: Watchers,
+                 max_lag_s: Annotated[float, Query(gt=0, le=86400, description="seconds of silence before an "
+                                                   "active van counts as stale")] = 120.0) -> dict:
+    return operations.status(session, max_lag_s=max_lag_s).as_dict()
