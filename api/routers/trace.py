@@ -27,6 +27,8 @@ router = APIRouter(tags=["trace"], responses=STAFF)  # 400, 401, 403, 404, 413, 
 Quality = Annotated[Caller, Depends(require("quality"))]
 Watchers = Annotated[Caller, Depends(require("dispatcher", "quality"))]
 Level = Literal["ok", "watch", "at_risk", "reject"]
+RiskCursor = Annotated[str | None, Query(pattern=r"^[0-3]{3}-[0-9]{1,12}$", max_length=16,
+                                         description="cursor from the previous page's next link")]
 
 
 class CustodyOut(BaseModel):
@@ -273,9 +275,11 @@ def get_lot_trace(lot: Code, session: SessionDep, _caller: Quality) -> dict:
 @router.get("/trace/at-risk", response_model=Page[AtRiskOrder])
 def get_at_risk(request: Request, session: SessionDep, _caller: Quality,
                 day: Annotated[date, Query(alias="date", description="the delivery day")],
-                limit: Limit = 100, after: After = None) -> dict:
-    """The day's orders whose spoilage or breakage risk is not ok, by order, each with its levels and
-    reasons (the driver's route shows these stops as "check on delivery")."""
+                limit: Limit = 100, after: RiskCursor = None) -> dict:
+    """The day's orders whose spoilage or breakage risk is not ok, worst first (the worse of the two levels,
+    then spoilage, then breakage, then by order), each with its levels and reasons (the driver's route shows
+    these stops as "check on delivery"). The day is assessed once and kept while nothing it depends on
+    changed, so paging through it does not assess it again; the cursor keeps the order stable."""
     items, following = at_risk(session, day, limit=limit, after=after)
     next_url = (str(request.url.include_query_params(after=following, limit=limit))
                 if following is not None else None)
