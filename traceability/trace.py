@@ -396,6 +396,7 @@ def day_events(session: Session, day: date) -> list[CustodyEvent]:
 
 _CURSOR = re.compile(r"([0-3])([0-3])([0-3])-(\d{1,12})")
 _OPEN_TTL_S = 60.0  # goods still aboard keep warming: a day with open legs is re-assessed at most this often
+_MAX_AGE_S = 600.0  # and any day at least this often: the fingerprint is aggregates, not the rows themselves
 _DAYS_KEPT = 8
 
 
@@ -404,7 +405,7 @@ class _DayRisk:
     """A day's orders not ok, worst first, and what they were computed from."""
 
     fingerprint: tuple
-    expires: float | None  # time.monotonic() after which it is stale (open legs); None: until data changes
+    expires: float  # time.monotonic() after which it is stale (sooner while goods are aboard)
     ranked: list[tuple[tuple[int, int, int, int], dict]]  # ((rank..., order id), assessed), ascending
 
 
@@ -421,7 +422,8 @@ def _fingerprint(session: Session, day: date, margin: timedelta) -> tuple:
     c, o = CustodyEvent, Order
     orders = tuple(session.execute(select(func.count(o.id), func.count(o.id).filter(o.status == "cancelled"))
                                    .where(o.delivery_date == day)).one())
-    custody = tuple(session.execute(select(func.count(c.id), func.max(c.id), func.min(c.at), func.max(c.at))
+    custody = tuple(session.execute(select(func.count(c.id), func.max(c.id), func.min(c.at), func.max(c.at),
+                                           func.sum(c.qty), func.sum(c.id))
                                     .join(o, o.id == c.order_id).where(o.delivery_date == day)).one())
     damaged = session.scalar(select(func.max(OrderEvent.id)).join(o, o.id == OrderEvent.order_id)
                              .where(o.delivery_date == day, OrderEvent.type == "damaged"))
@@ -478,18 +480,23 @@ def _day_risk(session: Session, day: date, now: datetime | None, batch: int) -> 
     fingerprint = _fingerprint(session, day, spoilage.max_hold)
     with _day_risks_lock:
         got = _day_risks.get(key)
-        if got is not None and got.fingerprint == fingerprint and (got.expires is None
-                                                                   or time.monotonic() < got.expires):
+        if got is not None and got.fingerprint == fingerprint and time.monotonic() < got.expires:
             _day_risks.move_to_end(key)
             return got.ranked
     ranked, still_aboard = _compute_day(session, day, now or utcnow(), batch)
     with _day_risks_lock:
-        _day_risks[key] = _DayRisk(fingerprint, time.monotonic() + _OPEN_TTL_S if still_aboard and now is None
-                                   else None, ranked)
+        ttl = _OPEN_TTL_S if still_aboard and now is None else _MAX_AGE_S
+        _day_risks[key] = _DayRisk(fingerprint, time.monotonic() + ttl, ranked)
         _day_risks.move_to_end(key)
         while len(_day_risks) > _DAYS_KEPT:
             _day_risks.popitem(last=False)
     return ranked
+
+
+def forget_day_risks() -> None:
+    """Drop every kept day (tests that rebuild the same day in a rolled-back transaction, benchmarks)."""
+    with _day_risks_lock:
+        _day_risks.clear()
 
 
 def parse_cursor(after: str | None) -> tuple[int, int, int, int] | None:
@@ -509,8 +516,8 @@ def at_risk(session: Session, day: date, limit: int = 100, after: str | None = N
     cursor ``after`` and the cursor of the next page (None on the last).
 
     The day is assessed once and kept (per process) while its fingerprint holds: no new custody row,
-    damage report, order or cancel, no new reading in the vans' time aboard; and, while goods are still
-    aboard (their risk grows by the minute), for at most a minute. Paging is by keyset on (rank, order),
+    damage report, order or cancel, no new reading in the vans' time aboard; for at most ten minutes, and
+    while goods are still aboard (their risk grows by the minute) for at most one. Paging is by keyset on (rank, order),
     so a page never repeats an order of an earlier one even when the list was re-assessed in between.
     """
     start = parse_cursor(after)
