@@ -652,7 +652,7 @@ def _custody_story(kit: _Kit, custody: Sequence[dict], directory: Directory, wit
     head = ["时间 Time", "环节 Step", "商品 Product", "批次 Lot", "数量 Qty", "地点 Where", "经手 By", "备注 Note"]
     widths = [20, 24, 28, 18, 12, 40, 17, 26]
     if with_order:
-        head, widths = [*head[:4], "订单 Order", *head[4:]], [18, 20, 24, 16, 16, 10, 36, 15, 20]
+        head, widths = [*head[:4], "订单 Order", *head[4:]], [22, 22, 22, 14, 14, 10, 34, 15, 22]
     rows = []
     for e in custody:
         where = e.get("node") or (f"{e.get('vehicle')} {_CLASS_ZH.get(e.get('compartment') or '', '')}"
