@@ -759,7 +759,7 @@ def _with_version(diff: dict, version: int) -> dict:
 
 
 def _store(session: Session, day: date, depot_code: str, snap: _Snapshot, solved: _Solved, event: Event | None,
-           actor: str, time_limit: float) -> dict:
+           actor: str, time_limit: float, cancel: Callable[..., object] | None = None) -> dict:
     """Write what :func:`merge` decided as the depot's next plan version, unless the plan changed since it was read.
 
     The merge decided from the statuses it read: an order whose status moved since (cancelled
@@ -780,7 +780,7 @@ def _store(session: Session, day: date, depot_code: str, snap: _Snapshot, solved
     # the event itself
     for ev in merged.event_effects:
         if ev.type == "cancelled":
-            fulfillment.cancel_order(session, orders[ev.ref], actor, reason=ev.data["reason"])
+            (cancel or fulfillment.cancel_order)(session, orders[ev.ref], actor, reason=ev.data["reason"])
         else:
             fulfillment.record_event(session, orders[ev.ref], ev.type, actor, to_status=ev.to_status, data=ev.data,
                                      at=ev.at)
@@ -834,12 +834,16 @@ def _store(session: Session, day: date, depot_code: str, snap: _Snapshot, solved
 
 def replan(day: date, depot_code: str, event: Event | None = None, time_limit: float = 5.0, actor: str = "system",
            now: datetime | None = None, sessions: Callable[[], AbstractContextManager[Session]] | None = None,
-           workers: int = 1, positions: dict[str, Position] | None = None) -> dict:
+           workers: int = 1, positions: dict[str, Position] | None = None,
+           cancel: Callable[..., object] | None = None) -> dict:
     """Re-plan one depot's day after `event` (None: just re-optimise from where the vans are).
 
     Read, solve, store: three transactions, none open while the solver runs. Returns the new
     plan's diff (also stored in ``Plan.diff``) with a summary. ``now`` defaults to the breakdown
     time or the clock; ``positions`` overrides where started vans are (code -> (lat, lon)).
+    ``cancel(session, order, actor, reason=)`` cancels a cancelled order's stock in the store's transaction
+    (default fulfillment.service.cancel_order; traceability.flows passes its own, which also records the
+    picked goods returned to stock in custody, a room routing may not import).
     Raises NotFound / Invalid / Conflict (core.errors) for an event that does not apply.
     """
     from core.db import session_scope
@@ -851,7 +855,7 @@ def replan(day: date, depot_code: str, event: Event | None = None, time_limit: f
         solved = _solve(snap, day, depot_code, time_limit, workers)
         try:
             with scope() as session:
-                return _store(session, day, depot_code, snap, solved, event, actor, time_limit)
+                return _store(session, day, depot_code, snap, solved, event, actor, time_limit, cancel)
         except _Stale:
             if attempt == ATTEMPTS - 1:
                 raise Conflict(f"the plan of {depot_code} kept changing while re-planning; try again") from None

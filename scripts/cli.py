@@ -123,17 +123,16 @@ app.add_typer(trace_app, name="trace")
 @trace_app.command("export")
 def trace_export(
     order_ref: Annotated[str | None, typer.Argument(help="the order (omit with --lot or --from/--to)")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="fsma, epcis or pdf (--lot and --from/--to: fsma only)")]
-    = "fsma",
+    fmt: Annotated[str, typer.Option("--format", help="fsma, epcis or pdf (a period: fsma or epcis)")] = "fsma",
     out: Annotated[Path | None, typer.Option("--out", help="file to write (default: the export's own name)")] = None,
-    lot: Annotated[str | None, typer.Option("--lot", help="every custody row of this lot code (FSMA)")] = None,
-    first: Annotated[datetime | None, typer.Option("--from", formats=["%Y-%m-%d"], help="first local day (FSMA)")]
+    lot: Annotated[str | None, typer.Option("--lot", help="a lot code: its recall view (every order it went into)")]
     = None,
-    last: Annotated[datetime | None, typer.Option("--to", formats=["%Y-%m-%d"], help="last local day (FSMA)")]
-    = None,
+    first: Annotated[datetime | None, typer.Option("--from", formats=["%Y-%m-%d"], help="first local day")] = None,
+    last: Annotated[datetime | None, typer.Option("--to", formats=["%Y-%m-%d"], help="last local day")] = None,
 ) -> None:
-    """Write an order's FSMA 204 spreadsheet, EPCIS 2.0 document or PDF report; or a lot's or a period's
-    spreadsheet. Exit 1 when there is nothing of that name, 2 on a wrong combination of options."""
+    """Write an order's or a lot's FSMA 204 spreadsheet, EPCIS 2.0 document or PDF report, or a period's
+    spreadsheet or EPCIS document (written batch by batch as it is read). Exit 1 when there is nothing of
+    that name, 2 on a wrong combination of options or a bad period."""
     from core.db import session_scope
     from core.errors import DomainError
     from traceability import exports
@@ -142,8 +141,9 @@ def trace_export(
     if len(chosen) != 1 or (first is None) != (last is None):
         err.print("[red]give one of: ORDER_REF, --lot LOT, or --from DAY --to DAY")
         raise typer.Exit(2)
-    if (lot or first) and fmt != "fsma":
-        err.print("[red]a lot or a period exports as --format fsma only (EPCIS and PDF are per order)")
+    if fmt not in exports.FORMATS or (first and fmt not in exports.PERIOD_FORMATS):
+        err.print(f"[red]--format must be one of {', '.join(exports.FORMATS)}"
+                  f" ({' or '.join(exports.PERIOD_FORMATS)} for a period)")
         raise typer.Exit(2)
     ensure_schema()
     try:
@@ -151,10 +151,18 @@ def trace_export(
             if order_ref:
                 data, _media, name = exports.export_order(session, order_ref, fmt)
             elif lot:
-                data, name = exports.fsma_for_lot(session, lot), f"lot-{lot}-fsma204.csv"
+                data, _media, name = exports.export_lot(session, lot, fmt)
             else:
-                data = exports.fsma_for_period(session, first.date(), last.date())
-                name = f"fsma204-{first:%Y-%m-%d}-{last:%Y-%m-%d}.csv"
+                exports.period_bounds(first.date(), last.date())
+                ext = "csv" if fmt == "fsma" else "jsonld"
+                path = out or Path(f"{'fsma204' if fmt == 'fsma' else 'epcis'}-{first:%Y-%m-%d}-{last:%Y-%m-%d}.{ext}")
+                size = 0
+                with path.open("wb") as fh:
+                    for chunk in exports.period_chunks(session, first.date(), last.date(), fmt):
+                        fh.write(chunk)
+                        size += len(chunk)
+                err.print(f"wrote {path} ({size} bytes)")
+                return
     except DomainError as exc:
         err.print(f"[red]{exc}")
         raise typer.Exit(2 if exc.status_code == 422 else 1) from exc

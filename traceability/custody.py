@@ -13,6 +13,7 @@ loaded into a van       ``record_loaded(session, route, at, actor)``           t
 delivered               ``record_delivered(session, stop, at, actor)``         the driver's "delivered" stop event
 failed                  ``record_failed(session, stop, at, actor, reason)``    the driver's "failed" stop event
 returned to a node      ``record_returned(session, stop, at, actor)``          goods of a failed stop unloaded
+returned to stock       ``record_returned_to_stock(session, order, at, actor)``  an order cancelled after picking
 disposed                ``record_disposed(session, lot, qty, at, actor, why)`` quality staff
 ======================  =====================================================  ==============================
 
@@ -239,12 +240,52 @@ def record_failed(session: Session, stop: RouteStop, at: datetime, actor: str, r
 
 def record_returned(session: Session, stop: RouteStop, at: datetime, actor: str, node: Node | None = None,
                     reason: str | None = None) -> list[CustodyEvent]:
-    """The goods of a stop come off the van at ``node`` (default: the route's depot), e.g. after a failure."""
-    route, lines, last = _at_stop(session, stop)
+    """The goods of a stop come off the van at ``node`` (default: the route's depot), e.g. after a failure.
+
+    What comes off is what custody says is aboard (each line and lot whose last row is ``loaded`` or
+    ``failed``), not the order's reservations: an order cancelled after a failed attempt has none left,
+    and its goods still come back with the van.
+    """
+    route = session.get(Route, stop.route_id)
     node_id = node.id if node is not None else _depot_of(session, route)
-    events = [make_event("returned", at, actor, h, node_id=node_id, route_id=route.id, stop_id=stop.id, reason=reason,
-                         data={"from_vehicle": route.vehicle_id, "from_compartment": h.temp_class})
-              for h in lines if getattr(last.get((h.line_id, h.lot_id)), "type", None) in _ABOARD]
+    line_ids = session.scalars(select(OrderLine.id).where(OrderLine.order_id == stop.order_id)).all()
+    events = [make_event("returned", at, actor, node_id=node_id, order_id=ev.order_id, line_id=ev.line_id,
+                         product_id=ev.product_id, lot_id=ev.lot_id, lot=ev.lot, qty=ev.qty, route_id=route.id,
+                         stop_id=stop.id, reason=reason,
+                         data={"from_vehicle": ev.vehicle_id, "from_compartment": ev.compartment})
+              for _key, ev in sorted(_last(session, line_ids).items()) if ev.type in _ABOARD]
+    return record(session, events)
+
+
+def record_returned_to_stock(session: Session, order: Order, at: datetime, actor: str,
+                             reason: str | None = None) -> list[CustodyEvent]:
+    """An order cancelled after its lines were picked and before they went aboard: each picked quantity
+    goes back into its lot at the node it was picked at (custody ``returned``, ``data.to`` = ``stock``).
+
+    Only lines whose last custody row is ``picked`` come back: a line aboard a van comes back with the
+    van (:func:`record_returned` at the end of the route), one already returned or delivered has nothing
+    to give back, one never picked was only reserved (releasing the reservation is all there is).
+    The quantity is what was picked since the line's last other custody row. The lot's stock row needs
+    no change: its ``qty`` is what the node received, picking never took from it; the cancel's released
+    reservation is what makes the units free again.
+    """
+    line_ids = session.scalars(select(OrderLine.id).where(OrderLine.order_id == order.id)).all()
+    if not line_ids:
+        return []
+    pending: dict[tuple[int, int | None], list[CustodyEvent]] = {}
+    for ev in session.scalars(select(CustodyEvent).where(CustodyEvent.line_id.in_(line_ids))
+                              .order_by(CustodyEvent.id)):
+        key = (ev.line_id, ev.lot_id)
+        if ev.type == "picked":
+            pending.setdefault(key, []).append(ev)
+        else:
+            pending.pop(key, None)
+    why = "order cancelled after picking: back to stock" + (f" ({reason})" if reason else "")
+    events = [make_event("returned", at, actor, node_id=picks[-1].node_id, order_id=order.id, line_id=key[0],
+                         product_id=picks[-1].product_id, lot_id=key[1], lot=picks[-1].lot,
+                         qty=sum(p.qty for p in picks), reason=why,
+                         data={"to": "stock", "cause": "order cancelled", "picked": [p.id for p in picks]})
+              for key, picks in sorted(pending.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0))]
     return record(session, events)
 
 

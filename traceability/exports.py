@@ -1,13 +1,15 @@
 """The exports auditors use: the FSMA 204 sortable spreadsheet (CSV), a GS1 EPCIS 2.0 JSON-LD document
 and a PDF report, per order (``GET /api/v1/trace/orders/{order_ref}/export?format=epcis|fsma|pdf``,
-CONTRACTS.md section 3), and the spreadsheet also per lot and per period.
+CONTRACTS.md section 3), per lot (``GET /api/v1/trace/lots/{lot}/export?format=epcis|fsma|pdf``: the
+recall's view) and per period (``GET /api/v1/trace/export?from=&to=&format=epcis|fsma``, streamed).
 
 The exporters are pure functions of plain data: an order's trace (the dict of CONTRACTS.md section 3 that
 ``traceability.trace.order_trace`` returns: ``custody``, ``legs`` with ``readings``, ``door_openings``
 and ``shocks``, ``spoilage_risk`` and ``breakage_risk``) or a custody list (``traceability.custody``'s
 ``event_views`` rows), plus a :class:`Directory` of the names, limits and places the rows name by code.
-Only :func:`directory_for`, :func:`export_order`, :func:`fsma_for_lot`, :func:`fsma_for_period` and
-:func:`_trace_for_export` read the database; the API route and the CLI call :func:`export_order`.
+The functions that read the database are :func:`directory_for` and the entry points the API routes
+and the CLI call: :func:`export_order`, :func:`export_lot` (with :func:`lot_bundle`), and
+:func:`period_chunks` (a period read and written in batches, never whole).
 
 Identifiers (EPCIS). The business has no GS1 company prefix, so nodes, compartments, devices, lots and
 orders get HTTP URIs under ``ID_BASE`` (CBV 2.0 allows HTTP URIs for every identifier as long as the
@@ -34,13 +36,15 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
-from sqlalchemy import or_, select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from core.errors import Invalid, NotFound
 from core.settings import get_settings
 from core.timeutil import local_datetime, utcnow
 from fulfillment.models import Order
+from telemetry.models import TelemetryReading
+from telemetry.service import readings_query
 from traceability import custody as custody_mod
 from traceability.models import CustodyEvent
 from warehouses.models import Node, Product, StockLot, Vehicle
@@ -199,7 +203,7 @@ CTE_SHIPPING = "CTE: shipping, 21 CFR 1.1340"
 EXTENSION = "business extension: not a CTE (last mile to the consumer)"
 
 
-def fsma_rows(custody: Sequence[dict], directory: Directory) -> list[dict]:
+def fsma_rows(custody: Sequence[dict], directory: Directory, seen: set[tuple] | None = None) -> list[dict]:
     """One row per critical tracking event with its key data elements, then the business's own rows.
 
     CTEs (21 CFR 1 subpart S): receiving at a node (1.1345) and shipping between the business's own nodes
@@ -213,9 +217,11 @@ def fsma_rows(custody: Sequence[dict], directory: Directory) -> list[dict]:
     The traceability lot code's source is the node that assigned the code (the lot is kept per node), and
     the location the goods came from before their receipt is named as custody knows it (a scenario load
     names no supplier: the row says so rather than leaving the KDE empty).
+
+    ``seen``: the transfers already listed, shared between the batches of one streamed sheet.
     """
     rows: list[dict] = []
-    seen_transfer: set[tuple] = set()
+    seen_transfer: set[tuple] = seen if seen is not None else set()
     for e in custody:
         kind = e["type"]
         if kind == "picked":
@@ -293,7 +299,7 @@ def _document(e: dict) -> dict:
     return {"Reference document type": "custody record (audit log)", "Reference document number": number}
 
 
-def fsma_csv(rows: Sequence[dict]) -> bytes:
+def fsma_csv(rows: Sequence[dict], *, header: bool = True) -> bytes:
     """The rows as a CSV file: UTF-8 with a byte-order mark, a header row, CRLF line ends.
 
     Why the BOM: Excel, which most auditors open a .csv with, reads a CSV without one in the machine's ANSI
@@ -303,10 +309,11 @@ def fsma_csv(rows: Sequence[dict]) -> bytes:
     """
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=FSMA_COLUMNS, lineterminator="\r\n", extrasaction="raise")
-    writer.writeheader()
+    if header:
+        writer.writeheader()
     for row in rows:
         writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in FSMA_COLUMNS})
-    return ("\ufeff" + out.getvalue()).encode("utf-8")
+    return (("\ufeff" if header else "") + out.getvalue()).encode("utf-8")
 
 
 # ----------------------------------------------------------------------------- EPCIS 2.0
@@ -340,8 +347,11 @@ def epcis_document(trace: dict, directory: Directory, *, id_base: str = ID_BASE,
     created = created or utcnow()
     ctx = [EPCIS_CONTEXT, {"cc": id_base + "vocab#"}]
     events: list[tuple[datetime, int, dict]] = []
-    order_ref = trace.get("order_ref")
-    po = [{"type": "po", "bizTransaction": _id(id_base, "order", order_ref)}] if order_ref else []
+    order_ref = trace.get("order_ref")  # None for a lot's or a period's document: each event names its own
+
+    def pos(*refs: str | None) -> list[dict]:
+        return [{"type": "po", "bizTransaction": _id(id_base, "order", r)}
+                for r in dict.fromkeys(r for r in (order_ref, *refs) if r)]
 
     def add(at: datetime, rank: int, body: dict) -> None:
         # a stable id: the same record exported twice is the same event to the receiving repository
@@ -354,9 +364,10 @@ def epcis_document(trace: dict, directory: Directory, *, id_base: str = ID_BASE,
             return _id(id_base, "node", e["node"])
         if e.get("vehicle"):
             return _id(id_base, "vehicle", e["vehicle"], "compartment", e.get("compartment") or "")
-        return _id(id_base, "order", order_ref)
+        return _id(id_base, "order", e.get("order_ref") or order_ref)
 
     for e in trace.get("custody", ()):
+        po = pos(e.get("order_ref"))
         at = _t(e["at"])
         step, disposition = _CUSTODY_STEP[e["type"]]
         qty = [{"epcClass": _id(id_base, "lot", e["sku"], e["lot"]), "quantity": e["qty"], "uom": "H87"}]
@@ -373,8 +384,8 @@ def epcis_document(trace: dict, directory: Directory, *, id_base: str = ID_BASE,
         if po and e["type"] != "received":
             body["bizTransactionList"] = po
         if e["type"] == "loaded":
-            body["destinationList"] = [{"type": "location", "destination": _id(id_base, "order", order_ref,
-                                                                                 "destination")}]
+            body["destinationList"] = [{"type": "location", "destination": _id(
+                id_base, "order", e.get("order_ref") or order_ref, "destination")}]
         if e.get("reason"):
             body["cc:reason"] = e["reason"]
         if e.get("id"):
@@ -401,12 +412,14 @@ def epcis_document(trace: dict, directory: Directory, *, id_base: str = ID_BASE,
                 ("returned" if members[0]["type"] == "returned" else "retail_sold"),
                 "readPoint": {"id": _id(id_base, "node", node) if node else
                               _id(id_base, "vehicle", van, "compartment", cls or "")}}
+        po = pos(*(m.get("order_ref") for m in members))
         if po:
             body["bizTransactionList"] = po
         add(at, 0 if action == "ADD" else 2, body)
     for leg in trace.get("legs", ()):
         ev = leg_sensor_event(leg, directory, id_base=id_base, api_base=api_base, now=created)
         if ev is not None:
+            po = pos(*leg.get("orders", ()))
             if po:
                 ev["bizTransactionList"] = po
             add(_t(ev["eventTime"]), 0, ev)
@@ -555,6 +568,120 @@ _TYPE_ZH = {"received": "入库", "picked": "拣货", "loaded": "装车", "deliv
 _LEVEL_ZH = {"ok": "正常", "watch": "关注", "at_risk": "有风险", "reject": "拒收"}
 
 
+class _Kit:
+    """The report's styles, in core.pdf's embedded font (one set per document)."""
+
+    def __init__(self) -> None:
+        from core.pdf import paragraph_style, styles
+
+        sheet = styles()
+        self.h1 = paragraph_style("h1", sheet["Title"], fontSize=16)
+        self.h2 = paragraph_style("h2", sheet["Heading2"], fontSize=12, keepWithNext=1)
+        self.h3 = paragraph_style("h3", sheet["Heading3"], fontSize=10, keepWithNext=1)
+        self.body = paragraph_style("body", sheet["BodyText"], fontSize=9, leading=12)
+        self.small = paragraph_style("small", sheet["BodyText"], fontSize=7.5, leading=9.5)
+
+    def p(self, text: object, style: str = "body"):  # noqa: ANN201 - a reportlab Paragraph
+        from reportlab.platypus import Paragraph
+
+        from core.pdf import escape
+
+        return Paragraph(escape(text), getattr(self, style))
+
+    def grid(self, head: Sequence[str], rows: Iterable[Sequence[object]], widths_mm: Sequence[float]):  # noqa: ANN201
+        """A table with a shaded header row repeated on every page, every cell a wrapped Paragraph."""
+        from reportlab.lib import colors
+        from reportlab.lib.units import mm
+        from reportlab.platypus import Table
+
+        from core.pdf import table_style
+
+        data = [[self.p(h, "small") for h in head]] + [[self.p(x, "small") for x in row] for row in rows]
+        return Table(data, colWidths=[w * mm for w in widths_mm], repeatRows=1, style=table_style(
+            ("GRID", (0, 0), (-1, -1), 0.3, colors.grey), ("BACKGROUND", (0, 0), (-1, 0), colors.HexColor("#e3f2fd")),
+            ("VALIGN", (0, 0), (-1, -1), "TOP"), size=7.5))
+
+    def facts(self, pairs: Sequence[tuple[str, str]]):  # noqa: ANN201
+        from reportlab.lib.units import mm
+        from reportlab.platypus import Table
+
+        from core.pdf import table_style
+
+        return Table([[self.p(k, "small"), self.p(v)] for k, v in pairs], colWidths=[35 * mm, 140 * mm],
+                     style=table_style(size=8))
+
+
+def _risk_story(kit: _Kit, trace: dict, heading: str = "h2") -> list:
+    out: list = []
+    for title, key in (("变质风险 Spoilage risk", "spoilage_risk"), ("破损风险 Breakage risk", "breakage_risk")):
+        risk = trace.get(key) or {}
+        level = risk.get("level", "—")
+        out.append(kit.p(f"{title}: {_LEVEL_ZH.get(level, level)} ({level})", heading))
+        out += [kit.p("• " + reason) for reason in risk.get("reasons", ()) or ["—"]]
+    return out
+
+
+def _legs_story(kit: _Kit, legs: Sequence[dict], directory: Directory, now: datetime | None) -> list:
+    """A chart per leg (band green, excursions red, doors and shocks marked) with its figures in words."""
+    from reportlab.lib.units import mm
+    from reportlab.platypus import Image, Spacer
+
+    out: list = []
+    for leg in legs:
+        png = leg_chart_png(leg, directory, now=now)
+        out.append(Image(io.BytesIO(png), width=175 * mm, height=175 * mm * 2.6 / 7.2))
+        readings = temperatures(leg)
+        runs = excursions(readings, directory.band(_leg_skus(leg)), _t(leg.get("to")) or now)
+        lines = "；".join(f"{directory.product_name(ln.get('sku'))} × {ln.get('qty')}（批次 {ln.get('lot')}）"
+                         for ln in leg.get("lines", ()))
+        orders = f"订单 {'、'.join(leg['orders'])}：" if leg.get("orders") else ""
+        text = (f"{leg.get('vehicle')} / {leg.get('device') or '—'} / "
+                f"{_CLASS_ZH.get(leg.get('compartment') or '', leg.get('compartment'))}："
+                f"{_hm(leg.get('from'))}–{_hm(leg.get('to')) if leg.get('to') else '在途'}，{len(readings)} 条读数"
+                + (f"，最低 {min(v for _a, v in readings):.1f} °C，最高 {max(v for _a, v in readings):.1f} °C"
+                   if readings else "") + f"。{orders}{lines}")
+        out.append(kit.p(text, "small"))
+        out += [kit.p(f"超温 excursion: {_local(run['from']):%H:%M}–{_local(run['to']):%H:%M}，"
+                      f"{run['minutes']:.0f} 分钟{'高于' if run['side'] == 'above' else '低于'} "
+                      f"{_num(run['bound'])} °C，峰值 {run['peak']:.1f} °C", "small") for run in runs]
+        out.append(Spacer(1, 3 * mm))
+    return out
+
+
+def _custody_story(kit: _Kit, custody: Sequence[dict], directory: Directory, with_order: bool = False) -> list:
+    head = ["时间 Time", "环节 Step", "商品 Product", "批次 Lot", "数量 Qty", "地点 Where", "经手 By", "备注 Note"]
+    widths = [20, 24, 28, 18, 12, 40, 17, 26]
+    if with_order:
+        head, widths = [*head[:4], "订单 Order", *head[4:]], [22, 22, 22, 14, 14, 10, 34, 15, 22]
+    rows = []
+    for e in custody:
+        where = e.get("node") or (f"{e.get('vehicle')} {_CLASS_ZH.get(e.get('compartment') or '', '')}"
+                                  if e.get("vehicle") else "")
+        if e.get("position"):
+            where += f" ({e['position'][0]:.4f}, {e['position'][1]:.4f})"
+        row = [f"{_local(_t(e['at'])):%m-%d %H:%M}", f"{_TYPE_ZH.get(e['type'], e['type'])} {e['type']}",
+               directory.product_name(e.get("sku")), e.get("lot"), e.get("qty"), where, e.get("actor"),
+               e.get("reason") or ""]
+        if with_order:
+            row.insert(4, e.get("order_ref") or "")
+        rows.append(row)
+    return [kit.grid(head, rows, widths)]
+
+
+def _build_pdf(story: list, title: str) -> bytes:
+    from reportlab.lib.pagesizes import A4
+    from reportlab.lib.units import mm
+
+    from core.pdf import document
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "report.pdf"
+        doc = document(path, pagesize=A4, leftMargin=15 * mm, rightMargin=15 * mm, topMargin=15 * mm,
+                       bottomMargin=15 * mm, title=title, author="coldchain")
+        doc.build(story)
+        return path.read_bytes()
+
+
 def order_pdf(trace: dict, directory: Directory, *, now: datetime | None = None) -> bytes:
     """The order's report: risk with reasons, a temperature chart per leg, the custody timeline as a table.
 
@@ -562,76 +689,75 @@ def order_pdf(trace: dict, directory: Directory, *, now: datetime | None = None)
     abroad may not); data stays as recorded. Set in core.pdf's embedded font, charts drawn by
     :func:`leg_chart_png` in the same font.
     """
-    from reportlab.lib import colors
-    from reportlab.lib.pagesizes import A4
-    from reportlab.lib.units import mm
-    from reportlab.platypus import Image, Paragraph, Spacer, Table
-
-    from core.pdf import document, escape, paragraph_style, styles, table_style
-
-    sheet = styles()
-    h1, h2 = (paragraph_style("h1", sheet["Title"], fontSize=16),
-              paragraph_style("h2", sheet["Heading2"], fontSize=12, keepWithNext=1))
-    body = paragraph_style("body", sheet["BodyText"], fontSize=9, leading=12)
-    small = paragraph_style("small", sheet["BodyText"], fontSize=7.5, leading=9.5)
+    kit = _Kit()
     ref = trace.get("order_ref")
-    story: list = [Paragraph(escape(f"订单追溯报告 Order trace report — {ref}"), h1)]
+    story: list = [kit.p(f"订单追溯报告 Order trace report — {ref}", "h1")]
     order = directory.orders.get(ref or "", {})
     skus = list(dict.fromkeys(e["sku"] for e in trace.get("custody", ()) if e.get("sku")))
-    facts = [("送货地址 Address", order.get("address") or trace.get("address") or "—"),
-             ("商品 Products", "；".join(f"{directory.product_name(s)} ({s})" for s in skus) or "—"),
-             ("生成时间 Generated", f"{_local(now or utcnow()):%Y-%m-%d %H:%M %Z}")]
-    story.append(Table([[Paragraph(escape(k), small), Paragraph(escape(v), body)] for k, v in facts],
-                       colWidths=[35 * mm, 140 * mm], style=table_style(size=8)))
-    for title, key in (("变质风险 Spoilage risk", "spoilage_risk"), ("破损风险 Breakage risk", "breakage_risk")):
-        risk = trace.get(key) or {}
-        level = risk.get("level", "—")
-        story.append(Paragraph(escape(f"{title}: {_LEVEL_ZH.get(level, level)} ({level})"), h2))
-        for reason in risk.get("reasons", ()) or ["—"]:
-            story.append(Paragraph("• " + escape(reason), body))
-    story.append(Paragraph(escape("温度记录 Temperature per leg"), h2))
+    story.append(kit.facts([("送货地址 Address", order.get("address") or trace.get("address") or "—"),
+                            ("商品 Products", "；".join(f"{directory.product_name(s)} ({s})" for s in skus) or "—"),
+                            ("生成时间 Generated", f"{_local(now or utcnow()):%Y-%m-%d %H:%M %Z}")]))
+    story += _risk_story(kit, trace)
+    story.append(kit.p("温度记录 Temperature per leg", "h2"))
     if not trace.get("legs"):
-        story.append(Paragraph(escape("尚未装车：没有温度记录。Not yet aboard a van: no temperature history."), body))
-    for leg in trace.get("legs", ()):
-        png = leg_chart_png(leg, directory, now=now)
-        story.append(Image(io.BytesIO(png), width=175 * mm, height=175 * mm * 2.6 / 7.2))
-        readings = temperatures(leg)
-        runs = excursions(readings, directory.band(_leg_skus(leg)), _t(leg.get("to")) or now)
-        lines = "；".join(f"{directory.product_name(ln.get('sku'))} × {ln.get('qty')}（批次 {ln.get('lot')}）"
-                         for ln in leg.get("lines", ()))
-        text = (f"{leg.get('vehicle')} / {leg.get('device') or '—'} / "
-                f"{_CLASS_ZH.get(leg.get('compartment') or '', leg.get('compartment'))}："
-                f"{_hm(leg.get('from'))}–{_hm(leg.get('to')) if leg.get('to') else '在途'}，{len(readings)} 条读数"
-                + (f"，最低 {min(v for _a, v in readings):.1f} °C，最高 {max(v for _a, v in readings):.1f} °C"
-                   if readings else "") + f"。{lines}")
-        story.append(Paragraph(escape(text), small))
-        for run in runs:
-            story.append(Paragraph(escape(f"超温 excursion: {_local(run['from']):%H:%M}–{_local(run['to']):%H:%M}，"
-                                          f"{run['minutes']:.0f} 分钟{'高于' if run['side'] == 'above' else '低于'} "
-                                          f"{_num(run['bound'])} °C，峰值 {run['peak']:.1f} °C"), small))
-        story.append(Spacer(1, 3 * mm))
-    story.append(Paragraph(escape("交接记录 Custody timeline"), h2))
-    head = ["时间 Time", "环节 Step", "商品 Product", "批次 Lot", "数量 Qty", "地点 Where", "经手 By", "备注 Note"]
-    rows = [[Paragraph(escape(h), small) for h in head]]
-    for e in trace.get("custody", ()):
-        where = e.get("node") or (f"{e.get('vehicle')} {_CLASS_ZH.get(e.get('compartment') or '', '')}"
-                                  if e.get("vehicle") else "")
-        if e.get("position"):
-            where += f" ({e['position'][0]:.4f}, {e['position'][1]:.4f})"
-        rows.append([Paragraph(escape(x), small) for x in (
-            f"{_local(_t(e['at'])):%m-%d %H:%M}", f"{_TYPE_ZH.get(e['type'], e['type'])} {e['type']}",
-            directory.product_name(e.get("sku")), e.get("lot"), e.get("qty"), where, e.get("actor"),
-            e.get("reason") or "")])
-    widths = [20, 24, 28, 18, 12, 40, 17, 26]
-    story.append(Table(rows, colWidths=[w * mm for w in widths], repeatRows=1, style=table_style(
-        ("GRID", (0, 0), (-1, -1), 0.3, colors.grey), ("BACKGROUND", (0, 0), (-1, 0), colors.HexColor("#e3f2fd")),
-        ("VALIGN", (0, 0), (-1, -1), "TOP"), size=7.5)))
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "report.pdf"
-        doc = document(path, pagesize=A4, leftMargin=15 * mm, rightMargin=15 * mm, topMargin=15 * mm,
-                       bottomMargin=15 * mm, title=f"Order trace {ref}", author="coldchain")
-        doc.build(story)
-        return path.read_bytes()
+        story.append(kit.p("尚未装车：没有温度记录。Not yet aboard a van: no temperature history."))
+    story += _legs_story(kit, trace.get("legs", ()), directory, now)
+    story.append(kit.p("交接记录 Custody timeline", "h2"))
+    story += _custody_story(kit, trace.get("custody", ()), directory)
+    return _build_pdf(story, f"Order trace {ref}")
+
+
+def lot_pdf(bundle: dict, directory: Directory, *, now: datetime | None = None) -> bytes:
+    """A lot's report, for a recall: every order and customer the lot went into (with phone and address),
+    where the rest of it is (on hand per node, promised, aboard vans, delivered, disposed), its holds,
+    each order's spoilage and breakage risk with reasons, a temperature chart per leg the lot rode
+    (band and excursions shaded), and the lot's custody timeline. ``bundle``: :func:`lot_bundle`."""
+    kit = _Kit()
+    lot = bundle["lot"]
+    totals = bundle["remainder"]["totals"]
+    story: list = [kit.p(f"批次追溯报告 Lot trace report — {lot}", "h1")]
+    holds = [h for h in bundle.get("holds", ()) if h.get("active")]
+    story.append(kit.facts([
+        ("商品 Products", "；".join(f"{directory.product_name(s)} ({s})" for s in bundle.get("skus", ())) or "—"),
+        ("质量冻结 Hold", "；".join(f"冻结中 on hold: {h['reason']}（{h['held_by']}）" for h in holds) or "无 none"),
+        ("数量 Quantities", f"入库 received {totals['received']}，在库 on hand {totals['on_hand']}（已承诺 reserved "
+                           f"{totals['reserved']}），在车 aboard {totals['aboard']}，已签收 delivered "
+                           f"{totals['delivered']}，销毁 disposed {totals['disposed']}"),
+        ("生成时间 Generated", f"{_local(now or utcnow()):%Y-%m-%d %H:%M %Z}")]))
+    story.append(kit.p("召回名单 Recall list: orders and customers", "h2"))
+    rows = [(o["order_ref"], o.get("customer") or "", o.get("phone") or "", o.get("address") or "", o["status"],
+             "；".join(f"{ln['sku']} × {ln['qty']} {_TYPE_ZH.get(ln['state'], ln['state'])}"
+                      + (f" {ln['vehicle']}" if ln.get("vehicle") else "") for ln in o["lines"]))
+            for o in bundle.get("orders", ())]
+    story.append(kit.grid(["订单 Order", "客户 Customer", "电话 Phone", "地址 Address", "状态 Status",
+                           "本批次 This lot"], rows or [("—", "", "", "", "", "")], [20, 22, 24, 50, 20, 44]))
+    story.append(kit.p("其余去向 Where the rest of the lot is", "h2"))
+    on_hand = [(r["node"], f"{r['name']} ({r['sku']})", r["received"], r["on_hand"], r["reserved"], r["free"],
+                r["expires"], "是 yes" if r["on_hold"] else "否 no") for r in bundle["remainder"]["on_hand"]]
+    story.append(kit.grid(["门店 Node", "商品 Product", "入库 Received", "在库 On hand", "已承诺 Reserved",
+                           "可用 Free", "到期 Expires", "冻结 Held"], on_hand or [("—",) + ("",) * 7],
+                          [20, 40, 18, 18, 20, 16, 22, 26]))
+    aboard = [(a.get("vehicle") or "", _CLASS_ZH.get(a.get("compartment") or "", a.get("compartment") or ""),
+               a["qty"], a.get("order_ref") or "", _hm(a.get("since")), _TYPE_ZH.get(a["state"], a["state"]))
+              for a in bundle["remainder"]["aboard"]]
+    if aboard:
+        story.append(kit.p("在车 Aboard vans", "h3"))
+        story.append(kit.grid(["车辆 Van", "舱 Compartment", "数量 Qty", "订单 Order", "自 Since", "状态 State"],
+                              aboard, [25, 25, 18, 30, 25, 57]))
+    story.append(kit.p("各订单风险 Risk per order", "h2"))
+    if not bundle.get("risks"):
+        story.append(kit.p("没有订单：没有风险评估。No order took this lot: nothing to assess."))
+    for r in bundle.get("risks", ()):
+        story.append(kit.p(f"订单 Order {r['order_ref']}" + (f"（{r['customer']}）" if r.get("customer") else ""),
+                           "h3"))
+        story += _risk_story(kit, r, heading="body")
+    story.append(kit.p("温度记录 Temperature per leg", "h2"))
+    if not bundle.get("legs"):
+        story.append(kit.p("尚未装车：没有温度记录。Never aboard a van: no temperature history."))
+    story += _legs_story(kit, bundle.get("legs", ()), directory, now)
+    story.append(kit.p("交接记录 Custody timeline", "h2"))
+    story += _custody_story(kit, bundle.get("custody", ()), directory, with_order=True)
+    return _build_pdf(story, f"Lot trace {lot}")
 
 
 def _hm(text: str | None) -> str:
@@ -686,13 +812,225 @@ def fsma_for_lot(session: Session, lot: str) -> bytes:
 
 
 def fsma_for_period(session: Session, first: date, last: date) -> bytes:
-    """The spreadsheet of every custody row from local day ``first`` through ``last`` (FDA asks by date range)."""
+    """The spreadsheet of every custody row from local day ``first`` through ``last`` (FDA asks by date range),
+    whole; :func:`period_chunks` gives the same bytes piece by piece for a large period."""
+    return b"".join(period_chunks(session, first, last, "fsma"))
+
+
+# ----------------------------------------------------------------------------- per lot
+
+
+def lot_bundle(session: Session, lot: str, now: datetime | None = None) -> dict:
+    """What a lot's EPCIS document and PDF report show: ``traceability.trace.lot_trace`` (the orders and
+    customers it went into, where the rest is, its holds) plus its custody rows with their record ids,
+    ``legs`` (each interval the lot rode in a compartment, with its readings; lines of the lot only, one leg
+    per van, compartment and interval whichever orders shared it, ``orders`` naming them) and ``risks``
+    (each order's spoilage and breakage risk for the lot's products, with reasons). NotFound for a lot code
+    no stock and no custody has. One order trace per order the lot went into: a lot goes into tens or
+    hundreds of orders, not a day's thousands (that is :func:`period_chunks`)."""
+    from traceability.trace import lot_trace, order_trace
+
+    now = now or utcnow()
+    bundle = lot_trace(session, lot)
+    skus = set(bundle["skus"])
+    custody = _custody_rows(session, select(CustodyEvent).where(CustodyEvent.lot == lot))
+    legs: dict[tuple, dict] = {}
+    risks = []
+    for entry in bundle["orders"]:
+        ref = entry["order_ref"]
+        trace = order_trace(session, ref, now=now)
+        risks.append({"order_ref": ref, "customer": trace["customer"],
+                      "spoilage_risk": _risk_for(trace["spoilage_risk"], skus),
+                      "breakage_risk": _risk_for(trace["breakage_risk"], skus)})
+        for leg in trace["legs"]:
+            mine = [ln for ln in leg["lines"] if ln["lot"] == lot]
+            if not mine:
+                continue
+            key = (leg["vehicle"], leg["compartment"], leg["from"], leg["to"])
+            if key in legs:
+                legs[key]["lines"] += mine
+                legs[key]["orders"].append(ref)
+            else:
+                legs[key] = {**leg, "lines": list(mine), "orders": [ref]}
+    return {**bundle, "custody": custody, "legs": sorted(legs.values(), key=lambda g: (g["from"], g["vehicle"] or "")),
+            "risks": risks, "assessed_at": _z(now)}
+
+
+def _risk_for(risk: dict, skus: set[str]) -> dict:
+    """An order's risk narrowed to the lot's products (the order's other lines came from other lots)."""
+    mine = [p for p in risk.get("products", ()) if p["sku"] in skus]
+    if not mine:
+        return risk
+    worst = max(mine, key=lambda p: _LEVELS.index(p["level"]))["level"]
+    shown = [p for p in mine if p["level"] != "ok"] or mine
+    return {"level": worst, "reasons": [f"{p['sku']} {p.get('name') or ''}: {r}".replace(" :", ":")
+                                        for p in shown for r in p["reasons"]], "products": mine}
+
+
+_LEVELS = ("ok", "watch", "at_risk", "reject")
+
+
+def export_lot(session: Session, lot: str, fmt: str, *, api_base: str = API_BASE,
+               now: datetime | None = None) -> tuple[bytes, str, str]:
+    """One lot's export as (bytes, media type, file name); ``GET /trace/lots/{lot}/export`` and
+    ``coldchain trace export --lot`` share it. FSMA: every custody row of the lot code; EPCIS: those rows,
+    the loading aggregations and a sensor event per leg the lot rode; PDF: :func:`lot_pdf`."""
+    if fmt not in FORMATS:
+        raise Invalid(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}", pointer="/format")
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in lot)
+    if fmt == "fsma":
+        return fsma_for_lot(session, lot), "text/csv; charset=utf-8", f"lot-{safe}-fsma204.csv"
+    bundle = lot_bundle(session, lot, now=now)
+    directory = directory_for(session, bundle["custody"])
+    if fmt == "epcis":
+        doc = epcis_document({"order_ref": None, "custody": bundle["custody"], "legs": bundle["legs"]}, directory,
+                             api_base=api_base, created=now)
+        return (json.dumps(doc, ensure_ascii=False, indent=2).encode("utf-8"), "application/ld+json",
+                f"lot-{safe}-epcis.jsonld")
+    return lot_pdf(bundle, directory, now=now), "application/pdf", f"lot-{safe}-trace.pdf"
+
+
+# ----------------------------------------------------------------------------- per period, streamed
+
+PERIOD_FORMATS = ("fsma", "epcis")
+MAX_PERIOD_DAYS = 366
+PERIOD_BATCH = 1000
+
+
+def period_bounds(first: date, last: date) -> tuple[datetime, datetime]:
+    """[start, end) of local days ``first`` through ``last``; Invalid for a period backwards or over a year."""
     if last < first:
         raise Invalid(f"the period ends ({last}) before it starts ({first})", pointer="/to")
-    start = local_datetime(first, datetime.min.time())
-    end = local_datetime(last + timedelta(days=1), datetime.min.time())
-    rows = _custody_rows(session, select(CustodyEvent).where(CustodyEvent.at >= start, CustodyEvent.at < end))
-    return fsma_csv(fsma_rows(rows, directory_for(session, rows)))
+    if (last - first).days + 1 > MAX_PERIOD_DAYS:
+        raise Invalid(f"a period is at most {MAX_PERIOD_DAYS} days; {first} to {last} is "
+                      f"{(last - first).days + 1}: export it in parts", pointer="/to")
+    return (local_datetime(first, datetime.min.time()),
+            local_datetime(last + timedelta(days=1), datetime.min.time()))
+
+
+def _period_batches(session: Session, start: datetime, end: datetime,
+                    batch: int) -> Iterable[tuple[list[CustodyEvent], list[dict]]]:
+    """The period's custody rows in (at, id) order, ``batch`` at a time, by keyset on ix_custody_events_at_id:
+    each page is one index range, and no page holds more than ``batch`` rows."""
+    after: tuple[datetime, int] | None = None
+    while True:
+        query = select(CustodyEvent).where(CustodyEvent.at >= start, CustodyEvent.at < end)
+        if after is not None:
+            query = query.where(or_(CustodyEvent.at > after[0], and_(CustodyEvent.at == after[0],
+                                                                       CustodyEvent.id > after[1])))
+        events = session.scalars(query.order_by(CustodyEvent.at, CustodyEvent.id).limit(batch)).all()
+        if not events:
+            return
+        views = [{**view, "id": ev.id} for ev, view in zip(events, custody_mod.event_views(session, events),
+                                                            strict=True)]
+        yield list(events), views
+        after = (events[-1].at, events[-1].id)
+
+
+class _PeriodLegs:
+    """The legs that end inside a period, found while its custody streams by in time order.
+
+    A leg (a line's lot in one compartment) is reported once, in the period it ends in (delivered,
+    returned from the van, disposed, or loaded into another van), with its temperatures from its
+    loading on: consecutive periods report every leg exactly once. What is open is held between
+    batches (bounded by what is aboard at once); a leg loaded before the period is found by reading
+    back that line's custody from where it ended. Readings are fetched per leg by index range.
+    """
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.open: dict[tuple[int, int | None], CustodyEvent] = {}
+        self.vans: dict[int, tuple[str, str | None]] = {}
+
+    def _loaded_before(self, ev: CustodyEvent) -> CustodyEvent | None:
+        c = CustodyEvent
+        lot_match = c.lot_id.is_(None) if ev.lot_id is None else c.lot_id == ev.lot_id
+        for prev in self.session.scalars(select(c).where(c.line_id == ev.line_id, lot_match, c.id < ev.id)
+                                         .order_by(c.id.desc()).limit(50)):
+            if prev.type == "failed":
+                continue
+            return prev if prev.type == "loaded" else None
+        return None
+
+    def _van(self, vehicle_id: int) -> tuple[str, str | None]:
+        if vehicle_id not in self.vans:
+            row = self.session.execute(select(Vehicle.code, Vehicle.device).where(Vehicle.id == vehicle_id)).first()
+            self.vans[vehicle_id] = (row[0], row[1]) if row else (str(vehicle_id), None)
+        return self.vans[vehicle_id]
+
+    def batch(self, events: Sequence[CustodyEvent], views: Sequence[dict]) -> list[dict]:
+        ended: list[tuple[CustodyEvent, datetime, dict]] = []  # (its loading, end, the line's view)
+        for ev, view in zip(events, views, strict=True):
+            if ev.line_id is None:
+                continue
+            key = (ev.line_id, ev.lot_id)
+            if ev.type == "loaded":
+                prior = self.open.get(key)
+                if prior is not None and (prior.vehicle_id, prior.compartment) == (ev.vehicle_id, ev.compartment):
+                    continue
+                if prior is not None:
+                    ended.append((prior, ev.at, view))
+                self.open[key] = ev
+            elif ev.type in ("delivered", "returned", "disposed"):
+                start = self.open.pop(key, None) or self._loaded_before(ev)
+                if start is not None:
+                    ended.append((start, ev.at, view))
+        legs: dict[tuple, dict] = {}
+        for start, end, view in ended:
+            key = (start.vehicle_id, start.compartment, start.at, end)
+            line = {"line_no": view.get("line_no"), "sku": view.get("sku"), "lot": start.lot, "qty": start.qty}
+            if key in legs:
+                legs[key]["lines"].append(line)
+                legs[key]["orders"] = list(dict.fromkeys([*legs[key]["orders"], view.get("order_ref")]))
+                continue
+            code, device = self._van(start.vehicle_id)
+            r = TelemetryReading
+            rows = self.session.execute(readings_query(start.vehicle_id, start.at, end, "temperature",
+                                                       start.compartment or "").with_only_columns(r.ts, r.value))
+            legs[key] = {"vehicle": code, "device": device, "compartment": start.compartment, "from": _z(start.at),
+                         "to": _z(end), "lines": [line], "orders": [view.get("order_ref")] if view.get("order_ref")
+                         else [], "readings": [{"ts": _z(ts), "kind": "temperature", "value": v} for ts, v in rows]}
+        return list(legs.values())
+
+
+def period_chunks(session: Session, first: date, last: date, fmt: str, *, api_base: str = API_BASE,
+                  now: datetime | None = None, batch: int = PERIOD_BATCH) -> Iterable[bytes]:
+    """A period's export, piece by piece: every custody row (every critical tracking event, and the
+    business's own rows) from local day ``first`` through ``last``, read ``batch`` rows at a time and
+    written out before the next batch is read, so a year of a busy network never sits in memory.
+
+    ``fsma``: the FSMA 204 sortable spreadsheet (the BOM and header first, then rows per batch).
+    ``epcis``: one EPCIS 2.0 document, its eventList written event by event: per batch the custody
+    ObjectEvents, the loading AggregationEvents, and a sensor event per leg that ended in it
+    (:class:`_PeriodLegs`); each event names its order in bizTransactionList.
+    """
+    if fmt not in PERIOD_FORMATS:
+        raise Invalid(f"a period exports as {' or '.join(PERIOD_FORMATS)}, not {fmt!r} (PDF is per order or lot)",
+                      pointer="/format")
+    start, end = period_bounds(first, last)
+    created = now or utcnow()
+    seen: set[tuple] = set()
+    if fmt == "fsma":
+        yield fsma_csv([])
+        for _events, views in _period_batches(session, start, end, batch):
+            yield fsma_csv(fsma_rows(views, directory_for(session, views), seen), header=False)
+        return
+    shell = epcis_document({"order_ref": None, "custody": [], "legs": []}, Directory(), api_base=api_base,
+                           created=created)
+    shell["epcisBody"]["eventList"] = ["\0"]
+    head, tail = json.dumps(shell, ensure_ascii=False).split('"\\u0000"')
+    yield head.encode("utf-8")
+    legs = _PeriodLegs(session)
+    count = 0
+    for events, views in _period_batches(session, start, end, batch):
+        directory = directory_for(session, views)
+        doc = epcis_document({"order_ref": None, "custody": views, "legs": legs.batch(events, views)}, directory,
+                             api_base=api_base, created=created)
+        parts = [json.dumps(e, ensure_ascii=False) for e in doc["epcisBody"]["eventList"]]
+        if parts:
+            yield (("," if count else "") + ",".join(parts)).encode("utf-8")
+            count += len(parts)
+    yield tail.encode("utf-8")
 
 
 # ------------------------------------------------------------------------------------------ the trace

@@ -16,6 +16,14 @@ here, right after them and in the same transaction:
   picks against, naming lot and quantity, so issuing it is the step custody can stand on.
   A line loaded without a pick list is recorded picked at loading (custody.record_loaded).
 
+* returned: an order cancelled after picking and before loading (:func:`cancel_order`): the
+  picked units go back into their lots. Cancelling is refused once the van has left with the
+  order aboard (``out_for_delivery``: PRODUCT.md's "cancel ... is allowed until the van leaves";
+  the customer can still refuse it at the door, a failed attempt, and it comes back with the
+  van). An order in ``reattempt`` after a failed attempt may be cancelled with its goods still
+  aboard: they stay in the van and are recorded ``returned`` when the route ends
+  (custody.record_returned, called by delivery; if it had ended, they came back then).
+
 Both recorders are idempotent by quantity: they record only what is not yet recorded (a
 re-loaded scenario that raised a lot's quantity records the difference as received; issuing
 the pick lists again records nothing), so calling them again after a retry is safe.
@@ -32,12 +40,13 @@ from sqlalchemy.orm import Session, joinedload
 
 from core.db import session_scope
 from core.timeutil import utcnow
+from fulfillment import service as fulfillment
 from fulfillment.models import Order, OrderLine, Reservation
 from fulfillment.picklists import pick_lists
 from fulfillment.scenario import load_scenario as _load_scenario
 from routing.replan import Event, depot_of, replan
 from routing.service import plan_depot
-from traceability.custody import make_event, now_or, received_event, record
+from traceability.custody import make_event, now_or, received_event, record, record_returned_to_stock
 from traceability.models import CustodyEvent
 from traceability.service import sync_vans, van_positions
 from warehouses.models import Node, StockLot
@@ -48,6 +57,16 @@ def tell_the_rules() -> int:
     """After a plan changes, the rules learn at once which vans carry what (not on beat's next tick)."""
     with session_scope() as session:
         return sync_vans(session)
+
+
+def cancel_order(session: Session, order: Order, actor: str, reason: str | None = None,
+                 at: datetime | None = None) -> Order:
+    """Cancel an order (fulfillment: its reservations released, the order event) and give back to stock,
+    in custody, what was picked for it and not yet loaded; the API, the CLI and re-planning all cancel
+    through here. Refused (Conflict) for an order out for delivery, as fulfillment refuses it."""
+    fulfillment.cancel_order(session, order, actor, reason=reason)
+    record_returned_to_stock(session, order, now_or(at), actor, reason=reason)
+    return order
 
 
 def plan_depot_flow(day: date, depot: str, time_limit: float, actor: str = "system", workers: int = 1,
@@ -76,7 +95,7 @@ def replan_flow(day: date, event: Event | None, time_limit: float = 5.0, actor: 
     with session_scope(write=False) as session:
         positions = van_positions(session, depot, moment)
     out = replan(day, depot, event, time_limit=time_limit, actor=actor, now=now, positions=positions,
-                 workers=workers)
+                 workers=workers, cancel=cancel_order)
     tell_the_rules()
     return out
 

@@ -29,6 +29,7 @@ class CustodyEvent(Base):
                         name="type"),
         CheckConstraint("qty > 0", name="qty_positive"),
         Index("ix_custody_events_lot_at", "lot", "at"),
+        Index("ix_custody_events_at_id", "at", "id"),  # a period's custody in time order (exports), migration 0012
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -43,23 +43,26 @@ driver's note): traceability sits below delivery and may not import it (ARCHITEC
 
 from __future__ import annotations
 
-from bisect import bisect_left
-from collections import defaultdict
+import re
+import threading
+import time
+from bisect import bisect_left, bisect_right
+from collections import OrderedDict, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from core.audit import utc_text
-from core.errors import NotFound
+from core.errors import Invalid, NotFound
 from core.settings import get_settings
 from core.timeutil import local_datetime, utcnow
 from fulfillment.models import Order, OrderEvent, OrderLine, Reservation
 from routing.models import RouteStop
 from telemetry.models import TelemetryReading
-from telemetry.service import readings_query
+from telemetry.service import READING_COMPARTMENTS, readings_query
 from traceability import risk
 from traceability.custody import event_views
 from traceability.models import CustodyEvent
@@ -391,27 +394,142 @@ def day_events(session: Session, day: date) -> list[CustodyEvent]:
                            .where(Order.delivery_date == day).order_by(CustodyEvent.id)).all()
 
 
-def at_risk(session: Session, day: date, limit: int = 100, after: int | None = None,
-            now: datetime | None = None, batch: int = 200) -> tuple[list[dict], int | None]:
-    """The day's orders whose spoilage or breakage level is not ok, by order id after the cursor ``after``;
-    each with its levels and reasons. Returns the page and the cursor of the next (None on the last)."""
-    now = now or utcnow()
-    query = select(Order).where(Order.delivery_date == day, Order.status != "cancelled").order_by(Order.id)
-    readings = Readings(session, day_spans(day_events(session, day), now))
-    found: list[tuple[int, dict]] = []
-    last_id = after
-    while len(found) <= limit:
-        orders = session.scalars((query.where(Order.id > last_id) if last_id is not None else query)
-                                 .limit(batch)).all()
-        if not orders:
-            break
+_CURSOR = re.compile(r"([0-3])([0-3])([0-3])-(\d{1,12})")
+_OPEN_TTL_S = 60.0  # goods still aboard keep warming: a day with open legs is re-assessed at most this often
+_MAX_AGE_S = 600.0  # and any day at least this often: the fingerprint is aggregates, not the rows themselves
+_DAYS_KEPT = 8
+
+
+@dataclass
+class _DayRisk:
+    """A day's orders not ok, worst first, and what they were computed from."""
+
+    fingerprint: tuple
+    expires: float  # time.monotonic() after which it is stale (sooner while goods are aboard)
+    ranked: list[tuple[tuple[int, int, int, int], dict]]  # ((rank..., order id), assessed), ascending
+
+
+_day_risks: OrderedDict[tuple, _DayRisk] = OrderedDict()
+_day_risks_lock = threading.Lock()
+computations = 0  # how many times a day's risk was computed (benchmarks and tests read it)
+
+
+def _fingerprint(session: Session, day: date, margin: timedelta) -> tuple:
+    """What a day's risk depends on, in a few aggregate queries: the day's orders (placed, cancelled), their
+    custody rows, their damage reports, and the readings of their vans over the time anything was aboard
+    (counted on the readings index; a late reading changes the count). Readings after the day's last
+    custody row only matter to goods still aboard, which the cache's time limit covers."""
+    c, o = CustodyEvent, Order
+    orders = tuple(session.execute(select(func.count(o.id), func.count(o.id).filter(o.status == "cancelled"))
+                                   .where(o.delivery_date == day)).one())
+    custody = tuple(session.execute(select(func.count(c.id), func.max(c.id), func.min(c.at), func.max(c.at),
+                                           func.sum(c.qty), func.sum(c.id))
+                                    .join(o, o.id == c.order_id).where(o.delivery_date == day)).one())
+    damaged = session.scalar(select(func.max(OrderEvent.id)).join(o, o.id == OrderEvent.order_id)
+                             .where(o.delivery_date == day, OrderEvent.type == "damaged"))
+    readings: tuple = ()
+    if custody[0]:
+        vans = sorted(session.scalars(select(c.vehicle_id).join(o, o.id == c.order_id).distinct()
+                                      .where(o.delivery_date == day, c.vehicle_id.is_not(None))))
+        r = TelemetryReading
+        lo, hi = custody[2] - margin, custody[3] + timedelta(microseconds=1)
+        readings = tuple(session.execute(
+            select(r.vehicle_id, r.kind, func.count())
+            .where(r.vehicle_id.in_(vans), r.kind.in_(("temperature", "shock")),
+                   r.compartment.in_(READING_COMPARTMENTS), r.ts >= lo, r.ts < hi)
+            .group_by(r.vehicle_id, r.kind).order_by(r.vehicle_id, r.kind)).all()) if vans else ()
+    return (orders, custody, damaged, tuple(tuple(x) for x in readings))
+
+
+def _rank(assessed: dict) -> tuple[int, int, int]:
+    """Worst first: the worse of the two levels, then spoilage, then breakage (0 sorts first)."""
+    s = risk.LEVELS.index(assessed["spoilage_risk"]["level"])
+    b = risk.LEVELS.index(assessed["breakage_risk"]["level"])
+    top = len(risk.LEVELS) - 1
+    return (top - max(s, b), top - s, top - b)
+
+
+def _compute_day(session: Session, day: date, now: datetime, batch: int) -> tuple[list, bool]:
+    """Assess the day's candidates: orders that went aboard a van or had damage reported (an order never
+    aboard has no leg to warm or shake in: both its risks are ok), in batches sharing one reading source."""
+    global computations
+    computations += 1
+    c, o = CustodyEvent, Order
+    loaded = select(c.order_id).where(c.type == "loaded")
+    damaged = select(OrderEvent.order_id).where(OrderEvent.type == "damaged")
+    ids = session.scalars(select(o.id).where(o.delivery_date == day, o.status != "cancelled",
+                                             or_(o.id.in_(loaded), o.id.in_(damaged))).order_by(o.id)).all()
+    events = day_events(session, day)
+    spoilage, _breakage = _rules()
+    readings = Readings(session, day_spans(events, now, spoilage.max_hold))
+    still_aboard = any(leg.end is None for leg in _intervals(events))
+    ranked = []
+    for i in range(0, len(ids), batch):
+        orders = session.scalars(select(o).where(o.id.in_(ids[i:i + batch])).order_by(o.id)).all()
         for order, assessed in zip(orders, assess_orders(session, orders, now, readings), strict=True):
             if assessed["spoilage_risk"]["level"] != "ok" or assessed["breakage_risk"]["level"] != "ok":
-                found.append((order.id, assessed))
-        last_id = orders[-1].id
-    page = found[:limit]
-    following = page[-1][0] if len(found) > limit else None
-    return [item for _id, item in page], following
+                ranked.append(((*_rank(assessed), order.id), assessed))
+    ranked.sort(key=lambda x: x[0])
+    return ranked, still_aboard
+
+
+def _day_risk(session: Session, day: date, now: datetime | None, batch: int) -> list:
+    """The day's ranked list, from the per-process cache while nothing it depends on changed."""
+    spoilage, _breakage = _rules()
+    key = (str(session.get_bind().engine.url), day, now)
+    fingerprint = _fingerprint(session, day, spoilage.max_hold)
+    with _day_risks_lock:
+        got = _day_risks.get(key)
+        if got is not None and got.fingerprint == fingerprint and time.monotonic() < got.expires:
+            _day_risks.move_to_end(key)
+            return got.ranked
+    ranked, still_aboard = _compute_day(session, day, now or utcnow(), batch)
+    with _day_risks_lock:
+        ttl = _OPEN_TTL_S if still_aboard and now is None else _MAX_AGE_S
+        _day_risks[key] = _DayRisk(fingerprint, time.monotonic() + ttl, ranked)
+        _day_risks.move_to_end(key)
+        while len(_day_risks) > _DAYS_KEPT:
+            _day_risks.popitem(last=False)
+    return ranked
+
+
+def forget_day_risks() -> None:
+    """Drop every kept day (tests that rebuild the same day in a rolled-back transaction, benchmarks)."""
+    with _day_risks_lock:
+        _day_risks.clear()
+
+
+def parse_cursor(after: str | None) -> tuple[int, int, int, int] | None:
+    """The position after which a page of :func:`at_risk` starts; Invalid for anything but its own cursor."""
+    if after is None:
+        return None
+    m = _CURSOR.fullmatch(after)
+    if m is None:
+        raise Invalid(f"after must be the cursor of a previous page's next link, not {after!r}", pointer="/after")
+    return (int(m[1]), int(m[2]), int(m[3]), int(m[4]))
+
+
+def at_risk(session: Session, day: date, limit: int = 100, after: str | None = None,
+            now: datetime | None = None, batch: int = 500) -> tuple[list[dict], str | None]:
+    """The day's orders whose spoilage or breakage level is not ok, worst first (the worse level, then
+    spoilage, then breakage, then the order), each with its levels and reasons. Returns the page after the
+    cursor ``after`` and the cursor of the next page (None on the last).
+
+    The day is assessed once and kept (per process) while its fingerprint holds: no new custody row,
+    damage report, order or cancel, no new reading in the vans' time aboard; for at most ten minutes, and
+    while goods are still aboard (their risk grows by the minute) for at most one. Paging is by keyset on (rank, order),
+    so a page never repeats an order of an earlier one even when the list was re-assessed in between.
+    """
+    start = parse_cursor(after)
+    ranked = _day_risk(session, day, now, batch)
+    first = bisect_right(ranked, start, key=lambda x: x[0]) if start is not None else 0
+    page = ranked[first:first + limit]
+    more = first + limit < len(ranked)
+    following = None
+    if more and page:
+        r = page[-1][0]
+        following = f"{r[0]}{r[1]}{r[2]}-{r[3]}"
+    return [item for _key, item in page], following
 
 
 # ----------------------------------------------------------------------------- lots

@@ -32,13 +32,13 @@ from fulfillment.models import Order
 from fulfillment.schemas import OrderIn
 from fulfillment.service import (
     allocate_day,
-    cancel_order,
     create_order,
     day_allocations,
     load_orders_csv,
     order_view,
     suggest_transfers_for,
 )
+from traceability.flows import cancel_order as cancel_with_custody
 from warehouses.service import LoadReport
 
 router = APIRouter(tags=["orders"], responses=STAFF)
@@ -123,7 +123,9 @@ class CancelIn(BaseModel):
 
 @router.post("/orders/{ref}/cancel", response_model=OrderOut, responses=problems(409))
 def cancel(ref: Code, body: CancelIn, session: SessionDep, caller: Dispatcher) -> dict:
-    return order_view(cancel_order(session, _order(session, ref), caller.username, body.reason))
+    """Cancel an order until its van leaves (409 after): reservations released, and what was already picked
+    for it recorded in custody as returned to stock (traceability.flows.cancel_order)."""
+    return order_view(cancel_with_custody(session, _order(session, ref), caller.username, body.reason))
 
 
 class AllocateIn(BaseModel):

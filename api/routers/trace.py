@@ -12,12 +12,13 @@ from datetime import date
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field, StringConstraints
 
 from api.deps import Caller, SessionDep, require
 from api.pagination import After, Code, Limit, page
 from api.schemas import STAFF, Instant, Number, Page, Reading, problems
-from traceability.exports import export_order
+from traceability.exports import export_lot, export_order, period_bounds, period_chunks
 from traceability.service import hold_lot, holds_query, release_lot
 from traceability.trace import at_risk, hold_view, lot_trace, order_trace
 from warehouses.models import LotHold
@@ -26,6 +27,8 @@ router = APIRouter(tags=["trace"], responses=STAFF)  # 400, 401, 403, 404, 413, 
 Quality = Annotated[Caller, Depends(require("quality"))]
 Watchers = Annotated[Caller, Depends(require("dispatcher", "quality"))]
 Level = Literal["ok", "watch", "at_risk", "reject"]
+RiskCursor = Annotated[str | None, Query(pattern=r"^[0-3]{3}-[0-9]{1,12}$", max_length=16,
+                                         description="cursor from the previous page's next link")]
 
 
 class CustodyOut(BaseModel):
@@ -225,6 +228,43 @@ def export_order_trace(order_ref: Code, request: Request, session: SessionDep, _
     return Response(data, media_type=media, headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 
 
+@router.get("/trace/lots/{lot}/export", response_class=Response,
+            responses={200: {"content": _EXPORT_TYPES,
+                             "description": "epcis: GS1 EPCIS 2.0 JSON-LD of the lot's custody and legs; fsma: the "
+                                            "FSMA 204 sortable spreadsheet of every custody row of the lot (CSV, "
+                                            "UTF-8 with BOM); pdf: the lot's report for a recall"}})
+def export_lot_trace(lot: Code, request: Request, session: SessionDep, _caller: Quality,
+                     fmt: Annotated[Literal["epcis", "fsma", "pdf"], Query(alias="format")]) -> Response:
+    """A lot's trace in the format auditors use: every order and customer it went into, where the rest of it
+    is, each order's risk with reasons and the temperatures of every leg it rode (EPCIS, PDF)."""
+    data, media, filename = export_lot(session, lot, fmt, api_base=str(request.base_url).rstrip("/"))
+    return Response(data, media_type=media, headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+
+
+_PERIOD_TYPES = {k: v for k, v in _EXPORT_TYPES.items() if k != "application/pdf"}
+
+
+@router.get("/trace/export", response_class=StreamingResponse,
+            responses={200: {"content": _PERIOD_TYPES,
+                             "description": "every custody row (each critical tracking event) of the local days "
+                                            "from..to, streamed: epcis: one EPCIS 2.0 JSON-LD document; fsma: the "
+                                            "FSMA 204 sortable spreadsheet (CSV, UTF-8 with BOM)"}})
+def export_period(request: Request, session: SessionDep, _caller: Quality,
+                  first: Annotated[date, Query(alias="from", description="the first local day")],
+                  last: Annotated[date, Query(alias="to", description="the last local day (at most 366 days on)")],
+                  fmt: Annotated[Literal["epcis", "fsma"], Query(alias="format")]) -> StreamingResponse:
+    """A period's custody in the format auditors use (FDA asks for the sortable spreadsheet by date range),
+    written batch by batch as it is read, so a long period never sits whole in memory. A period that ends
+    before it starts or spans more than 366 days answers 422 before anything is sent. The request's read
+    session stays open until the last byte is sent (FastAPI >= 0.118 ends dependencies with yield after the
+    response), so the batches are read while the body streams."""
+    period_bounds(first, last)
+    media = "text/csv; charset=utf-8" if fmt == "fsma" else "application/ld+json"
+    name = f"fsma204-{first}-{last}.csv" if fmt == "fsma" else f"epcis-{first}-{last}.jsonld"
+    body = period_chunks(session, first, last, fmt, api_base=str(request.base_url).rstrip("/"))
+    return StreamingResponse(body, media_type=media, headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+
 @router.get("/trace/lots/{lot}", response_model=LotTrace)
 def get_lot_trace(lot: Code, session: SessionDep, _caller: Quality) -> dict:
     """Every order and order line (and customer) the lot went into, for a recall, and where the rest of it
@@ -235,9 +275,11 @@ def get_lot_trace(lot: Code, session: SessionDep, _caller: Quality) -> dict:
 @router.get("/trace/at-risk", response_model=Page[AtRiskOrder])
 def get_at_risk(request: Request, session: SessionDep, _caller: Quality,
                 day: Annotated[date, Query(alias="date", description="the delivery day")],
-                limit: Limit = 100, after: After = None) -> dict:
-    """The day's orders whose spoilage or breakage risk is not ok, by order, each with its levels and
-    reasons (the driver's route shows these stops as "check on delivery")."""
+                limit: Limit = 100, after: RiskCursor = None) -> dict:
+    """The day's orders whose spoilage or breakage risk is not ok, worst first (the worse of the two levels,
+    then spoilage, then breakage, then by order), each with its levels and reasons (the driver's route shows
+    these stops as "check on delivery"). The day is assessed once and kept while nothing it depends on
+    changed, so paging through it does not assess it again; the cursor keeps the order stable."""
     items, following = at_risk(session, day, limit=limit, after=after)
     next_url = (str(request.url.include_query_params(after=following, limit=limit))
                 if following is not None else None)

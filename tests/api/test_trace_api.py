@@ -115,3 +115,91 @@ def test_holds_over_http_flag_the_plan_and_the_watch(trace_api, token, session, 
     assert api.get("/api/v1/holds", headers=qa).json()["items"] == []
     assert api.get("/api/v1/plans", params={"date": day.isoformat()}, headers=dispatcher).json()["held"] == []
     assert_problem(api.get("/api/v1/holds", headers=token("driver")), 403)
+
+
+def test_issue_11_done_when_a_warm_compartment_shows_in_the_trace_and_the_three_exports_open(
+        trace_api, token, session, tmp_path: Path) -> None:  # noqa: ANN001
+    """Issue 11's "done when", over real HTTP on a day derived from the day the tests run: VAN-01's chilled
+    compartment warmed to 9 °C for 30 minutes before its last stop. (An altered audit record named by
+    ``coldchain audit verify`` is tests/core/test_audit.py's test_an_altered_field_is_named.)"""
+    import csv
+    import io
+    import json
+    import shutil
+    import subprocess
+    from datetime import datetime
+
+    jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is in the test extras")
+    pypdf = pytest.importorskip("pypdf", reason="pypdf is in the test extras")
+    from tests.support import embedded, epcis_schema_path, font_dicts, squeeze
+    from tests.traceability.helpers import WARM_C
+    from traceability.exports import FSMA_COLUMNS
+
+    api = trace_api
+    d = drive_day(session, tmp_path)
+    qa = token("quality")
+    ref = d.refs[-1]
+    trace = api.get(f"/api/v1/trace/orders/{ref}", headers=qa).json()
+    (leg,) = [g for g in trace["legs"] if g["compartment"] == "chilled"]
+    warm = [r for r in leg["readings"] if r["value"] == WARM_C]
+    assert len(warm) == 30  # one a minute over the warm half hour, each with its time inside the interval
+    assert all(d.warm_from <= datetime.fromisoformat(r["ts"]) < d.warm_to for r in warm)
+    assert leg["summary"]["max_c"] == WARM_C
+    assert trace["spoilage_risk"]["level"] in ("at_risk", "reject")
+    assert any("30 min above 8 °C" in r and "VAN-01" in r for r in trace["spoilage_risk"]["reasons"])
+
+    schema = json.loads(epcis_schema_path().read_text(encoding="utf-8"))
+    cls = jsonschema.validators.validator_for(schema)
+    validator = cls(schema, format_checker=cls.FORMAT_CHECKER)
+    lot = _lot_of(session, ref)
+    day = d.day.isoformat()
+    for base in (f"/api/v1/trace/orders/{ref}/export", f"/api/v1/trace/lots/{lot}/export"):
+        sheet = api.get(base, params={"format": "fsma"}, headers=qa)
+        assert sheet.status_code == 200 and sheet.headers["content-type"].startswith("text/csv")
+        reader = csv.DictReader(io.StringIO(sheet.content.decode("utf-8-sig"), newline=""))
+        rows = list(reader)
+        assert reader.fieldnames == list(FSMA_COLUMNS) and rows
+        assert {"Loading into a van", "Delivery to the consumer"} <= {r["Critical tracking event"] for r in rows}
+        doc = api.get(base, params={"format": "epcis"}, headers=qa)
+        assert doc.status_code == 200 and doc.headers["content-type"].startswith("application/ld+json")
+        assert [e.message for e in validator.iter_errors(doc.json())] == []
+        alarms = [r for e in doc.json()["epcisBody"]["eventList"] if e.get("bizStep") == "transporting"
+                  for r in e["sensorElementList"][0]["sensorReport"] if r.get("exception") == "ALARM_CONDITION"]
+        assert alarms, f"{base}: no alarm for the warm half hour"
+        pdf = api.get(base, params={"format": "pdf"}, headers=qa)
+        assert pdf.status_code == 200 and pdf.headers["content-type"] == "application/pdf"
+        path = tmp_path / ("order.pdf" if "orders" in base else "lot.pdf")
+        path.write_bytes(pdf.content)
+        reader_pdf = pypdf.PdfReader(str(path))
+        text = squeeze("".join(p.extract_text() or "" for p in reader_pdf.pages))
+        assert "交接记录" in text and "超温" in text and ("召回名单" in text) == ("lots" in base)
+        assert all(embedded(f) for f in font_dicts(reader_pdf))
+        if shutil.which("pdftoppm"):
+            subprocess.run(["pdftoppm", "-png", "-r", "50", "-f", "1", "-l", "1", str(path), str(path.with_suffix(""))],
+                           check=True, timeout=60)
+            assert list(tmp_path.glob(f"{path.stem}*.png"))
+
+    # the period: every custody row of the day, streamed
+    sheet = api.get("/api/v1/trace/export", params={"from": day, "to": day, "format": "fsma"}, headers=qa)
+    assert sheet.status_code == 200 and sheet.headers["content-type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(sheet.content.decode("utf-8-sig"), newline="")))
+    assert set(d.refs) <= {r["Order"] for r in rows}
+    doc = api.get("/api/v1/trace/export", params={"from": day, "to": day, "format": "epcis"}, headers=qa)
+    assert doc.status_code == 200 and [e.message for e in validator.iter_errors(doc.json())] == []
+    with api.stream("GET", "/api/v1/trace/export", params={"from": day, "to": day, "format": "epcis"},
+                    headers=qa) as streamed:
+        assert streamed.headers.get("content-length") is None  # sent as it is read, not sized up front
+        got = json.loads(b"".join(streamed.iter_bytes()))
+    assert got["epcisBody"] == doc.json()["epcisBody"]
+
+    assert_problem(api.get("/api/v1/trace/export", params={"from": day, "to": "2000-01-01", "format": "fsma"},
+                           headers=qa), 422)
+    assert_problem(api.get("/api/v1/trace/export", params={"from": day, "to": day, "format": "pdf"}, headers=qa), 422)
+    assert_problem(api.get("/api/v1/trace/lots/NO-SUCH/export", params={"format": "pdf"}, headers=qa), 404)
+    assert_problem(api.get("/api/v1/trace/at-risk", params={"date": day, "after": "x"}, headers=qa), 422)
+    for role in ("driver", "dispatcher"):
+        who = token(role)
+        assert_problem(api.get(f"/api/v1/trace/lots/{lot}/export", params={"format": "fsma"}, headers=who), 403)
+        assert_problem(api.get("/api/v1/trace/export", params={"from": day, "to": day, "format": "fsma"},
+                               headers=who), 403)
+    assert api.get(f"/api/v1/trace/lots/{lot}/export", params={"format": "fsma"}, headers=token("admin")).is_success

@@ -29,7 +29,8 @@ from delivery.service import driver_ref, start_route, stop_event
 from telemetry.service import Fleet, Message, default_engine, store_batch
 from tests.delivery.helpers import build_day, routes_by_van
 from tests.support import embedded, epcis_schema_path, font_dicts, squeeze
-from traceability import exports, flows
+from traceability import custody, exports, flows
+from traceability.models import CustodyEvent
 from warehouses.models import Vehicle
 
 jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is in the test extras: pip install '.[test]'")
@@ -335,7 +336,7 @@ def test_unknown_orders_and_formats_are_clear_errors(session: Session) -> None:
 def test_the_cli_writes_a_lot_sheet_and_refuses_a_wrong_combination(databases, tmp_path: Path) -> None:  # noqa: ANN001
     import os
 
-    from tests.support import coldchain_cmd, write
+    from tests.support import DAY, coldchain_cmd, write
 
     env = {**os.environ, "COLDCHAIN_DATABASE_URL": databases.new("trace_cli"), "COLDCHAIN_DATA_DIR": str(tmp_path)}
     folder = write(tmp_path / "scen")
@@ -355,11 +356,25 @@ def test_the_cli_writes_a_lot_sheet_and_refuses_a_wrong_combination(databases, t
                             str(tmp_path / "a1.jsonld")], env=env, capture_output=True, text=True, timeout=120)
     assert order.returncode == 0, order.stderr
     assert json.loads((tmp_path / "a1.jsonld").read_text(encoding="utf-8"))["schemaVersion"] == "2.0"
-    wrong = subprocess.run([*coldchain_cmd(), "trace", "export", "--lot", "L-E1", "--format", "pdf"], env=env,
-                           capture_output=True, text=True, timeout=120)
-    assert wrong.returncode == 2 and "fsma only" in wrong.stderr
+    lot_pdf = subprocess.run([*coldchain_cmd(), "trace", "export", "--lot", "L-E1", "--format", "pdf", "--out",
+                              str(tmp_path / "lot.pdf")], env=env, capture_output=True, text=True, timeout=120)
+    assert lot_pdf.returncode == 0, lot_pdf.stderr
+    assert "批次追溯报告" in squeeze(pypdf.PdfReader(str(tmp_path / "lot.pdf")).pages[0].extract_text())
+    days = ["--from", (DAY - timedelta(days=1)).isoformat(), "--to", DAY.isoformat()]
+    period = subprocess.run([*coldchain_cmd(), "trace", "export", *days, "--format", "epcis", "--out",
+                             str(tmp_path / "period.jsonld")], env=env, capture_output=True, text=True, timeout=120)
+    assert period.returncode == 0, period.stderr
+    events = json.loads((tmp_path / "period.jsonld").read_text(encoding="utf-8"))["epcisBody"]["eventList"]
+    assert {e["bizStep"] for e in events} == {"receiving"}  # the scenario's stock, received today
+    wrong = subprocess.run([*coldchain_cmd(), "trace", "export", *days, "--format", "pdf"], env=env,
+                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert wrong.returncode == 2 and "for a period" in wrong.stderr
+    backwards = subprocess.run([*coldchain_cmd(), "trace", "export", "--from", DAY.isoformat(), "--to",
+                                (DAY - timedelta(days=3)).isoformat()], env=env, capture_output=True, text=True,
+                               timeout=120, cwd=tmp_path)
+    assert backwards.returncode == 2 and "before it starts" in backwards.stderr
     missing = subprocess.run([*coldchain_cmd(), "trace", "export", "NO-SUCH", "--format", "pdf"], env=env,
-                             capture_output=True, text=True, timeout=120)
+                             capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert missing.returncode == 1 and "NO-SUCH" in missing.stderr
 
 
@@ -374,3 +389,110 @@ def test_a_failed_order_comes_off_the_van_in_its_epcis_document(session: Session
     assert off["parentID"] == f"{exports.ID_BASE}vehicle/{driven.van}/compartment/chilled"
     assert off["disposition"] == "returned" and off["bizStep"] == "unloading"
     assert not [e for e in events if e.get("bizStep") == "retail_selling"]
+
+
+# ------------------------------------------------------------------------------------------ per lot, per period
+
+
+def _egg_lot(session: Session) -> str:
+    return next(e["lot"] for e in exports._trace_for_export(session, "A1")["custody"] if e["sku"] == "EGG-30")
+
+
+def test_a_lots_epcis_names_each_order_and_reports_the_legs_it_rode(session: Session, driven: Day,
+                                                                      validator) -> None:  # noqa: ANN001
+    lot = _egg_lot(session)
+    data, media, name = exports.export_lot(session, lot, "epcis", now=driven.now)
+    assert media == "application/ld+json" and name == f"lot-{lot}-epcis.jsonld"
+    doc = json.loads(data.decode("utf-8"))
+    assert problems(validator, doc) == []
+    events = doc["epcisBody"]["eventList"]
+    classes = {q["epcClass"] for e in events for q in e.get("quantityList", []) + e.get("childQuantityList", [])}
+    assert classes == {f"{exports.ID_BASE}lot/EGG-30/{lot}"}  # the lot only, not A1's dumplings
+    orders = {t["bizTransaction"].rsplit("/", 1)[1] for e in events for t in e.get("bizTransactionList", [])}
+    went = {o["order_ref"] for o in exports.lot_bundle(session, lot, now=driven.now)["orders"]}
+    assert "A1" in orders and orders == went
+    legs = [e for e in events if e.get("bizStep") == "transporting"]
+    assert legs and all(e["readPoint"]["id"].endswith("/compartment/chilled") for e in legs)
+    warm = [r for e in legs for r in e["sensorElementList"][0]["sensorReport"]
+            if r.get("exception") == "ALARM_CONDITION"]
+    assert warm and max(r.get("maxValue", r.get("value")) for r in warm) == 11.0
+    assert [datetime.fromisoformat(e["eventTime"]) for e in events] == sorted(
+        datetime.fromisoformat(e["eventTime"]) for e in events)
+    with pytest.raises(exports.NotFound):
+        exports.export_lot(session, "NO-SUCH-LOT", "epcis")
+
+
+def test_a_lots_pdf_report_is_a_recall_list_with_the_rest_of_the_lot_risk_and_a_chart_per_leg(
+        session: Session, driven: Day, tmp_path: Path) -> None:
+    lot = _egg_lot(session)
+    data, media, name = exports.export_lot(session, lot, "pdf", now=driven.now)
+    assert media == "application/pdf" and name == f"lot-{lot}-trace.pdf" and data.startswith(b"%PDF-")
+    path = tmp_path / name
+    path.write_bytes(data)
+    reader = pypdf.PdfReader(str(path))
+    text = squeeze("\n".join(p.extract_text() or "" for p in reader.pages))
+    bundle = exports.lot_bundle(session, lot, now=driven.now)
+    assert "批次追溯报告" in text and "召回名单" in text and "其余去向" in text and EGGS in text
+    for o in bundle["orders"]:  # every order and customer it went into, with the phone to call
+        assert squeeze(o["order_ref"]) in text
+        if o.get("customer"):
+            assert squeeze(o["customer"]) in text and squeeze(o["phone"] or "") in text
+    for r in bundle["remainder"]["on_hand"]:
+        assert r["node"] in text
+    a1 = next(r for r in bundle["risks"] if r["order_ref"] == "A1")
+    assert a1["spoilage_risk"]["level"] != "ok"
+    assert all(reason.startswith("EGG-30") for reason in a1["spoilage_risk"]["reasons"])  # the lot's product
+    for reason in a1["spoilage_risk"]["reasons"]:
+        assert squeeze(reason) in text, f"risk reason missing from the lot's PDF: {reason}"
+    assert sum(len(p.images) for p in reader.pages) == len(bundle["legs"]) >= 1
+    fonts = font_dicts(reader)
+    assert fonts and all(embedded(f) for f in fonts), [str(f.get("/BaseFont")) for f in fonts]
+    if shutil.which("pdftoppm"):
+        subprocess.run(["pdftoppm", "-png", "-r", "60", str(path), str(tmp_path / "lotpage")], check=True, timeout=60)
+        assert len(list(tmp_path.glob("lotpage*.png"))) == len(reader.pages)
+
+
+def test_a_period_streams_in_batches_and_says_the_same_as_in_one_piece(session: Session, driven: Day,
+                                                                        validator) -> None:  # noqa: ANN001
+    first, last = driven.day - timedelta(days=1), driven.day
+    whole = b"".join(exports.period_chunks(session, first, last, "fsma"))
+    pieces = list(exports.period_chunks(session, first, last, "fsma", batch=3))
+    header, rows = read_csv(whole)
+    assert header == list(exports.FSMA_COLUMNS) and len(rows) > 6
+    assert len(pieces) > len(rows) // 3  # read and written three custody rows at a time, not whole
+    assert b"".join(pieces) == whole  # no transfer listed twice, nothing lost at a batch's edge
+    assert {r["Order"] for r in rows if r["Order"]} >= {"A1"}
+
+    doc = json.loads(b"".join(exports.period_chunks(session, first, last, "epcis", batch=3)).decode("utf-8"))
+    assert problems(validator, doc) == []
+    events = doc["epcisBody"]["eventList"]
+    records = {e["cc:custodyRecord"] for e in events if "cc:custodyRecord" in e}
+    start, end = exports.period_bounds(first, last)
+    ids = session.scalars(select(CustodyEvent.id).where(CustodyEvent.at >= start, CustodyEvent.at < end)).all()
+    assert records == {f"{exports.ID_BASE}custody/{i}" for i in ids}  # every custody row (picking too), once
+    assert {f"{exports.ID_BASE}custody/{r['Custody record']}" for r in rows} <= records
+    one_piece = json.loads(b"".join(exports.period_chunks(session, first, last, "epcis")).decode("utf-8"))
+    legs = {(e["readPoint"]["id"], e["sensorElementList"][0]["sensorMetadata"]["startTime"])
+            for e in events if e.get("bizStep") == "transporting"}
+    legs_whole = {(e["readPoint"]["id"], e["sensorElementList"][0]["sensorMetadata"]["startTime"])
+                  for e in one_piece["epcisBody"]["eventList"] if e.get("bizStep") == "transporting"}
+    assert legs and legs == legs_whole  # a leg whose loading is in an earlier batch is still reported
+    alarm = [r for e in events if e.get("bizStep") == "transporting" and e["readPoint"]["id"].endswith("chilled")
+             for r in e["sensorElementList"][0]["sensorReport"] if r.get("exception") == "ALARM_CONDITION"]
+    assert alarm
+
+    # a period that holds only the deliveries still reports their legs, loaded before it began
+    ends = session.scalars(select(CustodyEvent).where(CustodyEvent.type == "delivered",
+                                                      CustodyEvent.at >= start).order_by(CustodyEvent.id)).all()
+    found = exports._PeriodLegs(session).batch(ends, custody.event_views(session, ends))
+    assert found and all(leg["readings"] and leg["from"] < leg["to"] for leg in found)
+    assert {leg["vehicle"] for leg in found} >= {driven.van}
+    empty = json.loads(b"".join(exports.period_chunks(session, driven.day + timedelta(days=5),
+                                                      driven.day + timedelta(days=6), "epcis")))
+    assert problems(validator, empty) == [] and empty["epcisBody"]["eventList"] == []
+    with pytest.raises(exports.Invalid):
+        b"".join(exports.period_chunks(session, last, first, "fsma"))
+    with pytest.raises(exports.Invalid):
+        b"".join(exports.period_chunks(session, first, first + timedelta(days=400), "fsma"))
+    with pytest.raises(exports.Invalid):
+        b"".join(exports.period_chunks(session, first, last, "pdf"))

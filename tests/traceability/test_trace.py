@@ -178,3 +178,43 @@ def test_held_stock_already_on_a_route_is_flagged(session, tmp_path: Path) -> No
     assert {f["order_ref"] for f in flagged} <= set(reserved)
     assert held_on_routes(session, day - timedelta(days=1)) == []
     assert assess_orders(session, []) == []
+
+
+def test_at_risk_is_worst_first_assessed_once_per_day_and_again_when_a_reading_comes_in(session,
+                                                                                       tmp_path: Path) -> None:
+    import pytest
+
+    from core.errors import Invalid
+    from tests.traceability.helpers import store_readings
+    from traceability import risk, trace
+    from traceability.trace import parse_cursor
+
+    d = drive_day(session, tmp_path)
+    trace.forget_day_risks()  # an earlier test may have built this very day in a rolled-back transaction
+    before = trace.computations
+    items, following = at_risk(session, d.day, now=d.evening)
+    assert following is None and len(items) >= 2 and trace.computations == before + 1
+
+    def worst(i: dict) -> int:
+        return max(risk.LEVELS.index(i["spoilage_risk"]["level"]), risk.LEVELS.index(i["breakage_risk"]["level"]))
+
+    assert [worst(i) for i in items] == sorted((worst(i) for i in items), reverse=True)
+    assert items[0]["order_ref"] == d.damaged_ref  # the broken egg (reject) before the warm-only orders
+    paged, cursor = [], None
+    while True:
+        page, cursor = at_risk(session, d.day, limit=1, after=cursor, now=d.evening)
+        paged += [i["order_ref"] for i in page]
+        if cursor is None:
+            break
+    assert paged == [i["order_ref"] for i in items]
+    assert trace.computations == before + 1  # every page came from the one assessment
+
+    # a late reading inside the vans' time aboard: the day is assessed again, to the same list here
+    late = {"device": "TL-0001", "seq": 900000, "ts": (d.leave + timedelta(minutes=3, seconds=30)).isoformat(),
+            "temp_c": {"chilled": 4.0}}
+    store_readings(session, [late], d.evening)
+    again, _ = at_risk(session, d.day, now=d.evening)
+    assert trace.computations == before + 2
+    assert [i["order_ref"] for i in again] == [i["order_ref"] for i in items]
+    with pytest.raises(Invalid):
+        parse_cursor("12")
