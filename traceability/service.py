@@ -283,3 +283,32 @@ def compartment_history(session: Session, vehicle_code: str, compartment: str, s
             "shocks": [(ts, value) for ts, _d, _s, value in rows("shock", "") if value >= hard],
             "limits": limits_in_force(session, vehicle_id, compartment, start, end),
             "alerts": alerts}
+
+
+def lot_legs(session: Session, lot: str, now: datetime | None = None) -> list[dict]:
+    """Each time the lot was aboard a van's compartment on one route: ``{"vehicle", "compartment", "start",
+    "end" (None while aboard), "qty", "sku", "min_c", "max_c"}`` (the product's range), from its custody legs
+    (traceability.trace's intervals) merged per van, compartment and route; oldest first."""
+    events = session.scalars(select(CustodyEvent).where(CustodyEvent.lot == lot).order_by(CustodyEvent.id)).all()
+    merged: dict[tuple, dict] = {}
+    for leg in _intervals(events):
+        key = (leg.vehicle_id, leg.compartment, leg.route_id)
+        qty = sum(q for _l, _lot, _p, _c, q in leg.lines)
+        got = merged.get(key)
+        if got is None:
+            merged[key] = {"vehicle_id": leg.vehicle_id, "compartment": leg.compartment, "start": leg.start,
+                           "end": leg.end, "qty": qty, "product_id": leg.lines[0][2]}
+        else:
+            got["start"] = min(got["start"], leg.start)
+            got["end"] = None if got["end"] is None or leg.end is None else max(got["end"], leg.end)
+            got["qty"] += qty
+    ids = {m["vehicle_id"] for m in merged.values()}
+    codes = dict(session.execute(select(Vehicle.id, Vehicle.code).where(Vehicle.id.in_(ids))).all()) if ids else {}
+    pids = {m["product_id"] for m in merged.values()}
+    products = {p.id: p for p in session.scalars(select(Product).where(Product.id.in_(pids)))} if pids else {}
+    out = []
+    for m in sorted(merged.values(), key=lambda m: (m["start"], m["vehicle_id"])):
+        p = products.get(m.pop("product_id"))
+        out.append({**m, "vehicle": codes.get(m["vehicle_id"]), "sku": p.sku if p else None,
+                    "min_c": p.min_c if p else None, "max_c": p.max_c if p else None})
+    return out

@@ -72,3 +72,27 @@ def test_compartment_history_has_the_warm_interval_and_the_cargo_limits(session,
                                                  for s in spans], end)
     assert any(r["from"] == d.warm_from and r["to"] == d.warm_to for r in runs), runs
     assert [a.kind for a in got["alerts"]] == ["temperature"]
+
+
+def test_worst_first_and_lot_legs_on_a_driven_day(session, tmp_path: Path) -> None:  # noqa: ANN001
+    from sqlalchemy import select
+
+    from api.console.quality_views import minutes_outside, worst_first
+    from traceability.models import CustodyEvent
+    from traceability.risk import LEVELS
+    from traceability.service import lot_legs
+    from traceability.trace import at_risk
+
+    d = drive_day(session, tmp_path)
+    items, _more = at_risk(session, d.day, limit=100)
+    ranked = worst_first(items)
+    assert ranked[0]["order_ref"] == d.refs[-1], [i["order_ref"] for i in ranked]  # 30 min at 9 °C
+    assert minutes_outside(ranked[0]) >= 30
+    worst = [max(LEVELS.index(i["spoilage_risk"]["level"]), LEVELS.index(i["breakage_risk"]["level"])) for i in ranked]
+    assert worst == sorted(worst, reverse=True)
+    lot = session.scalars(select(CustodyEvent.lot).where(CustodyEvent.type == "loaded",
+                                                         CustodyEvent.compartment == "chilled")).first()
+    legs = lot_legs(session, lot)
+    assert legs and legs[0]["vehicle"] == VAN and legs[0]["start"] == d.leave and legs[0]["end"] is not None
+    assert legs[0]["qty"] == sum(e.qty for e in session.scalars(
+        select(CustodyEvent).where(CustodyEvent.lot == lot, CustodyEvent.type == "loaded")))
