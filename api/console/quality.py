@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Depends, Form, Query, Request
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import func, select
 
 from api.console.quality_chart import Limits, temperature_svg
@@ -28,9 +28,11 @@ from api.console.quality_views import (
     minutes_outside,
     worst_first,
 )
+from api.console.web import ConsoleUser, check_csrf, console_user
+from api.console.web import page as render
 from api.deps import SessionDep
 from api.pagination import After, Code, page
-from core.errors import Conflict, Invalid, NotFound
+from core.errors import Invalid, NotFound
 from core.settings import get_settings
 from core.timeutil import local_datetime, local_today, to_local, utcnow
 from fulfillment.models import Order
@@ -41,8 +43,9 @@ from traceability.service import compartment_history, hold_lot, holds_query, lot
 from traceability.trace import assess_orders, at_risk, hold_view, lot_trace, order_trace
 from warehouses.models import Compartment, LotHold, Node, Vehicle
 
-router = APIRouter(prefix="/console/quality", include_in_schema=False)
-Staff = Annotated[object, Depends(console_user("quality"))]  # noqa: F821  (the skeleton's dependency)
+router = APIRouter(prefix="/quality")
+Staff = Annotated[ConsoleUser, console_user("quality")]
+CSRF = [Depends(check_csrf)]
 
 MAX_DAYS = 14  # a van compartment's chart covers at most this long (about 20,000 readings at one a minute)
 AT_RISK_SHOWN = 500  # the day's orders at risk listed at most (worst first)
@@ -59,11 +62,14 @@ def _when(value: str | datetime | None) -> str:
 
 
 def _page(request: Request, name: str, tab: str, status_code: int = 200, **context: object) -> Response:
+    """A quality page through the console's renderer (base.html: the user, the CSRF token, the nav)."""
     flash = {"acked": "已确认告警 Alert acknowledged.", "held": "批次已冻结 Lot put on hold.",
              "released": "批次已解除冻结 Lot released."}.get(request.query_params.get("done", ""))
-    return render(request, f"quality/{name}", {  # noqa: F821  (the skeleton's renderer)
-        "tab": tab, "flash": flash, "when": _when, "LEVEL_ZH": LEVEL_ZH, "CLASS_ZH": CLASS_ZH, "TYPE_ZH": TYPE_ZH,
-        "minutes": minutes_outside, **context}, status_code=status_code)
+    response = render(request, f"quality/{name}", getattr(request.state, "console_user", None), tab=tab,
+                      flash=flash, when=_when, LEVEL_ZH=LEVEL_ZH, CLASS_ZH=CLASS_ZH, TYPE_ZH=TYPE_ZH,
+                      minutes=minutes_outside, **context)
+    response.status_code = status_code
+    return response
 
 
 def _local_input(moment: datetime) -> str:
@@ -73,7 +79,7 @@ def _local_input(moment: datetime) -> str:
 # ----------------------------------------------------------------------------- orders at risk
 
 
-@router.get("")
+@router.get("", response_class=HTMLResponse)
 def home(request: Request, session: SessionDep, _user: Staff,
          day: Annotated[str | None, Query(alias="date", max_length=10)] = None) -> Response:
     """The landing page: the day's orders at risk (yesterday unless asked), worst first; the worst one on top
@@ -114,7 +120,7 @@ def _alert_item(alert: Alert) -> dict:
     return item
 
 
-@router.get("/alerts")
+@router.get("/alerts", response_class=HTMLResponse)
 def alerts(request: Request, session: SessionDep, _user: Staff, status: AlertFilter = "open",
            after: After = None) -> Response:
     """Alerts (open ones unless asked), oldest first, each with its van's chart around it and, until it is
@@ -124,7 +130,7 @@ def alerts(request: Request, session: SessionDep, _user: Staff, status: AlertFil
     return _page(request, "alerts.html", "alerts", status=status, **got)
 
 
-@router.post("/alerts/{alert_id}/ack")
+@router.post("/alerts/{alert_id}/ack", dependencies=CSRF)
 def acknowledge(request: Request, alert_id: int, session: SessionDep, user: Staff,
                 note: Annotated[str, Form(max_length=2000)] = "") -> Response:
     """The API's acknowledgement (telemetry.service.acknowledge_alert), the note required, the user as actor."""
@@ -136,7 +142,7 @@ def acknowledge(request: Request, alert_id: int, session: SessionDep, user: Staf
     return RedirectResponse(f"/console/quality/alerts?status=all&done=acked#alert-{alert_id}", 303)
 
 
-@router.get("/rejected")
+@router.get("/rejected", response_class=HTMLResponse)
 def rejected(request: Request, session: SessionDep, _user: Staff, after: After = None) -> Response:
     """Telemetry messages the ingestor could not use, with their reasons, a page at a time."""
     got = page(session, request, rejects_query(), TelemetryReject.id, PAGE, after, reject_view)
@@ -146,7 +152,7 @@ def rejected(request: Request, session: SessionDep, _user: Staff, after: After =
 # ----------------------------------------------------------------------------- a van compartment
 
 
-@router.get("/vehicles")
+@router.get("/vehicles", response_class=HTMLResponse)
 def vehicles(request: Request, session: SessionDep, _user: Staff) -> Response:
     """Every van with a link per compartment to its chart (yesterday, local)."""
     classes: dict[int, list[str]] = {}
@@ -172,7 +178,7 @@ def _parse_local(text: str | None, field: str) -> datetime | None:
     return moment.replace(tzinfo=get_settings().tz) if moment.tzinfo is None else moment
 
 
-@router.get("/vehicles/{code}")
+@router.get("/vehicles/{code}", response_class=HTMLResponse)
 def vehicle(request: Request, code: Code, session: SessionDep, _user: Staff,
             compartment: Literal["frozen", "chilled", "ambient"] = "chilled",
             start: Annotated[str | None, Query(alias="from", max_length=40)] = None,
@@ -210,7 +216,7 @@ def _van_url(vehicle: str | None, compartment: str, start: datetime, end: dateti
     return f"/console/quality/vehicles/{quote(vehicle or '', safe='')}?{urlencode(query)}"
 
 
-@router.get("/orders/{order_ref}")
+@router.get("/orders/{order_ref}", response_class=HTMLResponse)
 def order(request: Request, order_ref: Code, session: SessionDep, _user: Staff) -> Response:
     """An order's trace: risk with reasons, each leg's chart (the products' range, excursions shaded, doors and
     shocks), the custody timeline, and the three exports."""
@@ -234,7 +240,7 @@ def order_export(request: Request, order_ref: Code, session: SessionDep, _user: 
     return Response(data, media_type=media, headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 
 
-@router.get("/lots/{lot}")
+@router.get("/lots/{lot}", response_class=HTMLResponse)
 def lot_page(request: Request, lot: Code, session: SessionDep, _user: Staff) -> Response:
     """A lot: every order it went into with their risk, a chart per time aboard a van, where the rest is, its
     holds with the hold or release form, and its custody."""
@@ -269,7 +275,7 @@ def lot_export(lot: Code, session: SessionDep, _user: Staff,
 # ----------------------------------------------------------------------------- holds
 
 
-@router.get("/holds")
+@router.get("/holds", response_class=HTMLResponse)
 def holds(request: Request, session: SessionDep, _user: Staff, after: After = None) -> Response:
     """Lots on hold, oldest first, each with a release form; a form to put another lot on hold."""
     got = page(session, request, holds_query(active=True), LotHold.id, PAGE, after, hold_view)
@@ -282,7 +288,7 @@ def _reason(reason: str) -> str:
     return reason.strip()
 
 
-@router.post("/holds")
+@router.post("/holds", dependencies=CSRF)
 def new_hold(session: SessionDep, user: Staff, lot: Annotated[str, Form(max_length=64)] = "",
              reason: Annotated[str, Form(max_length=2000)] = "") -> Response:
     """Put a lot on hold from the holds page (the API's use case, traceability.service.hold_lot)."""
@@ -292,13 +298,13 @@ def new_hold(session: SessionDep, user: Staff, lot: Annotated[str, Form(max_leng
     return RedirectResponse(f"/console/quality/lots/{quote(lot.strip(), safe='')}?done=held", 303)
 
 
-@router.post("/lots/{lot}/hold")
+@router.post("/lots/{lot}/hold", dependencies=CSRF)
 def hold(lot: Code, session: SessionDep, user: Staff, reason: Annotated[str, Form(max_length=2000)] = "") -> Response:
     hold_lot(session, lot, _reason(reason), user.username)
     return RedirectResponse(f"/console/quality/lots/{quote(lot, safe='')}?done=held", 303)
 
 
-@router.post("/lots/{lot}/release")
+@router.post("/lots/{lot}/release", dependencies=CSRF)
 def release(lot: Code, session: SessionDep, user: Staff, reason: Annotated[str, Form(max_length=2000)] = "",
             back: Annotated[str, Form(max_length=10)] = "") -> Response:
     release_lot(session, lot, _reason(reason), user.username)
@@ -306,5 +312,3 @@ def release(lot: Code, session: SessionDep, user: Staff, reason: Annotated[str, 
         f"/console/quality/lots/{quote(lot, safe='')}?done=released"
     return RedirectResponse(target, 303)
 
-
-__all__ = ["Conflict", "router"]
