@@ -91,7 +91,7 @@ def home(request: Request, session: SessionDep, _user: Staff,
         return _page(request, "home.html", "home", 400, day=day, yesterday=yesterday, items=[], more=False,
                      open_alerts=0, holds=0, error=f"不是日期 not a date: {day!r} (YYYY-MM-DD)")
     items, following = at_risk(session, chosen, limit=AT_RISK_SHOWN)
-    open_alerts = session.scalar(select(func.count()).select_from(Alert).where(Alert.status == "open"))
+    open_alerts = session.scalar(select(func.count()).select_from(Alert).where(Alert.acknowledged_at.is_(None)))
     holds = session.scalar(select(func.count()).select_from(LotHold).where(LotHold.released_at.is_(None)))
     return _page(request, "home.html", "home", day=chosen, yesterday=yesterday, items=worst_first(items),
                  more=following is not None, open_alerts=open_alerts, holds=holds)
@@ -108,7 +108,7 @@ def lookup(session: SessionDep, _user: Staff, q: Annotated[str, Query(min_length
 
 # ----------------------------------------------------------------------------- alerts and rejects
 
-AlertFilter = Literal["open", "acknowledged", "closed", "all"]
+AlertFilter = Literal["unacknowledged", "open", "acknowledged", "closed", "all"]
 
 
 def _alert_item(alert: Alert) -> dict:
@@ -121,12 +121,14 @@ def _alert_item(alert: Alert) -> dict:
 
 
 @router.get("/alerts", response_class=HTMLResponse)
-def alerts(request: Request, session: SessionDep, _user: Staff, status: AlertFilter = "open",
+def alerts(request: Request, session: SessionDep, _user: Staff, status: AlertFilter = "unacknowledged",
            after: After = None) -> Response:
-    """Alerts (open ones unless asked), oldest first, each with its van's chart around it and, until it is
-    acknowledged, a form to acknowledge it with a note."""
-    got = page(session, request, alerts_query(None if status == "all" else status), Alert.id, PAGE, after,
-               _alert_item)
+    """Alerts, oldest first: by default every one nobody has acknowledged yet (open, or over and closed by the
+    rules but never looked at); each with its van's chart around it and, until acknowledged, a form for it."""
+    query = alerts_query(status if status in ("open", "acknowledged", "closed") else None)
+    if status == "unacknowledged":
+        query = query.where(Alert.acknowledged_at.is_(None))
+    got = page(session, request, query, Alert.id, PAGE, after, _alert_item)
     return _page(request, "alerts.html", "alerts", status=status, **got)
 
 
