@@ -26,6 +26,7 @@ from api.console.quality_views import (
     history_chart,
     leg_chart,
     minutes_outside,
+    worst_excursion,
     worst_first,
 )
 from api.console.web import ConsoleUser, check_csrf, console_user
@@ -88,13 +89,13 @@ def home(request: Request, session: SessionDep, _user: Staff,
     try:
         chosen = datetime.strptime(day, "%Y-%m-%d").date() if day else yesterday
     except ValueError:
-        return _page(request, "home.html", "home", 400, day=day, yesterday=yesterday, items=[], more=False,
+        return _page(request, "home.html", "home", 400, day=day, yesterday=yesterday, items=[], worst=None, more=False,
                      open_alerts=0, holds=0, error=f"不是日期 not a date: {day!r} (YYYY-MM-DD)")
     items, following = at_risk(session, chosen, limit=AT_RISK_SHOWN)
     open_alerts = session.scalar(select(func.count()).select_from(Alert).where(Alert.acknowledged_at.is_(None)))
     holds = session.scalar(select(func.count()).select_from(LotHold).where(LotHold.released_at.is_(None)))
     return _page(request, "home.html", "home", day=chosen, yesterday=yesterday, items=worst_first(items),
-                 more=following is not None, open_alerts=open_alerts, holds=holds)
+                 worst=worst_excursion(items), more=following is not None, open_alerts=open_alerts, holds=holds)
 
 
 @router.get("/lookup")

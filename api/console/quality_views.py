@@ -41,6 +41,16 @@ def worst_first(items: Sequence[dict]) -> list[dict]:
     return sorted(items, key=key)
 
 
+def worst_excursion(items: Sequence[dict]) -> dict | None:
+    """The order whose products spent longest outside their range (then the worse spoilage level): the day's
+    worst excursion, shown on top of the landing page; None when no order left its range."""
+    warm = [i for i in items if minutes_outside(i) > 0]
+    if not warm:
+        return None
+    return max(warm, key=lambda i: (minutes_outside(i), risk.LEVELS.index(i["spoilage_risk"]["level"]),
+                                    i["order_ref"]))
+
+
 def leg_chart(leg: dict, directory: Directory, tz: tzinfo, assessed_at: str | None = None) -> str:
     """One leg of an order's trace as an SVG chart: the allowed range of the products in it (the tightest, as
     the PDF report draws it), excursions shaded, the compartment's door openings and the hard shocks."""

@@ -61,6 +61,14 @@ def test_a_quality_officer_opens_the_worst_excursion_and_its_chart(page, base, m
     pdf = Path(got.value.path()).read_bytes()
     assert pdf.startswith(b"%PDF"), pdf[:20]
     screenshot(page, "quality-order-trace", full_page=True)
+    trace_url = page.url
+    with page.expect_navigation():
+        page.click("section.q-leg a:has-text('Whole compartment')")  # the van's compartment around the leg
+    assert page.locator("#chart svg rect.excursion").count() >= 1
+    assert page.locator("#chart svg line.door").count() >= 1
+    assert page.locator("#limits tbody tr").count() >= 2  # the class default, then the cargo's limits
+    screenshot(page, "quality-van-compartment", full_page=True)
+    page.goto(trace_url)
     page.set_viewport_size(PHONE)
     page.reload()
     width = page.evaluate("document.documentElement.scrollWidth")

@@ -12,6 +12,7 @@ import httpx
 import pytest
 from sqlalchemy import event, select
 
+from core.timeutil import local_today
 from telemetry.models import Alert, TelemetryReject
 from tests.support import CLOCK
 from tests.traceability.helpers import VAN, drive_day
@@ -93,6 +94,8 @@ def test_every_quality_page_answers_and_forms_need_the_token(api, make_user, ses
     ref = day.refs[-1]
     lot = session.scalars(select(CustodyEvent.lot).join(CustodyEvent.order).where(CustodyEvent.type == "loaded")
                           .where(CustodyEvent.compartment == "chilled")).first()
+    landing = api.get("/console/quality")
+    assert landing.status_code == 200 and f"— {local_today() - timedelta(days=1)}" in landing.text  # yesterday
     home = api.get("/console/quality", params={"date": day.day.isoformat()})
     assert home.status_code == 200 and f"/console/quality/orders/{ref}" in home.text
     assert re.search(r'id="worst".*?' + re.escape(ref), home.text, re.S), "the worst order is on top"
