@@ -106,8 +106,11 @@
     const started = performance.now();
     const data = await get(`${base}/data?date=${day}`);
     if (!data) return;
+    const fetched = performance.now();
     draw(data);
-    root.dataset.drawMs = String(Math.round(performance.now() - started));
+    root.dataset.fetchMs = String(Math.round(fetched - started));
+    root.dataset.drawMs = String(Math.round(performance.now() - fetched));
+    root.dataset.sinceNavigationMs = String(Math.round(performance.now()));
   }
 
   const vanMarkers = {};
