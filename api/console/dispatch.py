@@ -26,7 +26,16 @@ from api.pagination import Code
 from api.routers import jobs as jobs_routes
 from api.routers import orders as order_routes
 from api.routers import plans as plan_routes
-from api.schemas import AllocationOutcome, DayPlan, ImportReport, JobLink, JobOut, PlanJobs, Transfers
+from api.schemas import (
+    AllocationOutcome,
+    DayPlan,
+    ImportReport,
+    JobLink,
+    JobOut,
+    PlanJobs,
+    TransferOut,
+    Transfers,
+)
 from core.db import session_scope
 from core.errors import Invalid
 from core.settings import get_settings
@@ -36,6 +45,7 @@ from fulfillment.service import day_allocations
 from routing.models import Plan, Route
 from routing.service import day_routes
 from telemetry.service import alert_view, alerts_query, last_positions
+from traceability.flows import accept_transfer_flow
 from traceability.service import cargo_aboard
 from warehouses.models import Node, Vehicle
 
@@ -260,6 +270,23 @@ def allocate(body: Annotated[DayIn, Body()], session: SessionDep, user: Dispatch
 def transfers(session: SessionDep, user: Dispatcher, day: Day = None) -> dict:
     """Flagship-to-hub transfer proposals for the day's unallocated orders, as GET /api/v1/transfers."""
     return order_routes.transfers(session, _caller(user), day or local_tomorrow())
+
+
+class TransferIn(BaseModel):
+    date: date
+    from_: str = Field(alias="from", max_length=64)
+    to: str = Field(max_length=64)
+    sku: str = Field(max_length=64)
+    lot: str = Field(max_length=64)
+    qty: int = Field(gt=0)
+
+
+@router.post("/dispatch/transfers/accept", response_model=TransferOut, dependencies=CSRF)
+def accept_transfer(body: Annotated[TransferIn, Body()], session: SessionDep, user: Dispatcher) -> dict:
+    """Carry out one transfer proposal (traceability.flows.accept_transfer_flow: stock moved, custody recorded);
+    allocating the day again then lets the hub serve the orders."""
+    proposal = {"from": body.from_, "to": body.to, "sku": body.sku, "lot": body.lot, "qty": body.qty}
+    return accept_transfer_flow(session, body.date, proposal, actor=user.username)
 
 
 @router.post("/dispatch/plan", status_code=202, response_model=PlanJobs, dependencies=CSRF)

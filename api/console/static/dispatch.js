@@ -213,16 +213,28 @@
     } catch (err) { fail(out, err); } finally { e.target.disabled = false; }
   });
 
-  document.getElementById("show-transfers").addEventListener("click", async () => {
+  async function showTransfers(note) {
     const out = document.getElementById("transfers");
     try {
       const r = await get(`${base}/transfers?date=${day}`);
-      out.replaceChildren(r.transfers.length ? el("table", {}, el("tr", {}, el("th", {}, "Move"), el("th", {}, "Lot"),
-        el("th", {}, "For")), r.transfers.map((t) => el("tr", {}, el("td", {}, `${t.qty} × ${t.sku}: ${t.from} → ${t.to}`),
-        el("td", {}, `${t.lot} (until ${t.expires})`), el("td", {}, t.order_refs.join(", ")))))
-        : el("p", { class: "muted" }, "No transfer would help today's unallocated orders."));
+      const accept = (t) => async (e) => {
+        e.target.disabled = true;
+        try {
+          const moved = await post(`${base}/transfers/accept`, { date: day, from: t.from, to: t.to, sku: t.sku,
+                                                                 lot: t.lot, qty: t.qty });
+          showTransfers(el("p", { class: "accepted" }, `Moved ${moved.qty} × ${moved.sku} (lot ${moved.lot}) ` +
+            `from ${moved.from} to ${moved.to}. Allocate the day again to use it.`));
+        } catch (err) { fail(out, err); }
+      };
+      out.replaceChildren(...(note ? [note] : []), r.transfers.length ? el("table", { class: "transfers" },
+        el("tr", {}, el("th", {}, "Move"), el("th", {}, "Lot"), el("th", {}, "For"), el("th", {})),
+        r.transfers.map((t) => el("tr", {}, el("td", {}, `${t.qty} × ${t.sku}: ${t.from} → ${t.to}`),
+          el("td", {}, `${t.lot} (until ${t.expires})`), el("td", {}, t.order_refs.join(", ")),
+          el("td", {}, el("button", { type: "button", class: "accept", onclick: accept(t) }, "Accept")))))
+        : el("p", { class: "muted" }, "No transfer would help the day's unallocated orders."));
     } catch (err) { fail(out, err); }
-  });
+  }
+  document.getElementById("show-transfers").addEventListener("click", () => showTransfers());
 
   document.getElementById("plan-form").addEventListener("submit", async (e) => {
     e.preventDefault();
