@@ -213,6 +213,36 @@ def held_on_routes(session: Session, day: date | None = None, vehicle_code: str 
             for d, van, stop_id, status, ref, sku, lot, qty in session.execute(query)]
 
 
+def cargo_aboard(session: Session, vans_days: set[tuple[str, str]]) -> dict[str, dict[str, list[dict]]]:
+    """What each van still carries (stops not yet delivered on its current routes of that day), per
+    compartment class: van code -> class -> [{sku, name, qty, order_refs}]. ``vans_days`` holds
+    (van code, ISO date) pairs, e.g. those of open alerts; one statement for all of them."""
+    if not vans_days:
+        return {}
+    days = sorted({date.fromisoformat(d) for _, d in vans_days})
+    rows = session.execute(
+        select(Vehicle.code, Plan.day, Product.temp_class, Product.sku, Product.name, OrderLine.qty, Order.ref)
+        .join(Route, Route.vehicle_id == Vehicle.id).join(Plan, Plan.id == Route.plan_id)
+        .join(RouteStop, RouteStop.route_id == Route.id).join(Order, Order.id == RouteStop.order_id)
+        .join(OrderLine, OrderLine.order_id == Order.id).join(Product, Product.id == OrderLine.product_id)
+        .where(Plan.status == "current", Plan.day.in_(days), Vehicle.code.in_(sorted({v for v, _ in vans_days})),
+               RouteStop.status.in_(_ON_BOARD), Route.status.not_in(_FINISHED_ROUTES))
+        .order_by(Vehicle.code, Product.sku, Order.ref)
+    ).all()
+    grouped: dict[tuple[str, str, str], dict] = {}
+    for code, day, cls, sku, name, qty, ref in rows:
+        if (code, day.isoformat()) not in vans_days:
+            continue
+        item = grouped.setdefault((code, cls, sku), {"sku": sku, "name": name, "qty": 0, "order_refs": []})
+        item["qty"] += qty
+        if ref not in item["order_refs"]:
+            item["order_refs"].append(ref)
+    out: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for (code, cls, _sku), item in grouped.items():
+        out[code][cls].append(item)
+    return {code: dict(classes) for code, classes in out.items()}
+
+
 # ----------------------------------------------------------------------------- a compartment over a period
 # What the quality console's van chart shows: the compartment's temperatures, door openings and shocks in a
 # period, with the limits the rules applied then (the class default tightened by the products aboard, from

@@ -91,6 +91,23 @@ def screenshot(tab, name: str, full_page: bool = False) -> Path:  # noqa: ANN001
     return path
 
 
+def rendering_fonts(tab, selector: str) -> dict[str, int]:  # noqa: ANN001
+    """The fonts chromium actually drew the text of the first ``selector`` element with: family -> glyphs
+    (DevTools' CSS.getPlatformFontsForNode), so a test can tell that Chinese is drawn in a CJK font and
+    not as empty boxes."""
+    cdp = tab.context.new_cdp_session(tab)
+    try:
+        cdp.send("DOM.enable")
+        cdp.send("CSS.enable")
+        root = cdp.send("DOM.getDocument")["root"]["nodeId"]
+        node = cdp.send("DOM.querySelector", {"nodeId": root, "selector": selector})["nodeId"]
+        assert node, f"no element {selector}"
+        fonts = cdp.send("CSS.getPlatformFontsForNode", {"nodeId": node})["fonts"]
+        return {f["familyName"]: f["glyphCount"] for f in fonts}
+    finally:
+        cdp.detach()
+
+
 class ConsoleStack(Stack):
     """The served app with the sample city loaded and one user per role (``users[role]`` is the username)."""
 
