@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from tests.console.conftest import PHONE, screenshot
+from tests.console.conftest import PHONE, rendering_fonts, screenshot
 from tests.traceability.helpers import drive_day
 from traceability.models import CustodyEvent
 
@@ -55,7 +55,10 @@ def test_a_quality_officer_opens_the_worst_excursion_and_its_chart(page, base, m
     box = page.locator("section.q-leg svg rect.excursion").first.bounding_box()
     assert box and box["width"] > 5 and box["height"] > 50, box  # drawn, not a hairline
     assert page.locator("#spoilage_risk").inner_text().count("°C") >= 1
-    assert "冷藏舱" in page.locator("section.q-leg").first.inner_text() or "冷藏舱" in chart.inner_html()
+    assert "冷藏舱" in chart.locator("text.title").text_content()
+    for selector in ("#spoilage_risk li", "section.q-leg svg text.title"):  # Chinese drawn in a CJK font
+        fonts = rendering_fonts(page, selector)
+        assert any("CJK" in family or "WenQuanYi" in family for family in fonts), (selector, fonts)
     with page.expect_download() as got:
         page.click("a:has-text('PDF')")
     pdf = Path(got.value.path()).read_bytes()
