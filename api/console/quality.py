@@ -18,7 +18,7 @@ from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import func, select
 
-from api.console.quality_chart import Limits, temperature_svg
+from api.console.quality_chart import Door, Limits, Shock, temperature_svg
 from api.console.quality_views import (
     CLASS_ZH,
     LEVEL_ZH,
@@ -261,7 +261,10 @@ def lot_page(request: Request, lot: Code, session: SessionDep, _user: Staff) -> 
         chart = temperature_svg(history["temperatures"], start=leg["start"], end=end, tz=tz, limits=band,
                                 title=f"{leg['vehicle']} {CLASS_ZH.get(leg['compartment'], leg['compartment'])}"
                                       f"（{lot}）",
-                                doors=[], shocks=[])
+                                doors=[Door(datetime.fromisoformat(o["opened"]),
+                                            datetime.fromisoformat(o["closed"]) if o["closed"] else None)
+                                       for o in history["door_openings"]],
+                                shocks=[Shock(at, g) for at, g in history["shocks"]])
         legs.append({**leg, "chart": chart})
     return _page(request, "lot.html", "holds", lot=trace, risks=risks, legs=legs)
 

@@ -44,12 +44,16 @@ def test_a_quality_officer_opens_the_worst_excursion_and_its_chart(page, base, m
     with page.expect_navigation():
         page.click("form.q-inline button[type=submit]")
     assert page.locator("#worst h2").inner_text().endswith(worst)
+    loaded = page.evaluate("performance.getEntriesByType('navigation')[0].duration")
+    print(f"\nat-risk page of a {len(d.refs)}-stop van's day loaded in {loaded:.0f} ms (machine shared, not a benchmark)")
     screenshot(page, "quality-at-risk")
     with page.expect_navigation():
         page.click("#worst a.q-button")  # the second click: the worst order's trace
     assert page.url.endswith(f"/console/quality/orders/{worst}")
     chart = page.locator("section.q-leg svg.temp-chart").first
     chart.wait_for()
+    loaded = page.evaluate("performance.getEntriesByType('navigation')[0].duration")
+    print(f"the order's trace page loaded in {loaded:.0f} ms")
     assert page.locator("section.q-leg svg rect.excursion").count() >= 1
     assert page.locator("section.q-leg svg path.limit-high").count() >= 1
     box = page.locator("section.q-leg svg rect.excursion").first.bounding_box()
@@ -101,6 +105,8 @@ def test_acknowledge_an_alert_then_hold_and_release_a_lot(page, base, make_user,
         page.click("#hold button[type=submit]")
     assert "ON HOLD" in page.locator("h1").inner_text()
     assert "供应商召回" in page.locator("#hold").inner_text()
+    assert page.locator("section.q-leg svg.temp-chart").count() >= 1  # the lot's time aboard, charted
+    screenshot(page, "quality-lot-on-hold", full_page=True)
     page.goto(f"{base}/console/quality/holds")
     card = page.locator(f"article.q-hold:has(a:text-is('{lot}'))")
     card.locator("textarea[name=reason]").fill("检验合格 passed inspection")
@@ -108,7 +114,12 @@ def test_acknowledge_an_alert_then_hold_and_release_a_lot(page, base, make_user,
         card.locator("button[type=submit]").click()
     assert "released" in page.locator(".q-flash").inner_text()
     assert page.locator(f"article.q-hold:has(a:text-is('{lot}'))").count() == 0
-    screenshot(page, "quality-holds-after-release")
+    page.set_viewport_size(PHONE)
+    for path in ("/console/quality/holds", "/console/quality/alerts?status=all", f"/console/quality/lots/{lot}"):
+        page.goto(f"{base}{path}")
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= PHONE["width"], f"{path} scrolls sideways on a phone ({width} px)"
+    screenshot(page, "quality-lot-phone", full_page=True)
 
 
 def test_a_dispatcher_gets_403_on_the_quality_pages(page, base, make_user) -> None:  # noqa: ANN001
