@@ -107,6 +107,10 @@ def test_every_quality_page_answers_and_forms_need_the_token(api, make_user, ses
     leg_link = re.search(r'href="(/console/quality/vehicles/[^"]+)">整车厢', trace.text).group(1)
     van = api.get(leg_link.replace("&amp;", "&"))
     assert van.status_code == 200 and 'class="excursion"' in van.text and 'class="door"' in van.text
+    alerts = api.get("/console/quality/alerts")
+    around = re.search(r'href="(/console/quality/vehicles/[^"]+)">VAN-01', alerts.text).group(1)
+    warm = api.get(around.replace("&amp;", "&"))  # the alert's van chart, an hour either side
+    assert warm.status_code == 200 and 'class="excursion"' in warm.text
     assert api.get(f"/console/quality/lots/{lot}").status_code == 200
     assert api.get(f"/console/quality/lots/{lot}/export").headers["content-type"].startswith("text/csv")
     assert api.get("/console/quality/lookup", params={"q": ref}).headers["location"].endswith(f"/orders/{ref}")
