@@ -7,7 +7,7 @@ import logging
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from api import guards, problems
+from api import console, guards, problems
 from api.routers import auth, driver, health, jobs, network, orders, plans, telemetry, trace
 from core.settings import Settings, get_settings
 
@@ -26,6 +26,7 @@ def create_app() -> FastAPI:
                    telemetry.router, driver.router, driver.staff, trace.router):
         app.include_router(router, prefix="/api/v1")
     install_guards(app)
+    console.install(app)  # after the guards: its session middleware wraps them (api.guards.caller_key)
     _document_extra_schemas(app)
     if get_settings().secret_key == Settings.model_fields["secret_key"].default:
         log.warning("COLDCHAIN_SECRET_KEY is the development default: anyone can sign tokens; set your own")

@@ -51,6 +51,7 @@ BODY_LIMITS: dict[tuple[str, str], str | int] = {
     ("POST", "/api/v1/orders"): "upload_max_bytes",
     ("POST", "/api/v1/orders/import"): "upload_max_bytes",
     ("POST", "/api/v1/scenarios/load"): "upload_max_bytes",
+    ("POST", "/console/dispatch/import"): "upload_max_bytes",
     # the route itself refuses a photo over 5 MB while streaming (delivery.proofs); room for the multipart framing
     ("POST", "/api/v1/driver/stops/{stop_id}/proof"): 5 * 1024 * 1024 + 64 * 1024,
 }
@@ -186,6 +187,9 @@ def caller_key(scope: Scope) -> tuple[str, str, str]:
             return settings.rate_limit_per_caller, "user", read_token(token)["sub"]
         except Unauthorized:
             pass
+    console_user = (scope.get("session") or {}).get("user")  # a signed console session (api.console)
+    if console_user:
+        return settings.rate_limit_per_caller, "user", str(console_user)
     return settings.rate_limit_per_address, "addr", client_address(scope)
 
 

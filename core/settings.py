@@ -144,6 +144,18 @@ class Settings(BaseSettings):
     proof_dir: Path | None = Field(default=None, description="where proof-of-delivery photos are kept; "
                                                              "unset: data_dir/proofs")
 
+    # the browser consoles (api/console)
+    tile_url: str | None = Field(default=None, description=(
+        "a map tile URL template such as https://tile.example.com/{z}/{x}/{y}.png for the dispatcher's map; "
+        "unset: the map draws on a plain background"))
+    tile_attribution: str = Field(default="", max_length=500, description="the attribution shown with the tiles")
+    console_secure_cookie: bool = Field(default=False, description=(
+        "send the console's session cookie only over HTTPS (set it behind TLS)"))
+    console_session_hours: float = Field(default=12, gt=0, le=24 * 30,
+                                         description="hours a console login lasts")
+    console_poll_seconds: float = Field(default=2.0, ge=0.1, le=60, description=(
+        "how often a console's live stream looks for new alerts and van positions"))
+
     @property
     def proofs_path(self) -> Path:
         return self.proof_dir if self.proof_dir is not None else self.data_dir / "proofs"

@@ -566,3 +566,38 @@ def order_view(order: Order) -> dict:
                    "lots": [{"lot": r.lot.lot, "node": r.lot.node.code, "qty": r.qty} for r in ln.reservations]}
                   for ln in order.lines],
     }
+
+
+TRANSFER_KEYS = ("from", "to", "sku", "lot", "qty")
+
+
+def accept_transfer(session: Session, day: date, proposal: dict, actor: str) -> dict:
+    """Carry out one of the day's transfer proposals: move ``qty`` of the lot from the flagship to the hub
+    (same lot and expiry there). Only a proposal that :func:`suggest_transfers_for` still makes is carried
+    out, so a stale page or a forged request cannot move stock anywhere else; allocate the day again to
+    let the hub serve the orders. Custody of the moved stock is the caller's (traceability.flows)."""
+    wanted = {k: proposal.get(k) for k in TRANSFER_KEYS}
+    match = next((t for t in suggest_transfers_for(session, day) if all(t[k] == wanted[k] for k in TRANSFER_KEYS)),
+                 None)
+    if match is None:
+        raise Conflict(f"no transfer of {wanted['qty']} x {wanted['sku']} lot {wanted['lot']} from {wanted['from']} "
+                       f"to {wanted['to']} is proposed for {day} any more: reload the proposals")
+    nodes = {n.code: n for n in session.scalars(select(Node).where(Node.code.in_([match["from"], match["to"]])))}
+    product = session.scalar(select(Product).where(Product.sku == match["sku"]))
+    source = session.scalar(select(StockLot).where(StockLot.node_id == nodes[match["from"]].id,
+                                                   StockLot.product_id == product.id, StockLot.lot == match["lot"])
+                            .with_for_update())
+    if source is None or source.on_hold or source.available < match["qty"]:
+        raise Conflict(f"lot {match['lot']} at {match['from']} no longer has {match['qty']} x {match['sku']} free")
+    target = session.scalar(select(StockLot).where(StockLot.node_id == nodes[match["to"]].id,
+                                                   StockLot.product_id == product.id, StockLot.lot == match["lot"]))
+    if target is None:
+        target = StockLot(node_id=nodes[match["to"]].id, product_id=product.id, lot=match["lot"], qty=0, reserved=0,
+                          expires=source.expires)
+        session.add(target)
+    source.qty -= match["qty"]
+    target.qty += match["qty"]
+    session.flush()
+    audit.append(session, actor, "stock.transferred", "lot", match["lot"], match,
+                 why=f"for orders {', '.join(match['order_refs'])}")
+    return match

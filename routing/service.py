@@ -247,7 +247,8 @@ def plan_depot(day: date, depot_code: str, time_limit: float, actor: str = "syst
 def day_routes(session: Session, day: date) -> dict:
     """CONTRACTS.md section 5's routes and unserved from the current plans of the day."""
     plans = session.scalars(select(Plan).where(Plan.day == day, Plan.status == "current")
-                            .options(selectinload(Plan.routes).selectinload(Route.stops).selectinload(RouteStop.order),
+                            .options(selectinload(Plan.depot), selectinload(Plan.routes).selectinload(Route.vehicle),
+                                     selectinload(Plan.routes).selectinload(Route.stops).selectinload(RouteStop.order),
                                      selectinload(Plan.unserved).selectinload(UnservedOrder.order))
                             .order_by(Plan.depot_id)).all()
     routes, unserved = [], []

@@ -161,3 +161,13 @@ def issue_pick_lists(session: Session, day: date, node_code: str | None = None, 
     lists = pick_lists(session, day, node_code)
     record_picks(session, day, at, actor, node_code, document=f"pick list {day.isoformat()}")
     return lists
+
+
+def accept_transfer_flow(session: Session, day: date, proposal: dict, actor: str = "system") -> dict:
+    """Move the stock of a transfer proposal (fulfillment.service.accept_transfer) and record its custody:
+    the hub receives what it was sent."""
+    from fulfillment.service import accept_transfer
+
+    moved = accept_transfer(session, day, proposal, actor)
+    receive_stock(session, actor=actor, source="transfer")
+    return moved

@@ -20,9 +20,11 @@ from core.errors import Conflict, NotFound
 from core.timeutil import to_local, utcnow
 from fulfillment.models import Order, OrderLine, Reservation
 from routing.models import Plan, Route, RouteStop
-from telemetry.models import DriverPosition
-from telemetry.service import VanWatch, last_positions, watch_vans
+from telemetry.models import Alert, DriverPosition, TelemetryReading
+from telemetry.service import VanWatch, default_engine, last_positions, readings_query, vehicle_id_of, watch_vans
+from traceability import risk
 from traceability.models import CustodyEvent
+from traceability.trace import _door_openings, _intervals
 from warehouses.models import LotHold, Node, Product, StockLot, Vehicle
 
 # A van counts as out from its planned departure until this long after its planned return
@@ -209,3 +211,134 @@ def held_on_routes(session: Session, day: date | None = None, vehicle_code: str 
     return [{"date": d.isoformat(), "vehicle": van, "stop_id": stop_id, "stop_status": status, "order_ref": ref,
              "sku": sku, "lot": lot, "qty": int(qty), "reason": hold_reasons[lot]}
             for d, van, stop_id, status, ref, sku, lot, qty in session.execute(query)]
+
+
+def cargo_aboard(session: Session, vans_days: set[tuple[str, str]]) -> dict[str, dict[str, list[dict]]]:
+    """What each van still carries (stops not yet delivered on its current routes of that day), per
+    compartment class: van code -> class -> [{sku, name, qty, order_refs}]. ``vans_days`` holds
+    (van code, ISO date) pairs, e.g. those of open alerts; one statement for all of them."""
+    if not vans_days:
+        return {}
+    days = sorted({date.fromisoformat(d) for _, d in vans_days})
+    rows = session.execute(
+        select(Vehicle.code, Plan.day, Product.temp_class, Product.sku, Product.name, OrderLine.qty, Order.ref)
+        .join(Route, Route.vehicle_id == Vehicle.id).join(Plan, Plan.id == Route.plan_id)
+        .join(RouteStop, RouteStop.route_id == Route.id).join(Order, Order.id == RouteStop.order_id)
+        .join(OrderLine, OrderLine.order_id == Order.id).join(Product, Product.id == OrderLine.product_id)
+        .where(Plan.status == "current", Plan.day.in_(days), Vehicle.code.in_(sorted({v for v, _ in vans_days})),
+               RouteStop.status.in_(_ON_BOARD), Route.status.not_in(_FINISHED_ROUTES))
+        .order_by(Vehicle.code, Product.sku, Order.ref)
+    ).all()
+    grouped: dict[tuple[str, str, str], dict] = {}
+    for code, day, cls, sku, name, qty, ref in rows:
+        if (code, day.isoformat()) not in vans_days:
+            continue
+        item = grouped.setdefault((code, cls, sku), {"sku": sku, "name": name, "qty": 0, "order_refs": []})
+        item["qty"] += qty
+        if ref not in item["order_refs"]:
+            item["order_refs"].append(ref)
+    out: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for (code, cls, _sku), item in grouped.items():
+        out[code][cls].append(item)
+    return {code: dict(classes) for code, classes in out.items()}
+
+
+# ----------------------------------------------------------------------------- a compartment over a period
+# What the quality console's van chart shows: the compartment's temperatures, door openings and shocks in a
+# period, with the limits the rules applied then (the class default tightened by the products aboard, from
+# custody: the goods loaded into that compartment and not yet delivered or returned).
+
+LOOK_BACK = timedelta(days=3)  # goods loaded this long before the period may still be aboard in it
+
+
+def limits_in_force(session: Session, vehicle_id: int, compartment: str, start: datetime,
+                    end: datetime) -> list[dict]:
+    """Spans of constant limits over [start, end): ``{"start", "end", "min_c", "max_c", "skus"}``, the class
+    default (telemetry's RuleConfig) tightened by the products custody has aboard (RuleConfig.for_products, the
+    rules' own tightening); ``skus`` are the products aboard then."""
+    line_ids = session.scalars(select(CustodyEvent.line_id).where(
+        CustodyEvent.vehicle_id == vehicle_id, CustodyEvent.compartment == compartment,
+        CustodyEvent.type == "loaded", CustodyEvent.at < end, CustodyEvent.at >= start - LOOK_BACK,
+        CustodyEvent.line_id.is_not(None)).distinct()).all()
+    events = session.scalars(select(CustodyEvent).where(CustodyEvent.line_id.in_(line_ids))
+                             .order_by(CustodyEvent.id)).all() if line_ids else []
+    legs = [leg for leg in _intervals(events) if leg.vehicle_id == vehicle_id and leg.compartment == compartment
+            and leg.start < end and (leg.end is None or leg.end > start)]
+    product_ids = {pid for leg in legs for _l, _lot, pid, _c, _q in leg.lines}
+    products = {p.id: p for p in session.scalars(select(Product).where(Product.id.in_(product_ids)))} \
+        if product_ids else {}
+    config = default_engine().config
+    cuts = sorted({start, end} | {t for leg in legs for t in (leg.start, leg.end) if t is not None and start < t < end})
+    spans: list[dict] = []
+    for a, b in zip(cuts, cuts[1:], strict=False):
+        aboard = {pid for leg in legs if leg.start <= a and (leg.end is None or leg.end > a)
+                  for _l, _lot, pid, _c, _q in leg.lines}
+        tight = config.for_products([(compartment, products[p].min_c, products[p].max_c)
+                                     for p in aboard if p in products])
+        span = {"start": a, "end": b, "min_c": tight.temp_min_c.get(compartment),
+                "max_c": tight.temp_max_c.get(compartment), "skus": sorted(products[p].sku for p in aboard)}
+        last = spans[-1] if spans else None
+        if last and (last["min_c"], last["max_c"], last["skus"]) == (span["min_c"], span["max_c"], span["skus"]):
+            last["end"] = b
+        else:
+            spans.append(span)
+    return spans
+
+
+def compartment_history(session: Session, vehicle_code: str, compartment: str, start: datetime,
+                        end: datetime) -> dict:
+    """A van compartment's [start, end): temperatures ``[(ts, °C)]``, door openings, the van's shocks at or above
+    the lowest level the breakage risk counts (a fragile product's hard jolt), the limits in force
+    (:func:`limits_in_force`) and the alerts of that compartment (and the van's shock alerts) overlapping it.
+    Readings come by index range (telemetry.service.readings_query). NotFound for an unknown van."""
+    vehicle_id = vehicle_id_of(session, vehicle_code)
+    if vehicle_id is None:
+        raise NotFound(f"no vehicle {vehicle_code}")
+    r = TelemetryReading
+
+    def rows(kind: str, comp: str) -> list[tuple]:
+        query = readings_query(vehicle_id, start, end, kind, comp).with_only_columns(r.ts, r.device, r.seq, r.value)
+        return [tuple(row) for row in session.execute(query)]
+
+    rules = risk.BreakageRules()
+    hard = rules.fragile_limit_g * rules.hard_share
+    alerts = session.scalars(
+        select(Alert).where(Alert.vehicle_id == vehicle_id, Alert.started_at < end,
+                            (Alert.ended_at.is_(None)) | (Alert.ended_at >= start),
+                            (Alert.compartment == compartment) | (Alert.kind == "shock"))
+        .order_by(Alert.started_at, Alert.id)).all()
+    return {"vehicle": vehicle_code, "compartment": compartment, "start": start, "end": end,
+            "temperatures": [(ts, value) for ts, _d, _s, value in rows("temperature", compartment)],
+            "door_openings": _door_openings(rows("door", compartment), end),
+            "shocks": [(ts, value) for ts, _d, _s, value in rows("shock", "") if value >= hard],
+            "limits": limits_in_force(session, vehicle_id, compartment, start, end),
+            "alerts": alerts}
+
+
+def lot_legs(session: Session, lot: str, now: datetime | None = None) -> list[dict]:
+    """Each time the lot was aboard a van's compartment on one route: ``{"vehicle", "compartment", "start",
+    "end" (None while aboard), "qty", "sku", "min_c", "max_c"}`` (the product's range), from its custody legs
+    (traceability.trace's intervals) merged per van, compartment and route; oldest first."""
+    events = session.scalars(select(CustodyEvent).where(CustodyEvent.lot == lot).order_by(CustodyEvent.id)).all()
+    merged: dict[tuple, dict] = {}
+    for leg in _intervals(events):
+        key = (leg.vehicle_id, leg.compartment, leg.route_id)
+        qty = sum(q for _l, _lot, _p, _c, q in leg.lines)
+        got = merged.get(key)
+        if got is None:
+            merged[key] = {"vehicle_id": leg.vehicle_id, "compartment": leg.compartment, "start": leg.start,
+                           "end": leg.end, "qty": qty, "product_id": leg.lines[0][2]}
+        else:
+            got["start"] = min(got["start"], leg.start)
+            got["end"] = None if got["end"] is None or leg.end is None else max(got["end"], leg.end)
+            got["qty"] += qty
+    ids = {m["vehicle_id"] for m in merged.values()}
+    codes = dict(session.execute(select(Vehicle.id, Vehicle.code).where(Vehicle.id.in_(ids))).all()) if ids else {}
+    pids = {m["product_id"] for m in merged.values()}
+    products = {p.id: p for p in session.scalars(select(Product).where(Product.id.in_(pids)))} if pids else {}
+    out = []
+    for m in sorted(merged.values(), key=lambda m: (m["start"], m["vehicle_id"])):
+        p = products.get(m.pop("product_id"))
+        out.append({**m, "vehicle": codes.get(m["vehicle_id"]), "sku": p.sku if p else None,
+                    "min_c": p.min_c if p else None, "max_c": p.max_c if p else None})
+    return out
