@@ -112,6 +112,7 @@ class ConsoleStack(Stack):
     """The served app with the sample city loaded and one user per role (``users[role]`` is the username)."""
 
     users: dict[str, str]
+    city: Path
 
     def login(self, tab, role: str, next_path: str = "") -> None:  # noqa: ANN001
         """Sign in through the login form as the user of ``role``; waits for the landing page."""
@@ -130,7 +131,8 @@ def console_stack(databases, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     stack.env["COLDCHAIN_CONSOLE_POLL_SECONDS"] = "0.3"
     stack.env.pop("COLDCHAIN_TILE_URL", None)  # no network here: the map draws on its plain background
     with stack:
-        stack.cli("scenario", "load", str(sample_city(tmp / "city", DAY)))
+        stack.city = sample_city(tmp / "city", DAY)
+        stack.cli("scenario", "load", str(stack.city))
         stack.users = {}
         for role in ("dispatcher", "quality", "driver"):
             username = f"{role}-{uuid.uuid4().hex[:4]}"
