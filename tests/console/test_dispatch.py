@@ -176,6 +176,8 @@ def test_a_dispatcher_imports_allocates_plans_replans_and_sees_an_alert_arrive(c
         ".map((e) => e.tagName + '#' + e.id + '.' + e.className)"
     )
     assert not wide, f"on a phone these reach past the screen's edge: {wide}"
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= PHONE["width"], f"the dispatcher's page scrolls sideways on a phone ({width} px wide)"
     screenshot(page, "dispatch-phone", full_page=True)
     assert not page.js_errors, page.js_errors
 
