@@ -8,7 +8,7 @@ import uuid
 import pytest
 from sqlalchemy.orm import Session
 
-from tests.console.conftest import PASSWORD, PHONE, rendering_fonts, screenshot
+from tests.console.conftest import PASSWORD, PHONE, add_users, rendering_fonts, screenshot
 from tests.support import DAY, local
 
 pytestmark = pytest.mark.slow
@@ -221,17 +221,9 @@ def _driver_reports_position(stack, van: str, position: tuple[float, float]) -> 
 
     import httpx
 
-    from core.db import make_engine
-    from warehouses.service import upsert_user
-
     with (stack.city / "drivers.csv").open(encoding="utf-8") as f:
         username = next(row["username"] for row in csv.DictReader(f) if row["vehicle"] == van)
-    engine = make_engine(stack.env["COLDCHAIN_DATABASE_URL"])
-    try:
-        with Session(engine) as session, session.begin():
-            upsert_user(session, username, "driver", PASSWORD)
-    finally:
-        engine.dispose()
+    add_users(stack, {"driver": username})
     api = f"{stack.base}/api/v1"
     token = httpx.post(f"{api}/auth/token", data={"username": username, "password": PASSWORD}).json()["access_token"]
     resp = httpx.post(
