@@ -145,6 +145,8 @@ def test_a_dispatcher_imports_allocates_plans_replans_and_sees_an_alert_arrive(c
     assert counts["routes"] >= 1 and counts["lines"] == counts["routes"], counts
     assert counts["numbers"] == counts["stops"] > 0, counts
     screenshot(page, "dispatch-planned")
+    sheet = page.request.get(console_stack.base + page.locator("#routes a").first.get_attribute("href"))
+    assert sheet.status == 200 and sheet.headers["content-type"] == "application/pdf" and sheet.body()[:5] == b"%PDF-"
 
     # a breakdown: pick the van and the time, see the diff, the map redrawn without it
     van = counts["vans"][0]
