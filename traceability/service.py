@@ -342,3 +342,25 @@ def lot_legs(session: Session, lot: str, now: datetime | None = None) -> list[di
         out.append({**m, "vehicle": codes.get(m["vehicle_id"]), "sku": p.sku if p else None,
                     "min_c": p.min_c if p else None, "max_c": p.max_c if p else None})
     return out
+def day_positions(session: Session, day: date, at: datetime,
+                  max_age: timedelta) -> dict[str, tuple[float, float, datetime]]:
+    """The newest fix, no older than ``max_age`` at ``at``, of each van with a current route on ``day``: its
+    tracker's (telemetry) or its driver's phone's, whichever is newer. code -> (lat, lon, ts); for the
+    dispatcher's map. Telemetry is one indexed lookup per van (telemetry.last_positions); phones one statement."""
+    vans = dict(session.execute(
+        select(Vehicle.code, Vehicle.id).distinct().join(Route, Route.vehicle_id == Vehicle.id)
+        .join(Plan, Plan.id == Route.plan_id).where(Plan.day == day, Plan.status == "current")).all())
+    if not vans:
+        return {}
+    newest = last_positions(session, list(vans), at, max_age=max_age)
+    latest = (select(_PHONE.c.vehicle_id, func.max(_PHONE.c.at).label("at"))
+              .where(_PHONE.c.vehicle_id.in_(list(vans.values())), _PHONE.c.at <= at, _PHONE.c.at >= at - max_age)
+              .group_by(_PHONE.c.vehicle_id).subquery())
+    codes = {vid: code for code, vid in vans.items()}
+    for vid, lat, lon, ts in session.execute(
+            select(_PHONE.c.vehicle_id, _PHONE.c.lat, _PHONE.c.lon, _PHONE.c.at)
+            .join(latest, (latest.c.vehicle_id == _PHONE.c.vehicle_id) & (latest.c.at == _PHONE.c.at))):
+        code = codes[vid]
+        if code not in newest or ts > newest[code][2]:
+            newest[code] = (lat, lon, ts)
+    return newest

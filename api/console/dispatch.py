@@ -42,12 +42,12 @@ from core.settings import get_settings
 from core.timeutil import local_datetime, local_tomorrow, parse_hhmm, to_local, utcnow
 from fulfillment.models import Order
 from fulfillment.service import day_allocations
-from routing.models import Plan, Route
+from routing.models import Plan
 from routing.service import day_routes
-from telemetry.service import alert_view, alerts_query, last_positions
+from telemetry.service import alert_view, alerts_query
 from traceability.flows import accept_transfer_flow
-from traceability.service import cargo_aboard
-from warehouses.models import Node, Vehicle
+from traceability.service import cargo_aboard, day_positions
+from warehouses.models import Node
 
 router = APIRouter()
 Dispatcher = Annotated[ConsoleUser, console_user("dispatcher")]
@@ -155,12 +155,8 @@ class VanPosition(BaseModel):
 
 
 def positions(session: SessionDep, day: date, now: datetime | None = None) -> list[dict]:
-    """The last GPS fix (at most two hours old) of each van with a route on ``day``."""
-    codes = session.scalars(
-        select(Vehicle.code).distinct().join(Route, Route.vehicle_id == Vehicle.id).join(Plan, Plan.id == Route.plan_id)
-        .where(Plan.day == day, Plan.status == "current").order_by(Vehicle.code)
-    ).all()  # fmt: skip
-    fixes = last_positions(session, codes, now or utcnow(), max_age=POSITION_MAX_AGE)
+    """The last fix (at most two hours old; tracker or driver's phone) of each van with a route on ``day``."""
+    fixes = day_positions(session, day, now or utcnow(), POSITION_MAX_AGE)
     return [{"vehicle": code, "lat": lat, "lon": lon, "ts": ts} for code, (lat, lon, ts) in sorted(fixes.items())]
 
 

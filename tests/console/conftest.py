@@ -112,6 +112,7 @@ class ConsoleStack(Stack):
     """The served app with the sample city loaded and one user per role (``users[role]`` is the username)."""
 
     users: dict[str, str]
+    city: Path
 
     def login(self, tab, role: str, next_path: str = "") -> None:  # noqa: ANN001
         """Sign in through the login form as the user of ``role``; waits for the landing page."""
@@ -122,6 +123,23 @@ class ConsoleStack(Stack):
             tab.click("button[type=submit]")
 
 
+def add_users(stack: Stack, users: dict[str, str]) -> None:
+    """Create users (role -> username, password PASSWORD) on the stack's database in this process
+    (warehouses.service.upsert_user, what `coldchain user add` calls), faster than a command each."""
+    from sqlalchemy.orm import Session
+
+    from core.db import make_engine
+    from warehouses.service import upsert_user
+
+    engine = make_engine(stack.env["COLDCHAIN_DATABASE_URL"])
+    try:
+        with Session(engine) as session, session.begin():
+            for role, username in users.items():
+                upsert_user(session, username, role, PASSWORD)
+    finally:
+        engine.dispose()
+
+
 @pytest.fixture(scope="module")
 def console_stack(databases, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleStack]:  # noqa: ANN001
     """serve + one worker on their own database, the Chengdu sample city for DAY, users of every role."""
@@ -130,11 +148,9 @@ def console_stack(databases, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     stack.env["COLDCHAIN_CONSOLE_POLL_SECONDS"] = "0.3"
     stack.env.pop("COLDCHAIN_TILE_URL", None)  # no network here: the map draws on its plain background
     with stack:
-        stack.cli("scenario", "load", str(sample_city(tmp / "city", DAY)))
-        stack.users = {}
-        for role in ("dispatcher", "quality", "driver"):
-            username = f"{role}-{uuid.uuid4().hex[:4]}"
-            stack.cli("user", "add", username, "--role", role, "--password-stdin", stdin=PASSWORD + "\n")
-            stack.users[role] = username
+        stack.city = sample_city(tmp / "city", DAY)
+        stack.cli("scenario", "load", str(stack.city))
+        stack.users = {role: f"{role}-{uuid.uuid4().hex[:4]}" for role in ("dispatcher", "quality", "driver")}
+        add_users(stack, stack.users)
         stack.start(workers=1)
         yield stack

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
+import uuid
 
 import pytest
+from sqlalchemy.orm import Session
 
-from tests.console.conftest import PASSWORD, PHONE, rendering_fonts, screenshot
+from tests.console.conftest import PASSWORD, PHONE, add_users, rendering_fonts, screenshot
 from tests.support import DAY, local
 
 pytestmark = pytest.mark.slow
@@ -143,6 +145,8 @@ def test_a_dispatcher_imports_allocates_plans_replans_and_sees_an_alert_arrive(c
     assert counts["routes"] >= 1 and counts["lines"] == counts["routes"], counts
     assert counts["numbers"] == counts["stops"] > 0, counts
     screenshot(page, "dispatch-planned")
+    sheet = page.request.get(console_stack.base + page.locator("#routes a").first.get_attribute("href"))
+    assert sheet.status == 200 and sheet.headers["content-type"] == "application/pdf" and sheet.body()[:5] == b"%PDF-"
 
     # a breakdown: pick the van and the time, see the diff, the map redrawn without it
     van = counts["vans"][0]
@@ -157,11 +161,26 @@ def test_a_dispatcher_imports_allocates_plans_replans_and_sees_an_alert_arrive(c
     # an alert raised by the telemetry service arrives over the live stream, with what is at risk
     after = _counts(page)
     other = next((v for v in after["vans"] if v != van), after["vans"][0] if after["vans"] else van)
+    _driver_reports_position(console_stack, other, (30.6571, 104.0662))
+    page.wait_for_selector(f".van-pos[title='{other}']", timeout=15_000)
     _raise_alert(console_stack, other)
     page.wait_for_selector(f"#alerts li.alert:has-text('{other}')", timeout=15_000)
     item = page.locator(f"#alerts li.alert:has-text('{other}')").inner_text()
     assert "temperature" in item and ("at risk" in item or "nothing aboard" in item), item
+    page.evaluate("window.scrollTo(0, 0)")
     screenshot(page, "dispatch-alert")
+
+    page.set_viewport_size(PHONE)  # the same page on a phone: one column, nothing wider than the screen
+    page.wait_for_timeout(300)
+    wide = page.evaluate(  # Leaflet's own panes reach past the map; the map clips them, so they do not count
+        "[...document.querySelectorAll('body *')].filter((e) => !e.closest('.leaflet-pane, .leaflet-control-container')"
+        " && e.getBoundingClientRect().right > document.documentElement.clientWidth + 1)"
+        ".map((e) => e.tagName + '#' + e.id + '.' + e.className)"
+    )
+    assert not wide, f"on a phone these reach past the screen's edge: {wide}"
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= PHONE["width"], f"the dispatcher's page scrolls sideways on a phone ({width} px wide)"
+    screenshot(page, "dispatch-phone", full_page=True)
     assert not page.js_errors, page.js_errors
 
 
@@ -169,7 +188,6 @@ def _raise_alert(stack, van: str) -> None:  # noqa: ANN001
     """Open a chilled-compartment temperature alert for ``van`` through the telemetry service, as the ingestor
     does, on the served app's database."""
     from sqlalchemy import select
-    from sqlalchemy.orm import Session
 
     from core.db import make_engine
     from core.timeutil import utcnow
@@ -197,3 +215,22 @@ def _raise_alert(stack, van: str) -> None:  # noqa: ANN001
             apply_alert_events(session, [event], ids, utcnow())
     finally:
         engine.dispose()
+
+
+def _driver_reports_position(stack, van: str, position: tuple[float, float]) -> None:  # noqa: ANN001
+    """The van's driver (drivers.csv of the sample city) posts a phone fix through the driver API."""
+    import csv
+
+    import httpx
+
+    with (stack.city / "drivers.csv").open(encoding="utf-8") as f:
+        username = next(row["username"] for row in csv.DictReader(f) if row["vehicle"] == van)
+    add_users(stack, {"driver": username})
+    api = f"{stack.base}/api/v1"
+    token = httpx.post(f"{api}/auth/token", data={"username": username, "password": PASSWORD}).json()["access_token"]
+    resp = httpx.post(
+        f"{api}/driver/position",
+        json={"position": list(position)},
+        headers={"Authorization": f"Bearer {token}", "Idempotency-Key": uuid.uuid4().hex},
+    )
+    assert resp.status_code < 300, resp.text

@@ -118,11 +118,11 @@
     const seen = new Set();
     for (const p of list) {
       seen.add(p.vehicle);
-      const icon = L.divIcon({ className: "", html: `<div class="van-pos" title="${escape(p.vehicle)}">🚚</div>`,
-                               iconSize: [20, 20], iconAnchor: [10, 10] });
+      const icon = L.divIcon({ className: "", html: `<div class="van-pos" title="${escape(p.vehicle)}">${escape(p.vehicle)}</div>`,
+                               iconSize: null, iconAnchor: [0, 0] });
       const text = `<b>${escape(p.vehicle)}</b><br>last fix ${new Date(p.ts).toLocaleTimeString()}`;
       if (vanMarkers[p.vehicle]) vanMarkers[p.vehicle].setLatLng([p.lat, p.lon]).setPopupContent(text);
-      else vanMarkers[p.vehicle] = L.marker([p.lat, p.lon], { icon }).bindPopup(text).addTo(layers.vans);
+      else vanMarkers[p.vehicle] = L.marker([p.lat, p.lon], { icon, zIndexOffset: 1000 }).bindPopup(text).addTo(layers.vans);
     }
     for (const [code, marker] of Object.entries(vanMarkers)) {
       if (!seen.has(code)) { layers.vans.removeLayer(marker); delete vanMarkers[code]; }
@@ -195,7 +195,7 @@
       out.replaceChildren(el("p", {}, `${r.orders} orders taken, ${r.lines.rejected ?? r.rejected.length} rows refused.`));
       if (r.rejected.length) {
         out.append(el("table", { class: "import-errors" }, el("tr", {}, el("th", {}, "Line"), el("th", {}, "Field"),
-          el("th", {}, "Why")), r.rejected.map((x) => el("tr", {}, el("td", {}, `${x.file}:${x.line}`),
+          el("th", {}, "Why")), [...r.rejected].sort((a, b) => a.line - b.line).map((x) => el("tr", {}, el("td", {}, `${x.file}:${x.line}`),
           el("td", {}, x.field), el("td", {}, x.reason)))));
       }
       load();
