@@ -39,7 +39,7 @@ from core.timeutil import local_datetime, local_today, to_local, utcnow
 from fulfillment.models import Order
 from telemetry.models import Alert, TelemetryReject
 from telemetry.service import acknowledge_alert, alert_view, alerts_query, reject_view, rejects_query
-from traceability.exports import directory_for, export_order, fsma_for_lot
+from traceability.exports import directory_for, export_lot, export_order
 from traceability.service import compartment_history, hold_lot, holds_query, lot_legs, release_lot
 from traceability.trace import assess_orders, at_risk, hold_view, lot_trace, order_trace
 from warehouses.models import Compartment, LotHold, Node, Vehicle
@@ -270,12 +270,11 @@ def lot_page(request: Request, lot: Code, session: SessionDep, _user: Staff) -> 
 
 
 @router.get("/lots/{lot}/export")
-def lot_export(lot: Code, session: SessionDep, _user: Staff,
-               fmt: Annotated[Literal["fsma"], Query(alias="format")] = "fsma") -> Response:
-    """The lot's FSMA 204 sortable spreadsheet (traceability.exports.fsma_for_lot): a recall's list."""
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in lot)
-    return Response(fsma_for_lot(session, lot), media_type="text/csv; charset=utf-8",
-                    headers={"Content-Disposition": f'attachment; filename="{safe}-fsma204.csv"'})
+def lot_export(request: Request, lot: Code, session: SessionDep, _user: Staff,
+               fmt: Annotated[Literal["epcis", "fsma", "pdf"], Query(alias="format")] = "fsma") -> Response:
+    """The API's lot export (traceability.exports.export_lot: a recall's view) with the console's login."""
+    data, media, filename = export_lot(session, lot, fmt, api_base=str(request.base_url).rstrip("/"))
+    return Response(data, media_type=media, headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 
 
 # ----------------------------------------------------------------------------- holds

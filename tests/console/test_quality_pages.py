@@ -112,7 +112,11 @@ def test_every_quality_page_answers_and_forms_need_the_token(api, make_user, ses
     warm = api.get(around.replace("&amp;", "&"))  # the alert's van chart, an hour either side
     assert warm.status_code == 200 and 'class="excursion"' in warm.text
     assert api.get(f"/console/quality/lots/{lot}").status_code == 200
-    assert api.get(f"/console/quality/lots/{lot}/export").headers["content-type"].startswith("text/csv")
+    lot_page = api.get(f"/console/quality/lots/{lot}").text
+    for fmt, media in (("fsma", "text/csv"), ("epcis", "application/ld+json"), ("pdf", "application/pdf")):
+        assert f"/export?format={fmt}" in lot_page, fmt
+        got = api.get(f"/console/quality/lots/{lot}/export", params={"format": fmt})
+        assert got.status_code == 200 and got.headers["content-type"].startswith(media), (fmt, got.text[:300])
     assert api.get("/console/quality/lookup", params={"q": ref}).headers["location"].endswith(f"/orders/{ref}")
     assert api.get("/console/quality/orders/NO-SUCH").status_code == 404
     bad = api.get(f"/console/quality/vehicles/{VAN}", params={"from": "2026-01-02T00:00", "to": "2026-01-01T00:00"})
