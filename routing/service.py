@@ -25,14 +25,14 @@ from collections import defaultdict
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date, time
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from core import audit
 from core.settings import get_settings
-from core.timeutil import utcnow
+from core.timeutil import local_at, local_hhmm, utcnow
 from fulfillment.models import Order, OrderLine, Reservation
 from fulfillment.service import record_event
 from routing import solver
@@ -44,6 +44,9 @@ SERVICE_S = 5 * 60  # CONTRACTS.md section 5: 5 minutes of service per stop
 MAX_TRIPS = 3  # loads from the depot a van may make in a day plan
 TRIP_MARGIN = 0.9  # offer second trips once the day needs more than this share of one load per van
 MIN_SOLVE_S = 0.3  # the solver's least budget when reading the depot took the whole time limit
+# what a plan may take beyond its time limit (storing it, telling the rules, the solver's last round
+# ending): measured, README "Time limit"; tests/routing/test_time_wall.py allows only this plus a margin
+WALL_OVERHEAD_S = 0.5
 _travel: tuple[tuple, CachedTravel] | None = None
 
 
@@ -71,16 +74,6 @@ def travel() -> CachedTravel:
 
 def _secs(t: time) -> float:
     return t.hour * 3600 + t.minute * 60 + t.second
-
-
-def local_at(day: date, seconds: float) -> datetime:
-    """Seconds since local midnight of `day` as an aware UTC datetime."""
-    midnight = datetime.combine(day, time(0), tzinfo=get_settings().tz)
-    return (midnight + timedelta(seconds=float(seconds))).astimezone(UTC)
-
-
-def local_hhmm(moment: datetime) -> str:
-    return moment.astimezone(get_settings().tz).strftime("%H:%M")
 
 
 @dataclass

@@ -217,7 +217,7 @@ class RedisMatrixStore:
     def __init__(self, url: str, ttl: float = 2 * 24 * 3600, client=None):  # noqa: ANN001
         import redis
 
-        self.client = client or redis.Redis.from_url(url, socket_timeout=5)
+        self.client = client or redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
         self.ttl = int(ttl)
 
     def get(self, key: str, day: str) -> bytes | None:
