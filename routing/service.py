@@ -268,7 +268,7 @@ def plan_depot(day: date, depot_code: str, time_limit: float, actor: str = "syst
                "vans": solution.vehicles_used, "trips": solution.trips,
                "stops": sum(len(r.visits) for r in solution.routes), "unserved": len(solution.unserved),
                "distance_km": round(solution.distance / 1000, 2), "cost": round(solution.cost, 2),
-               "seconds": round(solution.seconds, 2),
+               "seconds": round(solution.seconds, 2), "strategy": solution.strategy,
                "matrices": {"built": cache.builds - before[0], "shared": cache.shared_hits - before[1],
                             "memory": cache.hits - before[2]},
                "timing": {"matrix": round(cache.build_seconds - before[3], 3),

@@ -45,3 +45,16 @@ def test_plans_return_within_the_limit_and_the_second_task_hits_the_matrix_cache
         # memory or (the other process) from the shared store; none is built again
         assert all(r["matrices"]["built"] == 0 for r in second), [r["matrices"] for r in second]
         assert all(r["matrices"]["shared"] + r["matrices"]["memory"] >= 1 for r in second)
+
+
+def test_a_limit_too_short_for_a_first_plan_still_returns_a_plan() -> None:
+    """400 stops in 0.1 s: no first solution fits the limit, so the solver takes the time for one plan
+    (and says so) instead of reporting every order unserved."""
+    from benchmarks.bigday import flagship, matrices, problem
+    from routing import solver
+
+    inst = flagship()
+    sec, met, _ = matrices(inst)
+    sol = solver.solve(problem(inst, 0.1, sec, met), workers=1)
+    assert sum(len(r.visits) for r in sol.routes) > 300
+    assert "after the time limit" in sol.strategy
