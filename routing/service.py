@@ -249,7 +249,9 @@ def plan_depot(day: date, depot_code: str, time_limit: float, actor: str = "syst
     scope = sessions or session_scope
     cache = travel()
     before = (cache.builds, cache.shared_hits, cache.hits, cache.build_seconds)
-    with scope() as session:
+    # the read step takes no write lock (SQLite's is taken at BEGIN by writing sessions): a task reading
+    # its depot does not wait for another task storing its plan
+    with (sessions() if sessions else session_scope(write=False)) as session:
         depot = session.scalar(select(Node).where(Node.code == depot_code))
         if depot is None:
             raise ValueError(f"unknown depot {depot_code}")
