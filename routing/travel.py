@@ -313,6 +313,8 @@ class CachedTravel:
 
     def matrix(self, points: Sequence[Point], speed_kmh: float, *, day: str | None = None,
                depot: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The model's matrices, from memory, the shared store or built. ``depot`` is informative only:
+        the points (the depot's first) are the key, so a re-plan from the same points hits too."""
         key = self.key(points, speed_kmh, day)
         got = self._cache.get(key)
         if got is not None:
