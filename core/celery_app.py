@@ -9,6 +9,7 @@ Eager mode is deliberately not used here (Celery's guide: unsuitable for testing
 from __future__ import annotations
 
 from celery import Celery
+from celery.signals import worker_process_init
 
 from core.settings import get_settings
 
@@ -52,6 +53,18 @@ def _exists(module: str) -> bool:
 
 
 celery_app = make_celery()
+
+
+@worker_process_init.connect
+def _own_connections(**_kwargs: object) -> None:
+    """A prefork child starts without the parent's pooled database connections (SQLAlchemy's advice for
+    forked processes: ``dispose(close=False)``): the worker opens some before forking (migrations), and
+    two children reading on one inherited PostgreSQL socket get each other's rows (seen with
+    ``--concurrency 2``: NotImplementedError deep in SQLAlchemy's result processing)."""
+    from core.db import get_engine
+
+    if get_engine.cache_info().currsize:
+        get_engine().dispose(close=False)
 
 
 def progress(task, done: int, total: int, **extra: object) -> None:  # noqa: ANN001

@@ -37,3 +37,14 @@ def local_today() -> date:
 
 def local_tomorrow() -> date:
     return local_today() + timedelta(days=1)
+
+
+def local_at(day: date, seconds: float) -> datetime:
+    """Seconds since local midnight of `day` (a solver's times) as an aware UTC datetime."""
+    midnight = datetime.combine(day, time(0), tzinfo=get_settings().tz)
+    return (midnight + timedelta(seconds=float(seconds))).astimezone(UTC)
+
+
+def local_hhmm(moment: datetime) -> str:
+    """An aware datetime as local HH:MM (CONTRACTS.md section 5's times)."""
+    return moment.astimezone(get_settings().tz).strftime("%H:%M")

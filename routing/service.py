@@ -9,56 +9,71 @@ costs more than any plan's vans and kilometres), then the least of each used van
 (``MAX_TRIPS``), back at the depot for ``COLDCHAIN_RELOAD_MINUTES`` between trips, when the day
 needs it (:func:`trips_needed`); its fixed cost counts once. Each trip is stored as a route of its
 own (``Route.trip``).
+
+The time limit is a wall (README "Time limit"): :func:`plan_depot` gives the solver what is left
+of ``time_limit`` after reading the depot and building its matrices, so the plan is back within
+the limit plus the storing step; its result says where the time went (``timing``) and how many
+matrices it built or found in the shared cache (``matrices``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import secrets
+import time as clock
 from collections import defaultdict
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date, time
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from core import audit
 from core.settings import get_settings
-from core.timeutil import utcnow
+from core.timeutil import local_at, local_hhmm, utcnow
 from fulfillment.models import Order, OrderLine, Reservation
 from fulfillment.service import record_event
 from routing import solver
 from routing.models import Plan, Route, RouteStop, UnservedOrder
-from routing.travel import CachedTravel, travel_model
+from routing.travel import CachedTravel, FileMatrixStore, MatrixStore, RedisMatrixStore, travel_model
 from warehouses.models import TEMP_CLASSES, Node, Product, Vehicle
 
 SERVICE_S = 5 * 60  # CONTRACTS.md section 5: 5 minutes of service per stop
 MAX_TRIPS = 3  # loads from the depot a van may make in a day plan
 TRIP_MARGIN = 0.9  # offer second trips once the day needs more than this share of one load per van
-_travel: CachedTravel | None = None
+MIN_SOLVE_S = 0.3  # the solver's least budget when reading the depot took the whole time limit
+# what a plan may take beyond its time limit (storing it, telling the rules, the solver's last round
+# ending): measured, README "Time limit"; tests/routing/test_time_wall.py allows only this plus a margin
+WALL_OVERHEAD_S = 0.5
+_travel: tuple[tuple, CachedTravel] | None = None
+
+
+def matrix_store() -> MatrixStore:
+    """Where the processes of a day share their matrices: the broker's Redis when it is Redis, else files
+    under COLDCHAIN_DATA_DIR (embedded defaults: every worker runs on this machine)."""
+    settings = get_settings()
+    if settings.broker_url and settings.broker_url.startswith(("redis://", "rediss://")):
+        return RedisMatrixStore(settings.broker_url)
+    return FileMatrixStore(settings.data_dir / "matrices")
 
 
 def travel() -> CachedTravel:
-    """The configured travel model (OSRM when COLDCHAIN_OSRM_URL is set), cached per day and depot."""
+    """The configured travel model (OSRM when COLDCHAIN_OSRM_URL is set), cached in this process's memory
+    and in the shared store (:func:`matrix_store`), namespaced by database."""
     global _travel
-    if _travel is None:
-        _travel = CachedTravel(travel_model(get_settings().osrm_url or None))
-    return _travel
+    settings = get_settings()
+    config = (settings.osrm_url, settings.broker_url, str(settings.data_dir), settings.sqlalchemy_url)
+    if _travel is None or _travel[0] != config:
+        namespace = hashlib.sha1(settings.sqlalchemy_url.encode()).hexdigest()[:12]
+        _travel = (config, CachedTravel(travel_model(settings.osrm_url or None), store=matrix_store(),
+                                        namespace=namespace))
+    return _travel[1]
 
 
 def _secs(t: time) -> float:
     return t.hour * 3600 + t.minute * 60 + t.second
-
-
-def local_at(day: date, seconds: float) -> datetime:
-    """Seconds since local midnight of `day` as an aware UTC datetime."""
-    midnight = datetime.combine(day, time(0), tzinfo=get_settings().tz)
-    return (midnight + timedelta(seconds=float(seconds))).astimezone(UTC)
-
-
-def local_hhmm(moment: datetime) -> str:
-    return moment.astimezone(get_settings().tz).strftime("%H:%M")
 
 
 @dataclass
@@ -220,28 +235,49 @@ def depots_of_day(session: Session, day: date) -> list[str]:
 
 def plan_depot(day: date, depot_code: str, time_limit: float, actor: str = "system", workers: int = 1,
                progress: Callable[[float], None] | None = None,
-               sessions: Callable[[], AbstractContextManager[Session]] | None = None) -> dict:
-    """Read, solve, store one depot's day: three steps, no transaction held while the solver runs."""
+               sessions: Callable[[], AbstractContextManager[Session]] | None = None,
+               started: float | None = None) -> dict:
+    """Read, solve, store one depot's day: three steps, no transaction held while the solver runs.
+
+    ``started`` (``time.monotonic()``, default now) is when the caller's clock for ``time_limit``
+    began, e.g. when the Celery task started: the solver gets what is left of the limit after
+    reading, so the plan is stored within the limit plus the store step.
+    """
     from core.db import session_scope
 
+    t0 = clock.monotonic() if started is None else started
     scope = sessions or session_scope
-    with scope() as session:
+    cache = travel()
+    before = (cache.builds, cache.shared_hits, cache.hits, cache.build_seconds)
+    # the read step takes no write lock (SQLite's is taken at BEGIN by writing sessions): a task reading
+    # its depot does not wait for another task storing its plan
+    with (sessions() if sessions else session_scope(write=False)) as session:
         depot = session.scalar(select(Node).where(Node.code == depot_code))
         if depot is None:
             raise ValueError(f"unknown depot {depot_code}")
         problem, orders, vans = build_problem(session, day, depot, time_limit)
         order_ids = {ref: o.id for ref, o in orders.items()}
+    t_read = clock.monotonic()
+    problem.time_limit = max(MIN_SOLVE_S, float(time_limit) - (t_read - t0))
     solution = solver.solve(problem, workers=workers, progress=progress)
+    t_solve = clock.monotonic()
     with scope() as session:
         depot = session.scalar(select(Node).where(Node.code == depot_code))
         orders = {o.ref: o for o in session.scalars(select(Order).where(Order.id.in_(order_ids.values())))}
         vans = {v.code: v for v in session.scalars(select(Vehicle).where(Vehicle.depot_id == depot.id))}
         plan = store_solution(session, day, depot, solution, orders, vans, actor, time_limit)
-        return {"depot": depot_code, "plan": plan.id, "routes": len(plan.routes),
-                "vans": solution.vehicles_used, "trips": solution.trips,
-                "stops": sum(len(r.visits) for r in solution.routes), "unserved": len(solution.unserved),
-                "distance_km": round(solution.distance / 1000, 2), "cost": round(solution.cost, 2),
-                "seconds": round(solution.seconds, 2)}
+        out = {"depot": depot_code, "plan": plan.id, "routes": len(plan.routes),
+               "vans": solution.vehicles_used, "trips": solution.trips,
+               "stops": sum(len(r.visits) for r in solution.routes), "unserved": len(solution.unserved),
+               "distance_km": round(solution.distance / 1000, 2), "cost": round(solution.cost, 2),
+               "seconds": round(solution.seconds, 2), "strategy": solution.strategy,
+               "matrices": {"built": cache.builds - before[0], "shared": cache.shared_hits - before[1],
+                            "memory": cache.hits - before[2]},
+               "timing": {"matrix": round(cache.build_seconds - before[3], 3),
+                          "read": round(t_read - t0, 3), "solve": round(t_solve - t_read, 3)}}
+    out["timing"]["store"] = round(clock.monotonic() - t_solve, 3)  # with the commit
+    out["timing"]["total"] = round(clock.monotonic() - t0, 3)
+    return out
 
 
 def day_routes(session: Session, day: date) -> dict:

@@ -701,6 +701,11 @@ def solve(problem: Problem, workers: int | None = None,
         best = _portfolio(problem, active, configs, workers, limit, t0, initial, ctx, progress)
     if progress:
         progress(1.0)
+    if best is None and active and problem.vehicles:
+        # the time limit ended before any first plan (a big depot, a limit of a second or two): rather a
+        # plan after the limit than none; the wall holds whenever the limit leaves time for a first plan
+        best = _search(problem, active, replace(configs[0], metaheuristic="GREEDY_DESCENT"), max(1.0, limit),
+                       initial, f"{configs[0].first_solution} (first plan, after the time limit)")
     if best is None:
         # no plan at all (e.g. locks that cannot be honoured): report every stop
         for i in active:
@@ -759,8 +764,10 @@ def _portfolio(problem, active, configs, workers, limit, t0, initial, ctx, progr
         # from PCI serves 17 of 24 orders and ILS from LCI 22, at 3 s and at 10 s alike.
         phase1_configs = configs[:2]
     if budget < MIN_PORTFOLIO_SECONDS * max(1, workers) / 2:
-        # short budget: one configuration per worker, for the whole budget
+        # short budget: one configuration per worker, for the whole budget (in one process, the first
+        # alone: halving a second or two leaves a flagship's many trips no time for a first plan)
         per, refine = budget, False
+        phase1_configs = phase1_configs[:workers]
     else:
         per, refine = budget * PORTFOLIO_SHARE, True
     if workers == 1:

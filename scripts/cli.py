@@ -258,7 +258,9 @@ def allocate(
 @app.command()
 def plan(
     day: DateOpt,
-    time_limit: Annotated[float, typer.Option("--time-limit", help="seconds per depot")] = 10.0,
+    time_limit: Annotated[float, typer.Option(
+        "--time-limit", help="seconds per depot, a wall: each depot's plan is stored within it plus a fraction "
+                             "of a second, counted from its task's start (README 'Time limit')")] = 10.0,
     local_workers: Annotated[int | None, typer.Option(
         help="Celery worker processes to start for this run (default: 2 on embedded defaults, 0 with a broker)")]
     = None,

@@ -31,6 +31,7 @@ the pick lists again records nothing), so calling them again after a retry is sa
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from datetime import date, datetime
 from pathlib import Path
@@ -70,10 +71,15 @@ def cancel_order(session: Session, order: Order, actor: str, reason: str | None 
 
 
 def plan_depot_flow(day: date, depot: str, time_limit: float, actor: str = "system", workers: int = 1,
-                    progress: Callable[[float], None] | None = None) -> dict:
-    """Plan one depot's day, then update the vans' cargo limits."""
-    out = plan_depot(day, depot, time_limit, actor=actor, workers=workers, progress=progress)
+                    progress: Callable[[float], None] | None = None, started: float | None = None) -> dict:
+    """Plan one depot's day, then update the vans' cargo limits. ``started``: when the caller's clock for
+    ``time_limit`` began (routing.service.plan_depot); the result's ``timing`` adds the rules' update."""
+    t0 = time.monotonic() if started is None else started
+    out = plan_depot(day, depot, time_limit, actor=actor, workers=workers, progress=progress, started=t0)
+    t_rules = time.monotonic()
     tell_the_rules()
+    out["timing"]["rules"] = round(time.monotonic() - t_rules, 3)
+    out["timing"]["total"] = round(time.monotonic() - t0, 3)
     return out
 
 

@@ -1,6 +1,6 @@
 """The pure half of re-planning: what stays, what moves, and what the diff says, on hand-built snapshots.
 
-No database here: ``routing.replan.merge`` takes the snapshot the read step would have made and the
+No database here: ``routing.replan_merge.merge`` takes the snapshot the read step would have made and the
 solver's result, and returns plain data. The stored side is covered by tests/routing/test_replan.py.
 """
 
@@ -9,9 +9,9 @@ from __future__ import annotations
 import itertools
 from datetime import datetime
 
-from core.timeutil import local_tomorrow
+from core.timeutil import local_at, local_hhmm, local_tomorrow
 from routing import solver
-from routing.replan import (
+from routing.replan_merge import (
     OrderEventDraft,
     RouteDraft,
     _Order,
@@ -23,7 +23,7 @@ from routing.replan import (
     cancel_order,
     merge,
 )
-from routing.service import SERVICE_S, local_at, local_hhmm
+from routing.service import SERVICE_S
 
 DAY = local_tomorrow()
 DEPOT = "FS-01"

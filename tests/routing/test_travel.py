@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import uuid
 from pathlib import Path
 
 import httpx
@@ -10,8 +12,19 @@ import numpy as np
 import pytest
 from geopy.distance import geodesic
 
-from routing.travel import CachedTravel, GeodesicTravel, OsrmError, OsrmTravel, TravelModel, travel_model
-from tests.support import DAY, after
+from core.geo import geodesic_matrix
+from routing.travel import (
+    CachedTravel,
+    FileMatrixStore,
+    GeodesicTravel,
+    OsrmError,
+    OsrmTravel,
+    RedisMatrixStore,
+    TravelModel,
+    fast_geodesic_matrix,
+    travel_model,
+)
+from tests.support import DAY, after, free_port
 
 DATA = Path(__file__).parent / "data"
 CHENGDU = [(30.6571, 104.0662), (30.6122, 104.0691), (30.6897, 104.0311)]
@@ -114,3 +127,72 @@ def test_cache_is_keyed_by_day_depot_and_points():
     assert len(calls) == 4
     with pytest.raises(ValueError):
         a[0][0, 1] = 1.0  # cached matrices are read-only
+
+
+def test_fast_matrix_agrees_with_vincenty_on_city_and_far_pairs():
+    """The local-radii formula on a city's pairs, Vincenty on the far ones: both within 2e-5 of the exact geodesic."""
+    rng = np.random.default_rng(3)
+    pts = [(30.66 + rng.uniform(-0.3, 0.3), 104.07 + rng.uniform(-0.3, 0.3)) for _ in range(300)]
+    pts += [(31.5, 104.07), (39.9, 116.4), (30.66, 104.07)]  # 93 km north, Beijing, a duplicate of the centre
+    fast = fast_geodesic_matrix(pts)
+    exact = geodesic_matrix(pts)
+    assert fast.shape == (303, 303) and np.all(np.diag(fast) == 0.0)
+    rel = np.abs(fast - exact) / np.where(exact > 0, exact, 1.0)
+    assert rel.max() < 2e-5
+    assert np.allclose(fast, fast.T)
+
+
+class _Counting(GeodesicTravel):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def matrix(self, points, speed_kmh):  # noqa: ANN001, ANN201
+        self.calls += 1
+        return super().matrix(points, speed_kmh)
+
+
+def _stores(tmp_path: Path) -> dict:
+    stores = {"file": FileMatrixStore(tmp_path / "matrices")}
+    url = os.environ.get("COLDCHAIN_BROKER_URL", "")
+    if url.startswith("redis://"):
+        stores["redis"] = RedisMatrixStore(url)
+    return stores
+
+
+@pytest.mark.parametrize("kind", ["file", "redis"])
+def test_a_second_process_reads_the_days_matrix_from_the_shared_store(tmp_path: Path, kind: str):
+    """Two caches over one store stand for two worker processes: what the first built, the second reads."""
+    store = _stores(tmp_path).get(kind)
+    if store is None:
+        pytest.skip("the Redis store is tested in the run with COLDCHAIN_BROKER_URL=redis://…")
+    namespace = uuid.uuid4().hex[:12]  # a database of its own
+    one, two = _Counting(), _Counting()
+    first = CachedTravel(one, store=store, namespace=namespace)
+    second = CachedTravel(two, store=store, namespace=namespace)
+    a = first.matrix(CHENGDU, 30.0, day=str(DAY))
+    b = second.matrix(CHENGDU, 30.0, day=str(DAY))
+    assert (one.calls, first.builds, first.shared_hits) == (1, 1, 0)
+    assert (two.calls, second.builds, second.shared_hits) == (0, 0, 1)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    second.matrix(CHENGDU, 25.0, day=str(DAY))  # another speed is another matrix
+    other = CachedTravel(_Counting(), store=store, namespace=uuid.uuid4().hex[:12])
+    other.matrix(CHENGDU, 30.0, day=str(DAY))  # another database does not read this one's
+    assert (second.builds, other.builds) == (1, 1)
+
+
+def test_a_cache_that_is_down_costs_a_rebuild_not_the_plan(caplog):  # noqa: ANN001
+    model = _Counting()
+    cache = CachedTravel(model, store=RedisMatrixStore(f"redis://127.0.0.1:{free_port()}/0"), namespace="x")
+    seconds, _metres = cache.matrix(CHENGDU, 36.0, day=str(DAY))
+    assert model.calls == 1 and seconds[0, 1] > 0
+    assert "matrix cache read failed" in caplog.text and "matrix cache write failed" in caplog.text
+
+
+def test_the_file_store_forgets_old_days(tmp_path: Path):
+    store = FileMatrixStore(tmp_path, keep_days=2)
+    store.put("k-old", str(after(-5)), b"old")
+    store.put("k-new", str(DAY), b"new")
+    assert store.get("k-new", str(DAY)) == b"new"
+    assert store.get("k-old", str(after(-5))) is None
+    assert not (tmp_path / str(after(-5))).exists()
