@@ -45,7 +45,8 @@ def test_a_quality_officer_opens_the_worst_excursion_and_its_chart(page, base, m
         page.click("form.q-inline button[type=submit]")
     assert page.locator("#worst h2").inner_text().endswith(worst)
     loaded = page.evaluate("performance.getEntriesByType('navigation')[0].duration")
-    print(f"\nat-risk page of a {len(d.refs)}-stop van's day loaded in {loaded:.0f} ms (machine shared, not a benchmark)")
+    print(f"\nat-risk page of a {len(d.refs)}-stop van's day loaded in {loaded:.0f} ms "
+          "(machine shared, not a benchmark)")
     screenshot(page, "quality-at-risk")
     with page.expect_navigation():
         page.click("#worst a.q-button")  # the second click: the worst order's trace
