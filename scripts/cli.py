@@ -578,6 +578,10 @@ def demo(
     telemetry_minutes: Annotated[float | None, typer.Option(
         "--telemetry-minutes", help="simulate only the first N minutes of the vans' day (default: all of it)")]
     = None,
+    seed: Annotated[int, typer.Option(help="seed of the city, the incidents and the drivers' day (0: the sample's)")]
+    = 0,
+    speed: Annotated[float, typer.Option(help="at most this many simulated seconds per wall second (0: as fast as "
+                                              "the machine goes)", min=0)] = 1800.0,
     withhold_incident: Annotated[list[str] | None, typer.Option(
         "--withhold-incident", hidden=True,
         help="leave a staged incident (warming, door_left_open, hard_shock) out of the telemetry while still "
@@ -594,7 +598,7 @@ def demo(
         err.print(f"[red]--withhold-incident: unknown incident {', '.join(bad)} (one of {', '.join(WITHHOLDABLE)})")
         raise typer.Exit(2)
     raise typer.Exit(run_demo(output, orders, time_limit, telemetry_minutes=telemetry_minutes,
-                              withhold=withhold_incident or ()))
+                              withhold=withhold_incident or (), seed=seed, speed=speed))
 
 
 def check_settings() -> None:
