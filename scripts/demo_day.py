@@ -203,8 +203,8 @@ def stage_drivers(session, day: date, seed: int) -> tuple[Staged, dict[str, str]
     from warehouses.models import Driver, Product, Vehicle
 
     rows = session.execute(
-        select(Vehicle.code, Route.trip, Route.start_at, RouteStop.stop_id, RouteStop.arrive_at, RouteStop.depart_at,
-               Order.ref, Order.id)
+        select(Vehicle.code, Route.trip, Route.start_at, RouteStop.stop_id, RouteStop.arrive_at, RouteStop.service_at,
+               RouteStop.depart_at, Order.ref, Order.id)
         .join(Plan, Plan.id == Route.plan_id).join(Vehicle, Vehicle.id == Route.vehicle_id)
         .join(RouteStop, RouteStop.route_id == Route.id).join(Order, Order.id == RouteStop.order_id)
         .where(Plan.day == day, Plan.status == "current")
@@ -231,7 +231,9 @@ def stage_drivers(session, day: date, seed: int) -> tuple[Staged, dict[str, str]
             staged.trips += 1
             staged.actions.append(Action(r.start_at, r.code, "start", body={"date": day.isoformat(),
                                                                              "at": r.start_at.isoformat()}))
-        arrive, depart = r.arrive_at, max(r.depart_at, r.arrive_at + timedelta(minutes=1))
+        # at the door when the service starts (a van early for the window waits outside), gone at departure
+        arrive = r.service_at or r.arrive_at
+        depart = max(r.depart_at, arrive + timedelta(minutes=1))
         common = {"stop_id": r.stop_id, "order_ref": r.ref}
         staged.actions.append(Action(arrive, r.code, "arrived", **common,
                                      body={"type": "arrived", "at": arrive.isoformat()}))
