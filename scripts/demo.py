@@ -1,13 +1,17 @@
-"""`coldchain demo`: the day of a sample city on embedded defaults.
+"""`coldchain demo`: the day of a sample city on embedded defaults, run now on a simulated clock.
 
-Each stage prints what it did; files go under the output folder. Stages that later
-issues add (allocation, routing, telemetry, delivery, audit) plug in here.
+Stages: the city loaded; orders allocated, pick lists issued; every depot planned (Celery); the
+plan's exports; the day itself (scripts/demo_day.py: the clock steps through it while the vans
+publish telemetry over MQTT into the ingestor and the drivers report through the driver API over
+HTTP); quality staff acknowledge the alerts and look at the orders at risk; the audit chain is
+verified and the auditors' exports written; the day's HTML map (scripts/demo_map.py).
 
 Each stage also checks its outcome against what was staged, never against a number written
 here: the city's rows against the files the generator wrote, allocation and routing against
 the orders loaded, the stored samples, readings, rejects and alerts against what the
-simulator staged (multisets of (vehicle, compartment, kind)). Any difference is printed as
-a table of expected vs found, and `run_demo` returns 1 (the command's exit code).
+simulator staged (multisets of (vehicle, compartment, kind)), the stops, orders and delivery
+events against the drivers' staged day. Any difference is printed as a table of expected vs
+found, and `run_demo` returns 1 (the command's exit code).
 """
 
 from __future__ import annotations
@@ -171,8 +175,8 @@ class DayResult:
     lines: list[str] = field(default_factory=list)
 
 
-def day_stage(day, output: Path, problems: list[str], api: str, seed: int, speed: float,  # noqa: ANN001, C901
-              minutes: float | None = None, withhold: Sequence[str] = ()) -> DayResult:
+def day_stage(day, output: Path, problems: list[str], api: str, seed: int, speed: float,  # noqa: ANN001
+              withhold: Sequence[str] = ()) -> DayResult:
     """Drive the vans through the planned day on the simulated clock (scripts/demo_day.py).
 
     Checked against what was staged: samples stored per van, readings none lost and none stored
@@ -210,21 +214,20 @@ def day_stage(day, output: Path, problems: list[str], api: str, seed: int, speed
             raise RuntimeError(f"no van has a route on {day}: nothing to drive")
         vans, start, end, n_routes, notes = load_fleet(session, day, out_today)
         staged, drivers = demo_day.stage_drivers(session, day, seed)
-    if minutes is not None:
-        end = min(end, start + timedelta(minutes=minutes))
-        staged.actions = [a for a in staged.actions if a.at <= end]
     with session_scope() as session:
         demo_day.ensure_logins(session, drivers)
+    t0 = time.perf_counter()
     sim = Simulation(vans, start, end, seed=seed, scenario=Scenario(garbage=True, on_trips=True), withhold=withhold)
     expected = sim.expected
     messages = sim.messages()
+    built = time.perf_counter() - t0
     notes += [f"incident not staged: {s}" for s in expected.skipped]
     notes += [f"{kind} withheld from the stream but still expected" for kind in sorted(sim.withhold)]
     err.print(f"[bold]5. the day[/] {to_local(start):%Y-%m-%d %H:%M}–{to_local(end):%H:%M} local on the simulated "
               f"clock ({clock.path}): {len(vans)} vans ({n_routes} trips) publish {len(messages)} MQTT messages; "
               f"{len(drivers)} drivers send {len(staged.actions)} reports over HTTP ({len(staged.failed)} failed "
               f"stops, {len(staged.damaged)} damaged, {staged.retries} sent twice); speed "
-              f"{'max' if speed <= 0 else f'{speed:g}x'}")
+              f"{'max' if speed <= 0 else f'{speed:g}x'} (telemetry generated in {built:.1f} s)")
     for note in notes:
         err.print(f"  [yellow]{note}")
 
@@ -248,8 +251,11 @@ def day_stage(day, output: Path, problems: list[str], api: str, seed: int, speed
         stack.callback(ingestor.stop_event.set)
         if not ingestor.connected.wait(15):
             raise RuntimeError(f"the ingestor could not connect to {url}")
+        t0 = time.perf_counter()
         phones = demo_day.Drivers(http, drivers, day)
         phones.fetch_routes(staged)
+        err.print(f"  {len(phones.clients)} drivers logged in and fetched their routes in "
+                  f"{time.perf_counter() - t0:.1f} s")
         publisher = FleetPublisher(url, [v.code for v in vans], f"{seed}-{int(time.time() * 1000) % 10**8}")
         stack.callback(publisher.close)
         columns = (TextColumn("[bold]{task.description}"), BarColumn(), TimeElapsedColumn())
@@ -257,15 +263,17 @@ def day_stage(day, output: Path, problems: list[str], api: str, seed: int, speed
             task = bar.add_task("the day", total=(end - start).total_seconds())
             margin = timedelta(minutes=5)
             busy = [(a - margin, b + margin) for v in vans for a, b in v.trips]
+            t0 = time.perf_counter()
             day_problems += demo_day.run_day(clock, ingestor, publisher, messages, phones, staged.actions, start,
                                              end, speed, bar, task, busy)
+            err.print(f"  the day ran in {time.perf_counter() - t0:.1f} s of wall time")
             # one more tick of the rule timer after the last sample (durations, silence): the clock moves on
             ticks = ingestor.stats.ticks
             clock.set(max(end, clock.now()) + timedelta(seconds=demo_day.TICK_S))
             deadline = time.monotonic() + 20
             while ingestor.stats.ticks <= ticks and time.monotonic() < deadline:
                 time.sleep(0.05)
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + 5
             while time.monotonic() < deadline and found_alerts() != staged_alerts:
                 time.sleep(0.25)
         result.drivers = phones.finish()
@@ -279,6 +287,8 @@ def day_stage(day, output: Path, problems: list[str], api: str, seed: int, speed
                                        .join(Vehicle, Vehicle.id == TelemetrySample.vehicle_id)
                                        .group_by(Vehicle.code)).all())
         readings = reading_counts(session, sim.valid_samples())
+        span = [(what, *session.execute(select(func.min(col), func.max(col))).one())
+                for what, col in (("stamped", TelemetrySample.ts), ("received", TelemetrySample.received_at))]
     (output / "alerts.json").write_text(json.dumps(alerts, ensure_ascii=False, indent=1))
     out.print(alerts_table(alerts))
     found = [(a["vehicle"], a["compartment"], a["kind"]) for a in alerts]
@@ -293,6 +303,8 @@ def day_stage(day, output: Path, problems: list[str], api: str, seed: int, speed
     sample_table, sample_problems = compare_staged("sample", ("vehicle",), expected.samples_by_vehicle, per_van,
                                                    show="differences")
     reading_problems = [] if readings.ok else [f"readings: {readings}"]
+    reading_problems += [f"samples off the planned day: {what} {lo} to {hi}" for what, lo, hi in span
+                         if {to_local(lo).date(), to_local(hi).date()} != {day}]
     out.print(alert_table)
     problems += _stage_check("the day", day_problems + sample_problems + reading_problems + reject_problems
                              + alert_problems, sample_table)
@@ -476,8 +488,8 @@ def audit_stage(day, output: Path, problems: list[str], worst: str | None) -> di
     return {"verified": verdict.ok, "records": verdict.records, "fsma_rows": max(0, fsma.count(b"\n") - 1)}
 
 
-def run_demo(output: Path, n_orders: int = 300, time_limit: float = 3.0, telemetry_minutes: float | None = None,
-             withhold: Sequence[str] = (), seed: int = 0, speed: float = 1800.0) -> int:
+def run_demo(output: Path, n_orders: int = 300, time_limit: float = 3.0, withhold: Sequence[str] = (),
+             seed: int = 0, speed: float = 1800.0) -> int:
     """Run the day; 0 when every stage's outcome is what was staged, else 1 (each difference printed)."""
     from core.timeutil import local_datetime, local_tomorrow, parse_hhmm
     from scripts import demo_day
@@ -523,16 +535,17 @@ def run_demo(output: Path, n_orders: int = 300, time_limit: float = 3.0, telemet
         mark = time.perf_counter()
 
     lap("1. city")
-    lines += allocate_stage(day, output, problems)
-    lap("2. allocation")
-    lines += plan_stage(day, output, time_limit, problems)
-    lap("3. routes")
-    lines += exports_stage(day, output, problems)
-    lap("4. exports")
-    with demo_day.api_server(output) as api:
+    with demo_day.ApiServer(output) as server:  # starting while the day is planned
+        lines += allocate_stage(day, output, problems)
+        lap("2. allocation")
+        lines += plan_stage(day, output, time_limit, problems)
+        lap("3. routes")
+        lines += exports_stage(day, output, problems)
+        lap("4. exports")
+        api = server.ready()
         err.print(f"API (uvicorn) at {api} on the simulated clock; its log in {output / 'api.log'}")
         lap("API start")
-        result = day_stage(day, output, problems, api, seed, speed, telemetry_minutes, withhold)
+        result = day_stage(day, output, problems, api, seed, speed, withhold)
         lines += result.lines
         delivery_problems, deliveries = deliveries_check(day, result.staged)
         problems += _stage_check("deliveries", delivery_problems)

@@ -19,7 +19,6 @@ demo's checks against the database.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import socket
@@ -27,7 +26,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -75,41 +73,62 @@ def coldchain_argv() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-c", "from scripts.cli import main; main()"]
 
 
-@contextlib.contextmanager
-def api_server(output: Path) -> Iterator[str]:
+class ApiServer:
     """`coldchain serve` (uvicorn) on a free loopback port, on the demo's database and clock; its log in api.log.
 
-    Access tokens live a driver's shift here (720 minutes of the simulated clock, refreshed when they
-    run out): at 15 minutes, 20 drivers refreshing every few seconds of wall time would meet the
-    per-address rate limit of unauthenticated calls."""
-    port = _free_port()
-    env = {**os.environ, "COLDCHAIN_TOKEN_MINUTES": "720"}
-    log = (output / "api.log").open("wb")
-    proc = subprocess.Popen([*coldchain_argv(), "serve", "--host", "127.0.0.1", "--port", str(port)],
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
+    Started early (:meth:`start`), so that its imports overlap the planning, and awaited when needed
+    (:meth:`ready`). Access tokens live a driver's shift here (720 minutes of the simulated clock,
+    refreshed when they run out): at 15 minutes, 20 drivers refreshing every few seconds of wall
+    time would meet the per-address rate limit of unauthenticated calls."""
+
+    def __init__(self, output: Path) -> None:
+        self.output = output
+        self.url = ""
+        self.proc: subprocess.Popen | None = None
+        self._log = None
+
+    def start(self) -> ApiServer:
+        port = _free_port()
+        env = {**os.environ, "COLDCHAIN_TOKEN_MINUTES": "720"}
+        self._log = (self.output / "api.log").open("wb")
+        self.proc = subprocess.Popen([*coldchain_argv(), "serve", "--host", "127.0.0.1", "--port", str(port)],
+                                     env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    def ready(self, timeout: float = 90) -> str:
+        deadline = time.monotonic() + timeout
         while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the API server exited with {proc.returncode}; see {output / 'api.log'}")
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the API server exited with {self.proc.returncode}; see {self.output / 'api.log'}")
             try:
-                if httpx.get(f"{url}/api/v1/health", timeout=2).status_code == 200:
-                    break
+                if httpx.get(f"{self.url}/api/v1/health", timeout=2).status_code == 200:
+                    return self.url
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the API server did not answer within 60 s; see {output / 'api.log'}")
+                raise RuntimeError(f"the API server did not answer within {timeout:.0f} s; see "
+                                   f"{self.output / 'api.log'}")
             time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> ApiServer:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
 
 
 class ApiClient:
@@ -259,7 +278,10 @@ def stage_drivers(session, day: date, seed: int) -> tuple[Staged, dict[str, str]
     for a in rng.sample(staged.actions, min(3, len(staged.actions))):
         a.retry = True
     staged.retries = sum(a.retry for a in staged.actions)
-    return staged, drivers
+    # the drivers of the vans that go out, and one who stays at the depot (their route answers 404)
+    going = {a.van for a in staged.actions}
+    idle = sorted(set(drivers) - going)[:1]
+    return staged, {van: user for van, user in drivers.items() if van in going or van in idle}
 
 
 @dataclass
