@@ -20,7 +20,7 @@ PAGE = """<!DOCTYPE html>
  #map {{ position: absolute; top: 0; bottom: 0; left: 0; right: 320px; background: #f4f1ea; }}
  #side {{ position: absolute; top: 0; bottom: 0; right: 0; width: 320px; overflow: auto; padding: 8px;
          box-sizing: border-box; border-left: 1px solid #ccc; }}
- h1 {{ font-size: 16px; margin: 4px 0 8px; }} td {{ padding: 1px 4px; }} .bad {{ color: #b00; }}
+ h1 {{ font-size: 16px; margin: 4px 0 8px; }} td {{ padding: 1px 3px; font-size: 12px; }} .bad {{ color: #b00; }}
 </style></head><body>
 <div id="map"></div>
 <div id="side"><h1>{day}: the day as it ran</h1>
