@@ -176,7 +176,7 @@ class DayResult:
 
 
 def day_stage(day, output: Path, problems: list[str], api: str, seed: int, speed: float,  # noqa: ANN001
-              withhold: Sequence[str] = ()) -> DayResult:
+              withhold: Sequence[str] = (), withhold_reports: Sequence[str] = ()) -> DayResult:
     """Drive the vans through the planned day on the simulated clock (scripts/demo_day.py).
 
     Checked against what was staged: samples stored per van, readings none lost and none stored
@@ -223,6 +223,8 @@ def day_stage(day, output: Path, problems: list[str], api: str, seed: int, speed
     built = time.perf_counter() - t0
     notes += [f"incident not staged: {s}" for s in expected.skipped]
     notes += [f"{kind} withheld from the stream but still expected" for kind in sorted(sim.withhold)]
+    notes += [f"drivers' {kind} reports withheld but still expected" for kind in sorted(set(withhold_reports))]
+    sent_actions = [a for a in staged.actions if a.kind not in withhold_reports]
     err.print(f"[bold]5. the day[/] {to_local(start):%Y-%m-%d %H:%M}–{to_local(end):%H:%M} local on the simulated "
               f"clock ({clock.path}): {len(vans)} vans ({n_routes} trips) publish {len(messages)} MQTT messages; "
               f"{len(drivers)} drivers send {len(staged.actions)} reports over HTTP ({len(staged.failed)} failed "
@@ -264,7 +266,7 @@ def day_stage(day, output: Path, problems: list[str], api: str, seed: int, speed
             margin = timedelta(minutes=5)
             busy = [(a - margin, b + margin) for v in vans for a, b in v.trips]
             t0 = time.perf_counter()
-            day_problems += demo_day.run_day(clock, ingestor, publisher, messages, phones, staged.actions, start,
+            day_problems += demo_day.run_day(clock, ingestor, publisher, messages, phones, sent_actions, start,
                                              end, speed, bar, task, busy)
             err.print(f"  the day ran in {time.perf_counter() - t0:.1f} s of wall time")
             # one more tick of the rule timer after the last sample (durations, silence): the clock moves on
@@ -489,7 +491,7 @@ def audit_stage(day, output: Path, problems: list[str], worst: str | None) -> di
 
 
 def run_demo(output: Path, n_orders: int = 300, time_limit: float = 3.0, withhold: Sequence[str] = (),
-             seed: int = 0, speed: float = 1800.0) -> int:
+             seed: int = 0, speed: float = 1800.0, withhold_reports: Sequence[str] = ()) -> int:
     """Run the day; 0 when every stage's outcome is what was staged, else 1 (each difference printed)."""
     from core.timeutil import local_datetime, local_tomorrow, parse_hhmm
     from scripts import demo_day
@@ -545,7 +547,7 @@ def run_demo(output: Path, n_orders: int = 300, time_limit: float = 3.0, withhol
         api = server.ready()
         err.print(f"API (uvicorn) at {api} on the simulated clock; its log in {output / 'api.log'}")
         lap("API start")
-        result = day_stage(day, output, problems, api, seed, speed, withhold)
+        result = day_stage(day, output, problems, api, seed, speed, withhold, withhold_reports)
         lines += result.lines
         delivery_problems, deliveries = deliveries_check(day, result.staged)
         problems += _stage_check("deliveries", delivery_problems)

@@ -17,7 +17,10 @@ Device clocks: the ingestor rejects samples more than 5 minutes in the future, s
 that is not over yet (the demo plans tomorrow) cannot be published with its own dates.
 By default (``clock_shift_days=None``) the device clocks are set back by whole days,
 the fewest that keep every sample in the past when it is published; local times of day
-stay as planned. The shift is printed and returned.
+stay as planned. The shift is printed and returned. Under a simulated clock
+(``COLDCHAIN_CLOCK``, core/timeutil.py) "now" is that clock, so a day it stands on needs no
+shift; `coldchain demo` does not use this pacing at all: it steps the clock itself
+(scripts/demo_day.py) and publishes with :class:`FleetPublisher`.
 """
 
 from __future__ import annotations

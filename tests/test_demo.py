@@ -153,19 +153,31 @@ def test_demo_summary_is_what_the_database_holds(small_day) -> None:  # noqa: AN
 
 
 @pytest.mark.slow
-def test_demo_exits_1_and_names_the_alert_when_a_staged_incident_is_withheld(tmp_path: Path) -> None:
-    run = _demo(tmp_path, "--withhold-incident", "door_left_open")
+def test_demo_exits_1_and_names_what_differs_when_staged_outcomes_are_withheld(tmp_path: Path) -> None:
+    """A staged door incident left out of the stream and the staged failed reports left unsent: the demo names
+    the missing alert and the stops that are not failed, and exits 1."""
+    run = _demo(tmp_path, "--withhold-incident", "door_left_open", "--withhold-report", "failed")
     log = run.stdout + run.stderr
     assert run.returncode == 1, log[-4000:]
     assert "door_left_open withheld from the stream but still expected" in log
+    assert "drivers' failed reports withheld but still expected" in log
     missing = re.findall(r"the day: alert missing: vehicle (VAN-\d+), compartment (\w+), kind door "
                          r"\(staged 1, found 0\)", log)
-    assert missing and "coldchain demo FAILED: 1 difference(s)" in log, log[-4000:]
+    assert missing and "coldchain demo FAILED" in log, log[-4000:]
     alerts = json.loads((tmp_path / "out" / "alerts.json").read_text(encoding="utf-8"))
     assert (missing[0][0], missing[0][1], "door") not in {(a["vehicle"], a["compartment"], a["kind"]) for a in alerts}
+    not_failed = re.findall(r"deliveries: stop missing: order (\S+), status failed \(staged 1, found 0\)", log)
+    assert not_failed, log[-4000:]
+    with _db(tmp_path / "out").connect() as db:
+        for ref in not_failed:
+            assert db.execute(sa.text("select s.status from route_stops s join orders o on o.id = s.order_id "
+                                      "where o.ref = :ref"), {"ref": ref}).scalar_one() == "arrived"
+    assert "deliveries: delivery event missing: type failed" in log
 
 
 def test_demo_refuses_an_unknown_incident_to_withhold(tmp_path: Path) -> None:
     run = _demo(tmp_path, "--withhold-incident", "meteor")
     assert run.returncode == 2 and "unknown incident meteor" in run.stderr
     assert not (tmp_path / "out").exists()
+    run = _demo(tmp_path, "--withhold-report", "lunch")
+    assert run.returncode == 2 and "unknown report lunch" in run.stderr
