@@ -16,6 +16,7 @@ from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
 from core.settings import get_settings
+from core.timeutil import reset_clock
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -129,3 +130,4 @@ def reset_caches() -> None:
     get_engine.cache_clear()
     get_sessionmaker.cache_clear()
     get_settings.cache_clear()
+    reset_clock()

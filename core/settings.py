@@ -61,6 +61,19 @@ class Settings(BaseSettings):
     allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list, description=(
         "comma-separated Host names the API answers to (api.example.com); unset: any host"))
 
+    clock: str | None = Field(default=None, description=(
+        "unset: the real time; file:PATH: a simulated clock kept in PATH (coldchain demo), read by every "
+        "process given the same file"))
+
+    @field_validator("clock")
+    @classmethod
+    def _clock_spec(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if not value.startswith("file:") or len(value) <= len("file:"):
+            raise ValueError("COLDCHAIN_CLOCK must be file:PATH")
+        return value
+
     @field_validator("login_limit_per_user", "login_limit_per_address", "rate_limit_per_caller",
                      "rate_limit_per_address")
     @classmethod

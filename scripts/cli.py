@@ -620,9 +620,14 @@ def demo(
     output: Annotated[Path, typer.Option(help="where the demo writes its files")] = Path("demo-output"),
     orders: Annotated[int, typer.Option(help="orders to generate for tomorrow")] = 300,
     time_limit: Annotated[float, typer.Option("--time-limit", help="routing seconds per depot")] = 3.0,
-    telemetry_minutes: Annotated[float | None, typer.Option(
-        "--telemetry-minutes", help="simulate only the first N minutes of the vans' day (default: all of it)")]
-    = None,
+    seed: Annotated[int, typer.Option(help="seed of the city, the incidents and the drivers' day (0: the sample's)")]
+    = 0,
+    speed: Annotated[float, typer.Option(help="at most this many simulated seconds per wall second (0: as fast as "
+                                              "the machine goes)", min=0)] = 1800.0,
+    withhold_report: Annotated[list[str] | None, typer.Option(
+        "--withhold-report", hidden=True,
+        help="leave the drivers' reports of a kind (failed, damaged) unsent while still expecting what they do: "
+        "the demo must then fail")] = None,
     withhold_incident: Annotated[list[str] | None, typer.Option(
         "--withhold-incident", hidden=True,
         help="leave a staged incident (warming, door_left_open, hard_shock) out of the telemetry while still "
@@ -638,8 +643,12 @@ def demo(
     if bad:
         err.print(f"[red]--withhold-incident: unknown incident {', '.join(bad)} (one of {', '.join(WITHHOLDABLE)})")
         raise typer.Exit(2)
-    raise typer.Exit(run_demo(output, orders, time_limit, telemetry_minutes=telemetry_minutes,
-                              withhold=withhold_incident or ()))
+    bad = sorted(set(withhold_report or ()) - {"failed", "damaged"})
+    if bad:
+        err.print(f"[red]--withhold-report: unknown report {', '.join(bad)} (failed or damaged)")
+        raise typer.Exit(2)
+    raise typer.Exit(run_demo(output, orders, time_limit, withhold=withhold_incident or (), seed=seed, speed=speed,
+                              withhold_reports=withhold_report or ()))
 
 
 def check_settings() -> None:

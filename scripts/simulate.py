@@ -17,7 +17,10 @@ Device clocks: the ingestor rejects samples more than 5 minutes in the future, s
 that is not over yet (the demo plans tomorrow) cannot be published with its own dates.
 By default (``clock_shift_days=None``) the device clocks are set back by whole days,
 the fewest that keep every sample in the past when it is published; local times of day
-stay as planned. The shift is printed and returned.
+stay as planned. The shift is printed and returned. Under a simulated clock
+(``COLDCHAIN_CLOCK``, core/timeutil.py) "now" is that clock, so a day it stands on needs no
+shift; `coldchain demo` does not use this pacing at all: it steps the clock itself
+(scripts/demo_day.py) and publishes with :class:`FleetPublisher`.
 """
 
 from __future__ import annotations
@@ -88,6 +91,7 @@ def load_fleet(session, day: dt.date,  # noqa: ANN001
         starts.append(local_datetime(day, v.shift_start).astimezone(dt.UTC))
         ends.append(local_datetime(day, v.shift_end).astimezone(dt.UTC))
         stops: list[PlannedStop] = []
+        trips: list[tuple[dt.datetime, dt.datetime]] = []
         route_start = route_end = None
         for route in sorted(by_van.get(v.id, []), key=lambda r: r.start_at):
             route_start = min(route_start or route.start_at, route.start_at)
@@ -95,11 +99,12 @@ def load_fleet(session, day: dt.date,  # noqa: ANN001
             for s in route.stops:
                 used = tuple(sorted({line.product.temp_class for line in s.order.lines} & set(present)))
                 stops.append(PlannedStop(s.order.lat, s.order.lon, s.arrive_at, s.depart_at, used))
+            trips.append((route.start_at, max(s.depart_at for s in route.stops)))
         if route_start is not None:
             starts.append(route_start)
             ends.append(route_end)
         vans.append(VanSpec(v.code, v.device, (v.depot.lat, v.depot.lon), present, tuple(stops),
-                            route_start, route_end, cargo=cargo.get(v.id)))
+                            route_start, route_end, cargo=cargo.get(v.id), trips=tuple(trips)))
     if not vans:
         raise ValueError("no van with a telemetry device to simulate")
     return vans, min(starts), max(ends), sum(len(r) for r in by_van.values()), notes
@@ -142,6 +147,55 @@ def _client(url: str, code: str, tag: str):  # noqa: ANN202
     return client
 
 
+class FleetPublisher:
+    """One MQTT client per van (see the module docstring), connected; publish, then close.
+
+    ``close`` says ``offline`` for every van and returns how many status messages were sent."""
+
+    def __init__(self, mqtt_url: str, codes: Sequence[str], tag: str) -> None:
+        from telemetry.decoding import parse_topic
+
+        self._parse = parse_topic
+        self.url = mqtt_url
+        self.clients: dict[str, Any] = {}
+        self.infos: list[Any] = []
+        self.published = 0
+        try:
+            for code in codes:
+                self.clients[code] = _client(mqtt_url, code, tag)
+            deadline = time.monotonic() + 15
+            while not all(c.is_connected() and c.user_data_get()["online"] for c in self.clients.values()):
+                if time.monotonic() > deadline:
+                    raise ConnectionError(f"the broker at {mqtt_url} did not accept every van's connection")
+                time.sleep(0.02)
+        except BaseException:
+            self.close()
+            raise
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        self.infos.append(self.clients[self._parse(topic)].publish(topic, payload, qos=1))
+        self.published += 1
+
+    def wait(self, timeout: float = 60) -> None:
+        """Until the broker acknowledged every message published so far."""
+        for info in self.infos:
+            info.wait_for_publish(timeout)
+        self.infos.clear()
+
+    def close(self) -> int:
+        status = sum(client.user_data_get()["online"] for client in self.clients.values())
+        for code, client in self.clients.items():
+            try:
+                client.publish(status_topic(code), b"offline", qos=1, retain=True).wait_for_publish(5)
+                status += 1
+            except Exception:  # the broker may be gone; the will covers it
+                pass
+            client.disconnect()
+            client.loop_stop()
+        self.clients = {}
+        return status
+
+
 def simulate_fleet(mqtt_url: str, *, date: dt.date | dt.datetime, speed: float = 60.0,
                    vehicles: list[str] | None = None, seed: int = 0, garbage: bool = False,
                    incidents: bool = True, duration_min: float | None = None, console: Console | None = None,
@@ -162,7 +216,6 @@ def simulate_fleet(mqtt_url: str, *, date: dt.date | dt.datetime, speed: float =
 
     from core.db import session_scope
     from core.timeutil import to_local, utcnow
-    from telemetry.decoding import parse_topic
 
     if speed < 0:
         raise ValueError("speed must be >= 0")
@@ -203,18 +256,9 @@ def simulate_fleet(mqtt_url: str, *, date: dt.date | dt.datetime, speed: float =
         console.print(f"  [yellow]{note}")
 
     tag = f"{seed}-{int(time.time() * 1000) % 10**8}"
-    clients: dict[str, Any] = {}
-    infos = []
-    published = 0
     started = time.monotonic()
+    publisher = FleetPublisher(mqtt_url, [van.code for van in vans], tag)
     try:
-        for van in vans:
-            clients[van.code] = _client(mqtt_url, van.code, tag)
-        deadline = time.monotonic() + 15
-        while not all(c.is_connected() and c.user_data_get()["online"] for c in clients.values()):
-            if time.monotonic() > deadline:
-                raise ConnectionError(f"the broker at {mqtt_url} did not accept every van's connection")
-            time.sleep(0.02)
         columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         with Progress(*columns, console=console, transient=False) as bar:
             task = bar.add_task("telemetry", total=len(messages))
@@ -224,27 +268,18 @@ def simulate_fleet(mqtt_url: str, *, date: dt.date | dt.datetime, speed: float =
                     wait = (m.at - start).total_seconds() / speed - (time.monotonic() - started)
                     if wait > 0:
                         time.sleep(wait)
-                code = parse_topic(m.topic)
-                infos.append(clients[code].publish(m.topic, m.payload, qos=1))
-                published += 1
+                publisher.publish(m.topic, m.payload)
+                published = publisher.published
                 if time.monotonic() - last_update > 0.1:
                     last_update = time.monotonic()
                     bar.update(task, completed=published,
                                description=f"telemetry {to_local(m.at - dt.timedelta(days=shift)):%H:%M}")
             bar.update(task, completed=published, description="waiting for acks")
-            for info in infos:
-                info.wait_for_publish(60)
+            publisher.wait()
             bar.update(task, description="telemetry sent")
     finally:
-        status = sum(client.user_data_get()["online"] for client in clients.values())
-        for code, client in clients.items():
-            try:
-                client.publish(status_topic(code), b"offline", qos=1, retain=True).wait_for_publish(5)
-                status += 1
-            except Exception:  # the broker may be gone; the will covers it
-                pass
-            client.disconnect()
-            client.loop_stop()
+        status = publisher.close()
+    published = publisher.published
     seconds = time.monotonic() - started
     console.print(f"published {published} telemetry messages and {status} status messages in {seconds:.1f} s; "
                   f"expected: {expected.samples} samples, {expected.rejects} rejects, "

@@ -45,6 +45,8 @@ ALERT_TOPIC = "coldchain/v1/alerts/{vehicle}"
 @dataclass
 class IngestStats:
     received: int = 0
+    handled: int = 0  # messages committed (stored, duplicate or rejected) and acknowledged
+    ticks: int = 0
     stored: int = 0
     duplicates: int = 0
     rejected: int = 0
@@ -170,6 +172,7 @@ class Ingestor:
             if p.qos > 0 and p.message.mid is not None:
                 self.client.ack(p.message.mid, p.qos)
         self.stats.batches += 1
+        self.stats.handled += len(batch)
         self.stats.stored += outcome.stored
         self.stats.duplicates += outcome.duplicates
         self.stats.rejected += outcome.rejected
@@ -194,6 +197,7 @@ class Ingestor:
                     continue
                 if p.qos > 0 and p.message.mid is not None:
                     self.client.ack(p.message.mid, p.qos)
+                self.stats.handled += 1
 
     def _publish(self, alerts: list[dict]) -> None:
         for alert in alerts:
@@ -206,10 +210,15 @@ class Ingestor:
             if self.on_tick is not None:
                 self.on_tick(session)
             alerts = tick_all(session, self.engine)
+        self.stats.ticks += 1
         self._publish(alerts)
 
     def writer(self) -> None:
-        last_tick = 0.0
+        """Store batches as they come; every ``tick_every`` seconds *of the clock* run the rule timer.
+
+        The clock is core.timeutil's: the real time, or a simulated one (the demo), whose seconds
+        may pass faster than the wall's or stand still between the steps that move it."""
+        last_tick = None
         while not self.stop_event.is_set() or not self.inbox.empty():
             batch = self._next_batch()
             if batch:
@@ -218,8 +227,9 @@ class Ingestor:
                 except Exception:
                     log.exception("batch of %d messages failed; storing them one by one", len(batch))
                     self._store_one_by_one(batch)
-            if self.tick_every and time.monotonic() - last_tick >= self.tick_every:
-                last_tick = time.monotonic()
+            now = utcnow()
+            if self.tick_every and (last_tick is None or not 0 <= (now - last_tick).total_seconds() < self.tick_every):
+                last_tick = now
                 try:
                     self._tick()
                 except Exception:

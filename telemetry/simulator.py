@@ -45,6 +45,13 @@ Scenario switches (:class:`Scenario`); each incident goes to a van picked by the
   sample whose chilled (or first) temperature reads 500 °C (a real sample slot: that
   sample is rejected whole, so it is not among the valid samples).
 
+``on_trips`` (a day run on a simulated clock, `coldchain demo`): every incident falls inside one of
+its van's trips (``VanSpec.trips``), while goods are aboard and the van is watched; the warming
+crosses the compartment class's default limit (so it alerts whatever the rules know the van
+carries at that moment: cargo limits loosen as stops are delivered), and the signal loss is
+expected to raise a ``silence`` alert (20 minutes without a message are 20 minutes for the rules
+too when the whole system reads the same simulated clock).
+
 Incidents on one van never overlap, the sample just before a signal loss has its
 doors closed and temperatures normal (the rules carry a reading forward over a hole),
 and the last two minutes of the span are quiet, so the expected alerts are exact.
@@ -135,6 +142,8 @@ class VanSpec:
     # what it carries: {class: {"min_c", "max_c", "skus"}}, as the rules know it (RuleConfig.for_cargo);
     # normal running stays inside these tighter limits and staged excursions cross them
     cargo: dict[str, dict[str, Any]] | None = field(default=None, hash=False, compare=False)
+    # the van's trips as (leaves the depot, last stop done): it is watched for silence then
+    trips: tuple[tuple[datetime, datetime], ...] = ()
 
     def __post_init__(self) -> None:
         bad = [c for c in self.compartments if c not in COMPARTMENTS]
@@ -154,6 +163,7 @@ class Scenario:
     signal_loss: bool = True
     duplicates: bool = True
     garbage: bool = False
+    on_trips: bool = False
 
     @classmethod
     def quiet(cls) -> Scenario:
@@ -507,21 +517,39 @@ class Simulation:
         def limits(day: _VanDay) -> Mapping[str, float]:
             return self.rules.for_cargo(day.spec.cargo).temp_max_c
 
+        def on_trip(length: timedelta, ok=None):  # noqa: ANN001, ANN202
+            """With ``on_trips``: the incident's whole slot inside one trip of the van (and ``ok``)."""
+            if not sc.on_trips:
+                return ok
+            margin = timedelta(minutes=2)
+
+            def inside(day: _VanDay, t0: datetime) -> bool:
+                return (any(a + margin <= t0 and t0 + length + margin <= b for a, b in day.spec.trips)
+                        and (ok is None or ok(day, t0)))
+            return inside
+
+        if sc.on_trips:
+            order = [d for d in order if d.spec.trips]
         eligible = [d for d in order if with_temp_class(d) in limits(d)]
         # an excursion over the van's limit: long enough to alert (warming) or not (blip)
         for kind, out_for, alert in (("warming", WARMING_OUT, "temperature"), ("blip", BLIP_OUT, None)):
             if not getattr(sc, kind):
                 continue
-            got = pick(kind, RAMP + out_for + RAMP + timedelta(minutes=3), eligible)
+            length = RAMP + out_for + RAMP + timedelta(minutes=3)
+            got = pick(kind, length, eligible, ok=on_trip(length))
             if got:
                 day, t0 = got
                 cls = with_temp_class(day)
                 a = t0 + RAMP
+                limit = limits(day)[cls]
+                if sc.on_trips and kind == "warming":  # over any limit the rules may hold then
+                    limit = max(limit, self.rules.temp_max_c.get(cls, limit))
                 if kind not in self.withhold:
-                    day.temp_incidents.append((cls, a, a + out_for, limits(day)[cls]))
+                    day.temp_incidents.append((cls, a, a + out_for, limit))
                 self._incident(kind, day, cls, a, a + out_for, alert=alert)
         if sc.door_left_open:
-            got = pick("door_left_open", DOOR_LEFT_OPEN + timedelta(minutes=3), order)
+            got = pick("door_left_open", DOOR_LEFT_OPEN + timedelta(minutes=3), order,
+                       ok=on_trip(DOOR_LEFT_OPEN + timedelta(minutes=3)))
             if got:
                 day, t0 = got
                 cls = with_temp_class(day)
@@ -532,10 +560,11 @@ class Simulation:
                     day.doors[cls].append((a, b))
                 self._incident("door_left_open", day, cls, a, b, alert="door")
         if sc.hard_shock:
-            got = pick("hard_shock", timedelta(minutes=2), order, ok=lambda d, t: d.driving_at(t))
+            got = pick("hard_shock", timedelta(minutes=2), order,
+                       ok=on_trip(timedelta(minutes=2), lambda d, t: d.driving_at(t)))
             if got is None and self.expected.skipped and self.expected.skipped[-1].startswith("hard_shock: no van"):
                 self.expected.skipped.pop()  # no van drives at a free moment: take any free moment
-                got = pick("hard_shock", timedelta(minutes=2), order)
+                got = pick("hard_shock", timedelta(minutes=2), order, ok=on_trip(timedelta(minutes=2)))
             if got:
                 day, t0 = got
                 i = self._index_at(day, t0)
@@ -552,14 +581,16 @@ class Simulation:
                 return not any(day.door_open(c, before) or day.door_open(c, before - timedelta(minutes=1))
                                for c in day.spec.compartments)
 
-            got = pick("signal_loss", SIGNAL_LOSS + timedelta(minutes=2), order, ok=clean_before)
+            got = pick("signal_loss", SIGNAL_LOSS + timedelta(minutes=2), order,
+                       ok=on_trip(SIGNAL_LOSS + timedelta(minutes=2), clean_before))
             if got:
                 day, t0 = got
                 i = self._index_at(day, t0)
                 j = self._index_at(day, t0 + SIGNAL_LOSS)
                 if j < len(day.times) and j > i:
                     day.loss = (i, j)
-                    self._incident("signal_loss", day, None, day.times[i], day.times[j - 1], alert=None)
+                    self._incident("signal_loss", day, None, day.times[i], day.times[j - 1],
+                                   alert="silence" if sc.on_trips else None)
         if sc.garbage:
             self._stage_garbage(rng)
         if sc.duplicates:

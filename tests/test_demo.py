@@ -1,6 +1,6 @@
-"""`coldchain demo`: a short day end to end on embedded defaults exits 0 and writes its files; an
-outcome that differs from what was staged (an alert missing, one not staged) makes it say so and
-exit non-zero."""
+"""`coldchain demo`: a small day end to end on embedded defaults exits 0, writes its files, and prints a
+summary that is what its database holds; an outcome that differs from what was staged (an alert
+missing) makes it say so and exit non-zero."""
 
 from __future__ import annotations
 
@@ -8,15 +8,18 @@ import json
 import os
 import re
 import subprocess
+from datetime import UTC, date, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
+import sqlalchemy as sa
 
 from scripts.demo import compare_staged
 from tests.conftest import coldchain_cmd
 
-# a short day: few orders, a second per depot, the first two hours of the vans' telemetry
-SHORT_DAY = ["--orders", "20", "--time-limit", "1", "--telemetry-minutes", "120"]
+# a small day: few orders, a second per depot, the clock as fast as the machine goes
+SMALL_DAY = ["--orders", "20", "--time-limit", "1", "--speed", "0"]
 
 
 def test_compare_staged_names_what_is_missing_and_what_was_not_staged() -> None:
@@ -38,52 +41,143 @@ def test_compare_staged_names_what_is_missing_and_what_was_not_staged() -> None:
 
 def _demo(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items()
-           if k not in ("COLDCHAIN_DATABASE_URL", "COLDCHAIN_MQTT_URL", "COLDCHAIN_BROKER_URL", "COLDCHAIN_DATA_DIR")}
-    return subprocess.run([*coldchain_cmd(), "demo", "--output", str(tmp_path / "out"), *SHORT_DAY, *extra],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+           if k not in ("COLDCHAIN_DATABASE_URL", "COLDCHAIN_MQTT_URL", "COLDCHAIN_BROKER_URL", "COLDCHAIN_DATA_DIR",
+                        "COLDCHAIN_CLOCK")}
+    return subprocess.run([*coldchain_cmd(), "demo", "--output", str(tmp_path / "out"), *SMALL_DAY, *extra],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+
+
+def _db(out: Path) -> sa.Engine:
+    return sa.create_engine(f"sqlite:///{out / 'coldchain.db'}")
+
+
+def _printed(stdout: str, figure: str) -> int:
+    """A figure of the summary table the demo printed."""
+    found = re.findall(rf"│ {re.escape(figure)} +│ (\w+) +│", stdout)
+    assert len(found) == 1, (figure, stdout[-3000:])
+    return {"yes": 1, "NO": 0}.get(found[0]) if found[0] in ("yes", "NO") else int(found[0])
+
+
+@pytest.fixture(scope="module")
+def small_day(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess, Path]:
+    tmp = tmp_path_factory.mktemp("demo")
+    return _demo(tmp), tmp / "out"
 
 
 @pytest.mark.slow
-def test_demo_short_day_exits_0_and_writes_its_files(tmp_path: Path) -> None:
-    run = _demo(tmp_path)
+def test_demo_small_day_exits_0_and_writes_its_files(small_day) -> None:  # noqa: ANN001
+    run, out = small_day
     log = run.stdout + run.stderr
-    assert run.returncode == 0, log[-4000:]
-    assert "FAILED" not in log and "incident not staged" not in log, log[-4000:]
-    out = tmp_path / "out"
+    assert run.returncode == 0, log[-6000:]
+    assert "FAILED" not in log and "incident not staged" not in log and "clocks set back" not in log, log[-4000:]
     for name in ("nodes.csv", "products.csv", "stock.csv", "vehicles.csv", "drivers.csv", "orders.csv"):
         assert (out / "scenario" / name).stat().st_size > 0
     plan = json.loads((out / "plan.json").read_text(encoding="utf-8"))
     allocations = json.loads((out / "allocations.json").read_text(encoding="utf-8"))
     assert plan["allocations"] == allocations["allocations"] and plan["routes"]
-    assert isinstance(json.loads((out / "transfers.json").read_text()), list)
-    assert isinstance(json.loads((out / "demand.json").read_text()), list)
     assert (out / "picklists.pdf").read_bytes().startswith(b"%PDF")
-    assert (out / "routes.png").read_bytes().startswith(b"\x89PNG")
     for van in {r["vehicle"] for r in plan["routes"]}:
         assert json.loads((out / "routes" / f"{van}.geojson").read_text())["type"] == "FeatureCollection"
         assert (out / "routes" / f"{van}.pdf").read_bytes().startswith(b"%PDF")
-    alerts = json.loads((out / "alerts.json").read_text(encoding="utf-8"))
-    # the demo compared them with what was staged (exit 0); here: the table it printed says so, row by row
-    table = re.findall(r"│ (VAN-\d+) +│ (\S+) +│ (\w+) +│ (\d+) +│ (\d+) +│ ok +│", run.stdout)
-    assert sorted((v, None if c == "—" else c, k) for v, c, k, _s, _f in table) == sorted(
-        (a["vehicle"], a["compartment"], a["kind"]) for a in alerts)
-    assert alerts and all(s == f for *_k, s, f in table)
+    # the HTML map works offline: Leaflet beside it, nothing fetched from the network
+    page = (out / "map.html").read_text(encoding="utf-8")
+    assert 'src="leaflet/leaflet.js"' in page and "http://" not in page and "https://" not in page
+    assert (out / "leaflet" / "leaflet.js").stat().st_size > 100_000 and (out / "leaflet" / "leaflet.css").exists()
+    data = json.loads(re.search(r"const DATA = (.*);\n", page).group(1).replace("<\\/", "</"))
+    assert {s["order_ref"] for r in data["routes"] for s in r["stops"]} == {
+        s["order_ref"] for r in plan["routes"] for s in r["stops"]}
+    # the audit outputs
+    audit = out / "audit"
+    day = plan["date"]
+    fsma = (audit / f"fsma204-{day}.csv").read_bytes()
+    assert fsma.startswith(b"\xef\xbb\xbf") and fsma.count(b"\n") > 2
+    (pdf,) = audit.glob("*-trace.pdf")
+    assert pdf.read_bytes().startswith(b"%PDF")
+    (epcis,) = audit.glob("*-epcis.json")
+    assert json.loads(epcis.read_text(encoding="utf-8"))["type"] == "EPCISDocument"
+    assert json.loads((audit / "audit-verify.json").read_text())["ok"] is True
 
 
 @pytest.mark.slow
-def test_demo_exits_1_and_names_the_alert_when_a_staged_incident_is_withheld(tmp_path: Path) -> None:
-    run = _demo(tmp_path, "--withhold-incident", "door_left_open")
+def test_demo_summary_is_what_the_database_holds(small_day) -> None:  # noqa: ANN001
+    """Every figure of the summary (printed and summary.json) against the demo's own database; the day's
+    samples, alerts and deliveries on the planned day, none raised late."""
+    run, out = small_day
+    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    day = date.fromisoformat(json.loads((out / "plan.json").read_text())["date"])
+    tz = ZoneInfo(os.environ.get("COLDCHAIN_TIMEZONE", "Asia/Shanghai"))
+
+    def local_day(text: str) -> date:
+        moment = datetime.fromisoformat(text)  # stored in UTC (core.db.UTCDateTime)
+        return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(tz).date()
+
+    with _db(out).connect() as db:
+        def one(sql: str) -> int:
+            return db.execute(sa.text(sql)).scalar_one()
+
+        assert summary["orders"] == _printed(run.stdout, "orders") == one("select count(*) from orders")
+        assert summary["allocated"] == _printed(run.stdout, "allocated") == one(
+            "select count(*) from orders where node_id is not null")
+        assert summary["served"] == _printed(run.stdout, "served") == one(
+            "select count(*) from route_stops where status = 'delivered'") == one(
+            "select count(*) from orders where status = 'delivered'") > 0
+        assert summary["failed"] == one("select count(*) from route_stops where status = 'failed'") == one(
+            "select count(*) from orders where status = 'reattempt'") >= 1
+        assert 0 < summary["on_time"] == _printed(run.stdout, "on time") <= summary["served"]
+        assert summary["alerts"] == _printed(run.stdout, "alerts") == one("select count(*) from alerts") == \
+            summary["alerts_staged"] >= 4
+        assert one("select count(*) from alerts where acknowledged_at is null") == 0
+        assert one("select count(*) from alerts where late") == 0
+        kinds = {k for (k,) in db.execute(sa.text("select distinct kind from alerts"))}
+        assert {"temperature", "door", "shock", "silence"} <= kinds
+        at_risk = json.loads((out / "at_risk.json").read_text(encoding="utf-8"))
+        assert summary["orders_at_risk"] == _printed(run.stdout, "orders at risk") == len(at_risk) >= 1
+        damaged = {r for (r,) in db.execute(sa.text(
+            "select distinct o.ref from stop_damages d join orders o on o.id = d.order_id"))}
+        assert damaged and damaged <= {o["order_ref"] for o in at_risk}
+        assert summary["audit_chain_verified"] is True and _printed(run.stdout, "audit chain verified") == 1
+        assert summary["audit_records"] == one("select count(*) from audit_log")
+        # retries with the same Idempotency-Key changed nothing: one delivery event per report
+        assert summary["retries"] >= 3 and summary["retries_identical"] == summary["retries"]
+        assert one("select count(*) from delivery_events where type = 'started'") == one(
+            "select count(*) from routes r join plans p on p.id = r.plan_id where p.status = 'current'")
+        assert one("select count(*) from routes where status != 'done'") == 0
+        # everything stamped on the planned day, by the simulated clock the processes shared
+        for table, column in (("telemetry_samples", "received_at"), ("alerts", "raised_at"),
+                              ("delivery_events", "received_at"), ("delivery_events", "at")):
+            days = {local_day(str(v)) for (v,) in db.execute(sa.text(f"select {column} from {table}"))}
+            assert days == {day}, (table, column, days)
+        first_sample = one("select min(ts) from telemetry_samples")
+        assert local_day(str(first_sample)) == day
+
+
+@pytest.mark.slow
+def test_demo_exits_1_and_names_what_differs_when_staged_outcomes_are_withheld(tmp_path: Path) -> None:
+    """A staged door incident left out of the stream and the staged failed reports left unsent: the demo names
+    the missing alert and the stops that are not failed, and exits 1."""
+    run = _demo(tmp_path, "--withhold-incident", "door_left_open", "--withhold-report", "failed")
     log = run.stdout + run.stderr
     assert run.returncode == 1, log[-4000:]
     assert "door_left_open withheld from the stream but still expected" in log
-    missing = re.findall(r"telemetry: alert missing: vehicle (VAN-\d+), compartment (\w+), kind door "
+    assert "drivers' failed reports withheld but still expected" in log
+    missing = re.findall(r"the day: alert missing: vehicle (VAN-\d+), compartment (\w+), kind door "
                          r"\(staged 1, found 0\)", log)
-    assert missing and "coldchain demo FAILED: 1 difference(s)" in log, log[-4000:]
+    assert missing and "coldchain demo FAILED" in log, log[-4000:]
     alerts = json.loads((tmp_path / "out" / "alerts.json").read_text(encoding="utf-8"))
     assert (missing[0][0], missing[0][1], "door") not in {(a["vehicle"], a["compartment"], a["kind"]) for a in alerts}
+    not_failed = re.findall(r"deliveries: stop missing: order (\S+), status failed \(staged 1, found 0\)", log)
+    assert not_failed, log[-4000:]
+    with _db(tmp_path / "out").connect() as db:
+        for ref in not_failed:
+            assert db.execute(sa.text("select s.status from route_stops s join orders o on o.id = s.order_id "
+                                      "where o.ref = :ref"), {"ref": ref}).scalar_one() == "arrived"
+    assert "deliveries: delivery event missing: type failed" in log
 
 
 def test_demo_refuses_an_unknown_incident_to_withhold(tmp_path: Path) -> None:
     run = _demo(tmp_path, "--withhold-incident", "meteor")
     assert run.returncode == 2 and "unknown incident meteor" in run.stderr
     assert not (tmp_path / "out").exists()
+    run = _demo(tmp_path, "--withhold-report", "lunch")
+    assert run.returncode == 2 and "unknown report lunch" in run.stderr

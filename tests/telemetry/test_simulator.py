@@ -350,3 +350,26 @@ def test_a_withheld_incident_stays_expected_but_raises_nothing(kind: str) -> Non
 def test_withholding_an_unknown_incident_is_refused() -> None:
     with pytest.raises(ValueError, match="cannot withhold blip"):
         Simulation(fleet(2), START, START + timedelta(hours=3), withhold=["blip"])
+
+
+def test_on_trips_every_incident_falls_inside_a_trip_and_the_signal_loss_expects_silence() -> None:
+    """A day run on a simulated clock (the demo): incidents while goods are aboard, the warming over the class's
+    default limit whatever the cargo, and the signal loss's 20 minutes raising a silence alert."""
+    from dataclasses import replace
+
+    base = planned_fleet()
+    vans = [replace(v, cargo=CARGO, trips=((v.route_start or v.stops[0].arrive - timedelta(minutes=10),
+                                            v.stops[-1].depart),)) for v in base]
+    end = START + timedelta(hours=7)
+    sim = Simulation(vans, START, end, seed=2, scenario=Scenario(garbage=True, on_trips=True))
+    assert sim.expected.skipped == []
+    trips = {v.code: v.trips for v in vans}
+    for inc in sim.expected.incidents:
+        assert any(a <= inc.start and inc.end <= b for a, b in trips[inc.vehicle]), inc
+    assert {k for _v, _c, k in sim.expected.alert_keys()} == {"temperature", "door", "shock", "silence"}
+    warming = next(i for i in sim.expected.incidents if i.kind == "warming")
+    peak = max(s["temp_c"][warming.compartment] for s in sim.valid_samples()
+               if s["device"] == next(v.device for v in vans if v.code == warming.vehicle))
+    assert peak > 8.0  # over the chilled default, not only over the strawberries' 4 °C
+    off = Simulation(vans, START, end, seed=2, scenario=Scenario(garbage=True))
+    assert "silence" not in {k for _v, _c, k in off.expected.alert_keys()}
