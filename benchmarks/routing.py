@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         stored = {(r["instance"], r["solver"], float(r.get("time_limit", ref.get("time_limit")))): r
                   for r in ref["results"] if r["solver"] != "coldchain"}
     results: list[dict] = []
-    for limit in limits:
+    for limit in limits if args.instances else []:
         results += _solomon(args, limit, stored, console)
     cities: list[dict] = []
     known = {c[0]: c for c in CITIES}
