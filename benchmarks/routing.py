@@ -1,13 +1,22 @@
-"""Routing benchmark: coldchain vs PyVRP vs VROOM on Solomon / VRPLIB instances.
+"""Routing benchmark: coldchain vs PyVRP (and VROOM) side by side, in one run, at 10 s and 30 s.
 
-    python -m benchmarks.routing [--time-limit 30] [--instances C101 R101] [--dir PATH]
+    python -m benchmarks.routing                      # Solomon + the two generated cities, 10 s and 30 s
+    python -m benchmarks.routing --time-limits 10 --instances R201 --cities
+    python -m benchmarks.routing --cities city-2x200 --instances --variants no-tob
     python -m benchmarks.routing --solvers coldchain pyvrp --reference earlier.json  # peers reused
 
-Every solution (ours and the peers') is checked by ``routing.vrplib.check_solution`` in
-exact arithmetic before it is reported. PyVRP and pyvroom are imported only here
-(``pip install .[bench]``). Peers get the same integer data as the model sees: times
-scaled x1000 and rounded up, distances scaled x1000 and rounded; the reported distance
-is recomputed in double precision from the returned routes.
+Solomon / VRPLIB instances, distance only: every solution (ours and the peers') is checked by
+``routing.vrplib.check_solution`` in exact arithmetic and, for Solomon files, again by
+:func:`check_solomon_routes`, which reads the file itself and shares no code with the project.
+Peers get the same integer data as the model sees: times scaled x1000 and rounded up, distances
+scaled x1000 and rounded; the reported distance is recomputed in double precision.
+
+Day plans on generated cities (:data:`CITIES`, see :func:`run_city`): the scenario's objective, the
+most orders served first, then fixed cost per van used + cost_per_km; PyVRP gets the same cost model
+(:func:`pyvrp_day`). Each solver's plans are exported and checked by ../shared/tools/check_plan.py,
+and recomputed by :func:`check_day`. The time limit is per instance and per depot.
+
+PyVRP and pyvroom are imported only here (``pip install .[bench]``).
 """
 
 from __future__ import annotations
