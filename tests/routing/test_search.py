@@ -72,7 +72,7 @@ def test_default_portfolio_on_two_workers_with_two_depots():
 def test_benchmark_reuses_stored_peer_results(tmp_path):
     first = tmp_path / "first.json"
     assert bench.main(["--time-limit", "0.5", "--dir", str(bench_data()), "--instances", "tiny_vrptw",
-                       "--solvers", "coldchain", "--workers", "1", "--json", str(first)]) == 0
+                       "--solvers", "coldchain", "--cities", "--workers", "1", "--json", str(first)]) == 0
     ref = json.loads(first.read_text())
     for r in ref["results"]:
         r["solver"] = "pyvrp"  # pretend a peer found it: it must not be run again
@@ -80,14 +80,14 @@ def test_benchmark_reuses_stored_peer_results(tmp_path):
     stored.write_text(json.dumps(ref))
     out = tmp_path / "out.json"
     assert bench.main(["--time-limit", "0.5", "--dir", str(bench_data()), "--instances", "tiny_vrptw",
-                       "--solvers", "coldchain", "pyvrp", "--workers", "1", "--reference", str(stored),
+                       "--solvers", "coldchain", "pyvrp", "--cities", "--workers", "1", "--reference", str(stored),
                        "--json", str(out)]) == 0
     res = json.loads(out.read_text())["results"]
     assert [r["solver"] for r in res] == ["coldchain", "pyvrp"]
     assert res[1]["routes"] == ref["results"][0]["routes"]
     with pytest.raises(SystemExit):
         bench.main(["--time-limit", "1", "--dir", str(bench_data()), "--instances", "tiny_vrptw",
-                    "--solvers", "pyvrp", "--reference", str(stored)])
+                    "--solvers", "pyvrp", "--cities", "--reference", str(stored)])
 
 
 def bench_data():
