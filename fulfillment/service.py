@@ -9,7 +9,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from core import audit
 from core.bulk import copy_rows, existing_keys, insert_with_ids, update_rows
@@ -191,7 +191,8 @@ def _existing_orders(session: Session, refs: list[str]) -> dict[str, Order]:
     known = sorted(existing_keys(session, Order.__table__.c.ref, refs))
     out: dict[str, Order] = {}
     for i in range(0, len(known), 500):
-        out.update((o.ref, o) for o in session.scalars(select(Order).where(Order.ref.in_(known[i:i + 500]))))
+        out.update((o.ref, o) for o in session.scalars(select(Order).options(selectinload(Order.lines))
+                                                         .where(Order.ref.in_(known[i:i + 500]))))
     return out
 
 
