@@ -129,8 +129,6 @@ def publisher(url: str, vans: list[tuple[str, str]], samples: int, per_message: 
 def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
-    from benchmarks.throwaway import throwaway_database
-
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--samples", type=int, default=200_000)
     ap.add_argument("--per-message", type=int, default=10)
@@ -138,10 +136,39 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--database", default=os.environ.get("COLDCHAIN_BENCH_DATABASE_URL",
                                                           "postgresql://postgres@127.0.0.1:5432/test"))
     ap.add_argument("--mqtt", default=None)
-    ap.add_argument("--ingestors", type=int, default=1, help="ingestor commands sharing the stream ($share)")
+    ap.add_argument("--ingestors", default="1", help="ingestor commands sharing the stream ($share); a list "
+                    "such as 1,2 runs once per entry (a fresh broker and database each) and compares them")
     ap.add_argument("--processes", type=int, default=1, help="`coldchain ingest --processes N` for each command")
     args = ap.parse_args(argv)
     con = Console(stderr=True)
+    runs = [int(n) for n in str(args.ingestors).split(",")]
+    results = []
+    for n in runs:
+        args.ingestors = n
+        results.append(_one(args, con))
+    if len(results) > 1:
+        from rich.table import Table
+
+        table = Table(title=f"1 vs 2 ingestors on $share/ingest/{TOPIC_FILTER} ({args.per_message} per message)",
+                      title_justify="left")
+        for col in ("ingestors × processes", "samples published", "stored", "lost", "stored twice",
+                    "samples/s", "load average"):
+            table.add_column(col, justify="right")
+        for r in results:
+            table.add_row(r["who"], f"{r['published']:,}", f"{r['stored']:,}", f"{r['lost']:,}", f"{r['twice']:,}",
+                          f"{r['rate']:,.0f}", r["load"])
+        con.print(table)
+        first = results[0]["rate"]
+        for r in results[1:]:
+            con.print(f"{r['who']}: {r['rate'] / first:.2f}× the samples/s of {results[0]['who']}")
+    return max(r["rc"] for r in results)
+
+
+TOPIC_FILTER = "coldchain/v1/vehicles/+/telemetry"
+
+
+def _one(args, con) -> dict:  # noqa: ANN001
+    from benchmarks.throwaway import throwaway_database
 
     work = Path(tempfile.mkdtemp(prefix="coldchain-ingest-bench-"))
     broker = None
@@ -149,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     if url is None:
         if not shutil.which("mosquitto"):
             con.print("[red]no mosquitto binary; pass --mqtt URL")
-            return 2
+            return {"rc": 2, "who": "-", "published": 0, "stored": 0, "lost": 0, "twice": 0, "rate": 0, "load": "-"}
         broker, url = start_mosquitto(work)
     ingest: list[subprocess.Popen] = []
     try:
@@ -173,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def _run(args, con, url: str, work: Path, db_url: str, engine, ingest: list) -> int:  # noqa: ANN001
+def _run(args, con, url: str, work: Path, db_url: str, engine, ingest: list) -> dict:  # noqa: ANN001
     from rich.table import Table
     from sqlalchemy import func, select
     from sqlalchemy.orm import Session
@@ -207,7 +234,8 @@ def _run(args, con, url: str, work: Path, db_url: str, engine, ingest: list) -> 
             < subscribers:
         if time.monotonic() > deadline or any(p.poll() is not None for p in ingest):
             con.print(f"[red]the ingestors did not all subscribe; see {work}/ingest-*.log (BENCH_KEEP=1 keeps it)")
-            return 2
+            return {"rc": 2, "who": f"{args.ingestors} × {args.processes}", "published": args.samples, "stored": 0,
+                    "lost": 0, "twice": 0, "rate": 0, "load": "-"}
         time.sleep(0.2)
     time.sleep(1)
     con.print(f"broker {url}; database {name}; {len(vans)} vans; publishing {args.samples:,} samples, "
@@ -230,6 +258,7 @@ def _run(args, con, url: str, work: Path, db_url: str, engine, ingest: list) -> 
         elif not pub.is_alive() and time.monotonic() - changed > 30:
             break  # published, and nothing more for 30 s: what is missing is lost (counted below)
     last_stored = time.time()
+    load_at_end = os.getloadavg()
     pub.join(60)
     first_publish, publish_s = done.get(timeout=10)
     elapsed = last_stored - first_publish
@@ -256,11 +285,15 @@ def _run(args, con, url: str, work: Path, db_url: str, engine, ingest: list) -> 
         table.add_row("alert latency p50 / p99 / max (ms)",
                       f"{q[49] * 1000:.0f} / {q[98] * 1000:.0f} / {max(latencies) * 1000:.0f}")
     table.add_row("alerts received", f"{len(latencies)} of {min(args.probes, len(vans))} probes")
+    table.add_row("load average (1 / 5 min), 2 cores shared", f"{load_at_end[0]:.2f} / {load_at_end[1]:.2f}")
     con.print(table)
+    figures = {"who": f"{args.ingestors} × {args.processes}", "published": args.samples, "stored": final,
+               "lost": counts.lost, "twice": counts.twice, "rate": final / elapsed,
+               "load": f"{load_at_end[0]:.1f}", "rc": 0}
     if not counts.ok or final != args.samples:
         con.print(f"[red]FAILED: {args.samples - final:,} samples missing; {counts}")
-        return 1
-    return 0
+        figures["rc"] = 1
+    return figures
 
 
 def probe_alerts(url: str, vans: list[tuple[str, str]], probes: int) -> list[float]:

@@ -119,6 +119,7 @@ class Ingestor:
         self.stop_event = threading.Event()
         self.connected = threading.Event()
         self.fleet = Fleet()
+        self.partitions: set = set()  # days whose readings partition a batch found (service.ensure_partitions)
         self.engine = default_engine()
         self.client = self._make_client()
 
@@ -191,7 +192,8 @@ class Ingestor:
         while True:
             try:
                 with session_scope() as session:
-                    outcome = store_batch(session, [p.message for p in batch], self.fleet, self.engine)
+                    outcome = store_batch(session, [p.message for p in batch], self.fleet, self.engine,
+                                          partitions=self.partitions)
                 break
             except (OperationalError, DBAPIError) as exc:
                 if self.stop_event.is_set():
@@ -236,6 +238,7 @@ class Ingestor:
             self.client.publish(ALERT_TOPIC.format(vehicle=alert["vehicle"]), json.dumps(alert), qos=1)
 
     def _tick(self) -> None:
+        self.partitions.clear()  # looked up again once per timer period
         with session_scope() as session:
             ensure_partitions(session, [utcnow(), utcnow() + timedelta(days=1)])
             if self.on_tick is not None:

@@ -83,21 +83,23 @@ class Fleet:
         return self._by_code[code][0]
 
 
-def ensure_partitions(session: Session, days: Iterable[datetime]) -> None:
+def ensure_partitions(session: Session, days: Iterable[datetime], known: set[date] | None = None) -> None:
     """Create the day partitions of telemetry_readings that a batch needs (PostgreSQL only).
 
     Done in the batch's own transaction (a savepoint) so that it works whatever holds
     locks; the ingestor also makes today's and tomorrow's ahead of time, outside any batch,
-    so this is rare (an old backlog) and brief.
+    so this is rare (an old backlog) and brief. ``known``: days whose partition a caller saw before
+    (the ingestor's, emptied on its timer), not looked up again: a partition seen at the start of a
+    transaction was committed, and partitions are not dropped while ingestors run.
     """
     bind = session.get_bind()
     if bind.dialect.name != "postgresql":
         return
-    known = _PARTITIONS.setdefault(str(bind.url), set())
-    for day in sorted({d.astimezone(UTC).date() for d in days} - known):
+    for day in sorted({d.astimezone(UTC).date() for d in days} - (known or set())):
         name = f"telemetry_readings_p{day:%Y%m%d}"
         if session.scalar(text("SELECT to_regclass(:name) IS NOT NULL"), {"name": name}):
-            known.add(day)  # partitions are never dropped while ingestors run: one look per day and process
+            if known is not None:
+                known.add(day)
             continue
         start, end = day.isoformat(), (day + timedelta(days=1)).isoformat()
         ddl = (f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF telemetry_readings "
@@ -107,9 +109,6 @@ def ensure_partitions(session: Session, days: Iterable[datetime]) -> None:
                 session.execute(text(ddl))
         except (IntegrityError, ProgrammingError):  # another ingestor made it at the same moment
             pass
-
-
-_PARTITIONS: dict[str, set[date]] = {}
 
 
 def _insert(session: Session, model, rows: list[dict], conflict_nothing: bool = False, returning=None):  # noqa: ANN001, ANN202
@@ -217,7 +216,7 @@ def _copy_text(value: str) -> str:
 
 
 def store_batch(session: Session, messages: Sequence[Message], fleet: Fleet, engine: RuleEngine,
-                now: datetime | None = None) -> BatchOutcome:
+                now: datetime | None = None, partitions: set[date] | None = None) -> BatchOutcome:
     """Decode, store once, keep rejects, apply the rules. The caller commits, then acks."""
     now = now or utcnow()
     out = BatchOutcome(messages=len(messages))
@@ -239,7 +238,7 @@ def store_batch(session: Session, messages: Sequence[Message], fleet: Fleet, eng
         out.duplicates = out.samples
         return out
 
-    ensure_partitions(session, [s.ts for s, _r in samples.values()])
+    ensure_partitions(session, [s.ts for s, _r in samples.values()], partitions)
     new_keys = insert_new_samples(session, fleet, list(samples.values()))
     out.stored = len(new_keys)
     out.duplicates = out.samples - out.stored
