@@ -93,11 +93,11 @@ def main(argv: list[str] | None = None) -> int:
         load_avg_import = os.getloadavg()[0]
         with Session(engine) as session:
             report = LoadReport()
-            t = time.perf_counter()
+            t, cpu = time.perf_counter(), time.process_time()
             refs = load_orders_csv(session, folder / "import.csv", report, actor="import", source="import",
                                    apply_cutoff=True)
             session.commit()
-            import_s = time.perf_counter() - t
+            import_s, import_cpu = time.perf_counter() - t, time.process_time() - cpu
         with Session(engine) as session:
             count = lambda model: session.scalar(select(func.count()).select_from(model))  # noqa: E731
             orders, lines, events = count(Order), count(OrderLine), count(OrderEvent)
@@ -121,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     table.add_row("rows stored: orders / lines / events", f"{orders:,} / {lines:,} / {events:,}")
     table.add_row("[bold]import s (read, validate, write, commit)", f"[bold]{import_s:.2f}")
     table.add_row("[bold]order lines/s", f"[bold]{n_lines / import_s:,.0f}")
+    table.add_row("CPU s of this process in the import (PostgreSQL's not counted)",
+                  f"{import_cpu:.2f} ({n_lines / import_cpu:,.0f} lines per CPU-second)")
     table.add_row("audit chain", f"{'verified' if verdict.ok else 'BROKEN: ' + str(verdict.reason)}, "
                                  f"{verdict.records:,} records ({verify_s:.1f} s, not timed)")
     table.add_row("load average at the import (2 cores, shared)", f"{load_avg_import:.2f}")
