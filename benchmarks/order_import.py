@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import shutil
 import tempfile
 import time
 from datetime import timedelta
@@ -49,20 +50,8 @@ def write_orders(src: Path, dst: Path, lines: int, bad: int) -> tuple[int, set[s
 
 def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
-    from rich.table import Table
-    from sqlalchemy import func, select
-    from sqlalchemy.orm import Session
 
-    from benchmarks.throwaway import throwaway_database
-    from core import audit
-    from core.settings import get_settings
-    from fulfillment.models import Order, OrderEvent, OrderLine
-    from fulfillment.service import load_orders_csv
-    from traceability.flows import receive_stock
-    from traceability.models import CustodyEvent
     from warehouses import samplegen
-    from warehouses.models import StockLot
-    from warehouses.service import LoadReport, load_network
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--lines", type=int, default=100_000, help="order lines in the imported file")
@@ -82,6 +71,27 @@ def main(argv: list[str] | None = None) -> int:
     con.print(f"generated {args.nodes:,} nodes, {len(scenario.stock):,} lots and {n_lines:,} order lines in "
               f"{time.perf_counter() - t:.1f} s (not timed); load average {os.getloadavg()[0]:.2f} on "
               f"{os.cpu_count()} CPUs")
+    try:
+        return _measure(args, con, folder, n_lines, spoiled)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _measure(args, con, folder: Path, n_lines: int, spoiled: set[str]) -> int:  # noqa: ANN001
+    from rich.table import Table
+    from sqlalchemy import func, select
+    from sqlalchemy.orm import Session
+
+    from benchmarks.throwaway import throwaway_database
+    from core import audit
+    from core.settings import get_settings
+    from fulfillment.models import Order, OrderEvent, OrderLine
+    from fulfillment.service import load_orders_csv
+    from traceability.flows import receive_stock
+    from traceability.models import CustodyEvent
+    from warehouses.models import StockLot
+    from warehouses.service import LoadReport, load_network
+
     with throwaway_database(args.database, "bench_import") as (_url, engine):
         with Session(engine) as session:
             t = time.perf_counter()

@@ -34,7 +34,8 @@ class Settings(BaseSettings):
     default_service_radius_km: float = Field(default=5.0, gt=0, le=100,
                                              description="radius served by a node without a service-area polygon")
     mqtt_broker_log: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
-        default="WARNING", description="one of DEBUG, INFO, WARNING, ERROR, CRITICAL: the embedded MQTT broker's log level")
+        default="WARNING",
+        description="one of DEBUG, INFO, WARNING, ERROR, CRITICAL: the embedded MQTT broker's log level")
     osrm_url: str | None = Field(default=None, description="an OSRM server for road durations; unset: geodesic x 1.3")
     # API security (SECURITY.md): token lifetimes, rate limits, body limits, scenario folder, CORS.
     refresh_token_days: int = Field(default=14, ge=1, le=365,
