@@ -1,6 +1,8 @@
 """Ingestion benchmark: samples/s stored end to end, and the time from publish to alert.
 
     python -m benchmarks.ingest [--samples 200000] [--per-message 10] [--database URL] [--mqtt URL]
+    python -m benchmarks.ingest --per-message 1 --samples 60000 --processes 2 --publisher mosquitto_pub
+    python -m benchmarks.ingest --per-message 1 --samples 60000 --ingestors 1,2 --publisher mosquitto_pub
 
 A publisher in a separate process sends N samples (QoS 1) for 60 vans to the broker;
 `coldchain ingest` (a separate process, as in production) stores them; this process
@@ -60,6 +62,30 @@ def start_mosquitto(workdir: Path) -> tuple[subprocess.Popen, str]:
         except OSError:
             time.sleep(0.05)
     raise RuntimeError("mosquitto did not start")
+
+
+def cpu_seconds(roots: list[int]) -> float:
+    """User + system CPU seconds of these processes and all their descendants, now (Linux /proc): the
+    ingestors' own cost, which the load other sessions put on the machine does not inflate."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    wanted, total, frontier = set(roots), 0.0, list(roots)
+    while frontier:
+        pid = frontier.pop()
+        for child, (ppid, _cpu) in stats.items():
+            if ppid == pid and child not in wanted:
+                wanted.add(child)
+                frontier.append(child)
+    for pid in wanted:
+        total += stats.get(pid, (0, 0.0))[1]
+    return total
 
 
 def _client(url: str, name: str):  # noqa: ANN202
@@ -126,10 +152,55 @@ def publisher(url: str, vans: list[tuple[str, str]], samples: int, per_message: 
     client.disconnect()
 
 
+class CPublisher:
+    """The stream published by Mosquitto's own C client, one ``mosquitto_pub -l -q 1`` per van fed from a
+    file of that van's messages (one per line), all started together: at one sample per message the
+    Python publisher (paho, ~100 µs a message) cannot send faster than ~10,000 messages/s on this
+    machine and takes a core from the ingestors; the vans are other machines. Same messages, same
+    order per van, same QoS as :func:`publisher`."""
+
+    def __init__(self, url: str, vans: list[tuple[str, str]], samples: int, per_message: int, start: str,
+                 work: Path) -> None:
+        from urllib.parse import urlparse
+
+        u = urlparse(url)
+        self.host, self.port = u.hostname or "127.0.0.1", str(u.port or 1883)
+        folder = work / "cpub"
+        folder.mkdir(exist_ok=True)
+        files: dict[str, list[str]] = {}
+        for van, batch in messages_of(vans, samples, per_message, start):
+            files.setdefault(van, []).append(json.dumps(batch if per_message > 1 else batch[0]))
+        self.files = {}
+        for van, lines in files.items():
+            path = folder / f"{van}.jsonl"
+            path.write_text("\n".join(lines) + "\n")
+            self.files[van] = path
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self) -> None:
+        self.first = time.time()
+        self.t0 = time.perf_counter()
+        for van, path in self.files.items():
+            with path.open("rb") as stdin:
+                self.procs.append(subprocess.Popen(
+                    ["mosquitto_pub", "-h", self.host, "-p", self.port, "-V", "mqttv5", "-q", "1", "-l",
+                     "-t", f"coldchain/v1/vehicles/{van}/telemetry", "-i", f"bench-cpub-{van}"],
+                    stdin=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+    def is_alive(self) -> bool:
+        alive = any(p.poll() is None for p in self.procs)
+        if not alive and not hasattr(self, "seconds"):
+            self.seconds = time.perf_counter() - self.t0
+        return alive
+
+    def join(self, timeout: float) -> None:
+        for p in self.procs:
+            p.wait(timeout)
+        self.is_alive()
+
+
 def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
-
-    from benchmarks.throwaway import throwaway_database
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--samples", type=int, default=200_000)
@@ -138,10 +209,41 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--database", default=os.environ.get("COLDCHAIN_BENCH_DATABASE_URL",
                                                           "postgresql://postgres@127.0.0.1:5432/test"))
     ap.add_argument("--mqtt", default=None)
-    ap.add_argument("--ingestors", type=int, default=1, help="ingestor commands sharing the stream ($share)")
+    ap.add_argument("--ingestors", default="1", help="ingestor commands sharing the stream ($share); a list "
+                    "such as 1,2 runs once per entry (a fresh broker and database each) and compares them")
     ap.add_argument("--processes", type=int, default=1, help="`coldchain ingest --processes N` for each command")
+    ap.add_argument("--publisher", choices=("paho", "mosquitto_pub"), default="paho",
+                    help="who publishes the stream: a Python paho process, or one mosquitto_pub (C) per van")
     args = ap.parse_args(argv)
-    con = Console(stderr=True)
+    con = Console(stderr=True, width=max(Console(stderr=True).width, 110))
+    runs = [int(n) for n in str(args.ingestors).split(",")]
+    results = []
+    for n in runs:
+        args.ingestors = n
+        results.append(_one(args, con))
+    if len(results) > 1:
+        from rich.table import Table
+
+        table = Table(title=f"1 vs 2 ingestors on $share/ingest/{TOPIC_FILTER} ({args.per_message} per message)",
+                      title_justify="left")
+        for col in ("ingestors × processes", "samples published", "stored", "lost", "stored twice",
+                    "samples/s", "ingest CPU µs/sample", "load average"):
+            table.add_column(col, justify="right")
+        for r in results:
+            table.add_row(r["who"], f"{r['published']:,}", f"{r['stored']:,}", f"{r['lost']:,}", f"{r['twice']:,}",
+                          f"{r['rate']:,.0f}", f"{r.get('cpu_us', 0):.0f}", r["load"])
+        con.print(table)
+        first = results[0]["rate"]
+        for r in results[1:]:
+            con.print(f"{r['who']}: {r['rate'] / first:.2f}× the samples/s of {results[0]['who']}")
+    return max(r["rc"] for r in results)
+
+
+TOPIC_FILTER = "coldchain/v1/vehicles/+/telemetry"
+
+
+def _one(args, con) -> dict:  # noqa: ANN001
+    from benchmarks.throwaway import throwaway_database
 
     work = Path(tempfile.mkdtemp(prefix="coldchain-ingest-bench-"))
     broker = None
@@ -149,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     if url is None:
         if not shutil.which("mosquitto"):
             con.print("[red]no mosquitto binary; pass --mqtt URL")
-            return 2
+            return {"rc": 2, "who": "-", "published": 0, "stored": 0, "lost": 0, "twice": 0, "rate": 0, "load": "-"}
         broker, url = start_mosquitto(work)
     ingest: list[subprocess.Popen] = []
     try:
@@ -173,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def _run(args, con, url: str, work: Path, db_url: str, engine, ingest: list) -> int:  # noqa: ANN001
+def _run(args, con, url: str, work: Path, db_url: str, engine, ingest: list) -> dict:  # noqa: ANN001
     from rich.table import Table
     from sqlalchemy import func, select
     from sqlalchemy.orm import Session
@@ -207,7 +309,8 @@ def _run(args, con, url: str, work: Path, db_url: str, engine, ingest: list) -> 
             < subscribers:
         if time.monotonic() > deadline or any(p.poll() is not None for p in ingest):
             con.print(f"[red]the ingestors did not all subscribe; see {work}/ingest-*.log (BENCH_KEEP=1 keeps it)")
-            return 2
+            return {"rc": 2, "who": f"{args.ingestors} × {args.processes}", "published": args.samples, "stored": 0,
+                    "lost": 0, "twice": 0, "rate": 0, "load": "-"}
         time.sleep(0.2)
     time.sleep(1)
     con.print(f"broker {url}; database {name}; {len(vans)} vans; publishing {args.samples:,} samples, "
@@ -215,8 +318,12 @@ def _run(args, con, url: str, work: Path, db_url: str, engine, ingest: list) -> 
     # the load's samples end an hour ago, so the probes' excursions are not mixed with them
     start = (datetime.now(UTC) - timedelta(hours=1, seconds=5 * (args.samples // len(vans) + 10))).isoformat()
     done: mp.Queue = mp.get_context("spawn").Queue()
-    pub = mp.get_context("spawn").Process(target=publisher, args=(url, vans, args.samples, args.per_message,
-                                                                  start, done))
+    if args.publisher == "mosquitto_pub":
+        pub = CPublisher(url, vans, args.samples, args.per_message, start, work)
+    else:
+        pub = mp.get_context("spawn").Process(target=publisher, args=(url, vans, args.samples, args.per_message,
+                                                                      start, done))
+    cpu_before = cpu_seconds([p.pid for p in ingest])
     pub.start()
     stored = 0
     deadline = time.monotonic() + 600
@@ -230,8 +337,13 @@ def _run(args, con, url: str, work: Path, db_url: str, engine, ingest: list) -> 
         elif not pub.is_alive() and time.monotonic() - changed > 30:
             break  # published, and nothing more for 30 s: what is missing is lost (counted below)
     last_stored = time.time()
+    load_at_end = os.getloadavg()
+    ingest_cpu = cpu_seconds([p.pid for p in ingest]) - cpu_before
     pub.join(60)
-    first_publish, publish_s = done.get(timeout=10)
+    if args.publisher == "mosquitto_pub":
+        first_publish, publish_s = pub.first, pub.seconds
+    else:
+        first_publish, publish_s = done.get(timeout=10)
     elapsed = last_stored - first_publish
     time.sleep(1)
     with engine.connect() as conn:
@@ -244,23 +356,31 @@ def _run(args, con, url: str, work: Path, db_url: str, engine, ingest: list) -> 
     table.add_column("value", justify="right")
     table.add_row("samples published", f"{args.samples:,} ({args.per_message} per message)")
     table.add_row("ingestor processes", f"{args.ingestors} × {args.processes}")
-    table.add_row("publisher finished after", f"{publish_s:.1f} s")
+    table.add_row(f"publisher ({args.publisher}) finished after", f"{publish_s:.1f} s")
     table.add_row("samples stored", f"{final:,}")
     table.add_row("readings sent / stored", f"{counts.sent:,} / {counts.stored:,}")
     table.add_row("lost (readings sent, none stored)", f"{counts.lost:,}")
     table.add_row("stored twice (readings with a second row)", f"{counts.twice:,}")
     table.add_row("readings never sent", f"{counts.unexpected:,}")
     table.add_row("[bold]samples/s stored (first publish to last stored)", f"[bold]{final / elapsed:,.0f}")
+    table.add_row("ingestors' CPU per sample (all their processes)",
+                  f"{ingest_cpu / max(final, 1) * 1e6:.0f} µs = {max(final, 1) / max(ingest_cpu, 1e-9):,.0f} "
+                  "samples per CPU-second")
     if latencies:
         q = statistics.quantiles(latencies, n=100, method="inclusive")
         table.add_row("alert latency p50 / p99 / max (ms)",
                       f"{q[49] * 1000:.0f} / {q[98] * 1000:.0f} / {max(latencies) * 1000:.0f}")
     table.add_row("alerts received", f"{len(latencies)} of {min(args.probes, len(vans))} probes")
+    table.add_row("load average (1 / 5 min), 2 cores shared", f"{load_at_end[0]:.2f} / {load_at_end[1]:.2f}")
     con.print(table)
+    figures = {"who": f"{args.ingestors} × {args.processes}", "published": args.samples, "stored": final,
+               "cpu_us": ingest_cpu / max(final, 1) * 1e6,
+               "lost": counts.lost, "twice": counts.twice, "rate": final / elapsed,
+               "load": f"{load_at_end[0]:.1f}", "rc": 0}
     if not counts.ok or final != args.samples:
         con.print(f"[red]FAILED: {args.samples - final:,} samples missing; {counts}")
-        return 1
-    return 0
+        figures["rc"] = 1
+    return figures
 
 
 def probe_alerts(url: str, vans: list[tuple[str, str]], probes: int) -> list[float]:

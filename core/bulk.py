@@ -55,3 +55,40 @@ def update_rows(session: Session, table: Table, key: str, rows: Sequence[dict[st
     stmt = text(f"UPDATE {table.name} SET {sets} FROM unnest({arrays}) AS v({', '.join(names)}) "
                 f"WHERE {table.name}.{key} = v.{key}")
     session.execute(stmt, {n: [r[n] for r in rows] for n in names})
+
+
+def insert_with_ids(session: Session, table: Table, rows: Sequence[dict[str, Any]]) -> list[int]:
+    """Insert rows and return their new ids in the rows' order, so that child rows can point at them.
+
+    PostgreSQL: the ids are drawn from the table's sequence in one statement, then one COPY writes
+    the rows with them. SQLite: executemany with RETURNING (SQLAlchemy's insertmanyvalues, which
+    keeps the parameters' order).
+    """
+    if not rows:
+        return []
+    if session.get_bind().dialect.name != "postgresql":
+        stmt = table.insert().returning(table.c.id, sort_by_parameter_order=True)
+        return [r[0] for r in session.execute(stmt, list(rows))]
+    ids = list(session.scalars(text(f"SELECT nextval(pg_get_serial_sequence('{table.name}', 'id')) "
+                                    "FROM generate_series(1, :n)"), {"n": len(rows)}))
+    copy_rows(session, table, [{"id": i, **row} for i, row in zip(ids, rows, strict=True)])
+    return ids
+
+
+def existing_keys(session: Session, column: Any, keys: Sequence[Any], chunk: int = 900) -> set[Any]:
+    """Which of `keys` are already in `column` (PostgreSQL: one = ANY(array); SQLite: IN chunks)."""
+    if not keys:
+        return set()
+    from sqlalchemy import select
+
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy import any_, bindparam
+        from sqlalchemy.dialects.postgresql import ARRAY
+
+        param = bindparam("keys", list(keys), type_=ARRAY(column.type))
+        return set(session.scalars(select(column).where(column == any_(param))))
+    found: set[Any] = set()
+    keys = list(keys)
+    for i in range(0, len(keys), chunk):
+        found.update(session.scalars(select(column).where(column.in_(keys[i:i + chunk]))))
+    return found

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import urlparse
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -33,6 +33,9 @@ class Settings(BaseSettings):
                               description="a local time HH:MM")
     default_service_radius_km: float = Field(default=5.0, gt=0, le=100,
                                              description="radius served by a node without a service-area polygon")
+    mqtt_broker_log: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        default="WARNING",
+        description="one of DEBUG, INFO, WARNING, ERROR, CRITICAL: the embedded MQTT broker's log level")
     osrm_url: str | None = Field(default=None, description="an OSRM server for road durations; unset: geodesic x 1.3")
     # API security (SECURITY.md): token lifetimes, rate limits, body limits, scenario folder, CORS.
     refresh_token_days: int = Field(default=14, ge=1, le=365,
@@ -85,6 +88,11 @@ class Settings(BaseSettings):
         except ValueError as exc:
             raise ValueError(f"{value!r} is not a rate such as 5/minute") from exc
         return value
+
+    @field_validator("mqtt_broker_log", mode="before")
+    @classmethod
+    def _level(cls, value: object) -> object:
+        return value.strip().upper() if isinstance(value, str) else value
 
     @field_validator("cors_origins", "allowed_hosts", mode="before")
     @classmethod

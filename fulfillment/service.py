@@ -9,10 +9,10 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from core import audit
-from core.bulk import copy_rows, update_rows
+from core.bulk import copy_rows, existing_keys, insert_with_ids, update_rows
 from core.csvio import CsvFileError, CsvRow, RowError, inherit_blanks, read_rows, validate_row
 from core.errors import Conflict, Invalid
 from core.settings import get_settings
@@ -106,10 +106,11 @@ def load_orders_csv(session: Session, path: Path, report: LoadReport, *, actor: 
 
     products = {p.sku: p for p in session.scalars(select(Product))}
     nodes = {n.code: n for n in session.scalars(select(Node))}
-    existing = {o.ref: o for o in session.scalars(select(Order).where(Order.ref.in_(list(rows))))} if rows else {}
+    existing = _existing_orders(session, list(rows))
     counts = report.file(name)
     loaded: list[str] = []
     now = placed_at or utcnow()
+    new_orders: list[tuple[str, dict, list[tuple[str, int]]]] = []  # written in bulk after the checks
     for ref, rows_of_order in rows.items():
         group = [(row.line, rec) for row, rec in rows_of_order]
         head_row, first = rows_of_order[0]
@@ -157,10 +158,7 @@ def load_orders_csv(session: Session, path: Path, report: LoadReport, *, actor: 
                 report.notes.append(f"{name}:{first_line}: {ref}: {moved}")
                 order_values["note"] = "; ".join(filter(None, [order_values.get("note"), moved]))
         if current is None:
-            order = Order(ref=ref, placed_at=now, source=source, status="received", **order_values)
-            order.lines = [OrderLine(line_no=i + 1, product_id=products[s].id, qty=q) for i, (s, q) in enumerate(lines)]
-            session.add(order)
-            record_event(session, order, "received", actor, data={"source": source})
+            new_orders.append((ref, order_values, lines))
             counts.inserted += len(group)
             loaded.append(ref)
             continue
@@ -184,7 +182,45 @@ def load_orders_csv(session: Session, path: Path, report: LoadReport, *, actor: 
         counts.updated += len(group)
         loaded.append(ref)
     session.flush()
+    _insert_new_orders(session, new_orders, {s: p.id for s, p in products.items()}, now, actor, source)
     return loaded
+
+
+def _existing_orders(session: Session, refs: list[str]) -> dict[str, Order]:
+    """The orders of this file that exist already (usually none: only those are loaded as objects)."""
+    known = sorted(existing_keys(session, Order.__table__.c.ref, refs))
+    out: dict[str, Order] = {}
+    for i in range(0, len(known), 500):
+        out.update((o.ref, o) for o in session.scalars(select(Order).options(selectinload(Order.lines))
+                                                         .where(Order.ref.in_(known[i:i + 500]))))
+    return out
+
+
+def _insert_new_orders(session: Session, new_orders: list[tuple[str, dict, list[tuple[str, int]]]],
+                       product_ids: dict[str, int], now: datetime, actor: str, source: str) -> None:
+    """Write new orders, their lines, their "received" events and audit records in bulk.
+
+    PostgreSQL: ids from the sequence and COPY; SQLite: executemany. The ORM's unit of work costs
+    ~0.5 ms an order (20,000 orders: 41-70 s with its flush); this path writes the same rows: each
+    order received, status received, one event and one audit record ``order.received`` with the
+    same data as :func:`record_event` gives.
+    """
+    if not new_orders:
+        return
+    ids = insert_with_ids(session, Order.__table__, [
+        {"ref": ref, "placed_at": now, "source": source, "status": "received", "status_reason": None,
+         "node_id": None, **values} for ref, values, _lines in new_orders])
+    copy_rows(session, OrderLine.__table__, [
+        {"order_id": oid, "line_no": i + 1, "product_id": product_ids[sku], "qty": qty}
+        for oid, (_ref, _values, lines) in zip(ids, new_orders, strict=True)
+        for i, (sku, qty) in enumerate(lines)])
+    data = {"source": source}
+    copy_rows(session, OrderEvent.__table__, [
+        {"order_id": oid, "at": now, "actor": actor, "type": "received", "from_status": "received",
+         "to_status": "received", "data": data} for oid in ids])
+    facts = _audit_data({"from_status": "received", "to_status": "received", "data": data})
+    audit.append_many(session, [audit.Entry(actor, "order.received", "order", ref, facts, at=now)
+                                for ref, _values, _lines in new_orders])
 
 
 def _needed_on_first_row(error: RowError, row: CsvRow, ref: str) -> RowError:

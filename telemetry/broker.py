@@ -41,6 +41,8 @@ import time
 from pathlib import Path
 from typing import IO
 
+from core.settings import get_settings
+
 __all__ = ["EmbeddedBroker", "EmbeddedBrokerError", "start_embedded_broker"]
 
 # The child: drop the working directory from sys.path (a folder named like a package in
@@ -49,7 +51,7 @@ __all__ = ["EmbeddedBroker", "EmbeddedBrokerError", "start_embedded_broker"]
 _CHILD = """# coldchain embedded MQTT broker (rumqttd via iotcore)
 import logging, os, shutil, sys, threading
 sys.path[:] = [p for p in sys.path if p not in ("", ".")]
-level = os.environ.get("COLDCHAIN_MQTT_BROKER_LOG", "WARNING").upper()
+level = sys.argv[2]
 logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 logging.getLogger("rumqttd").setLevel(logging.DEBUG if level == "DEBUG" else logging.CRITICAL)
 from iotcore.iotcore import IotCoreBroker
@@ -224,7 +226,7 @@ def start_embedded_broker(
         )
         log = open(log_path, "ab") if log_path is not None else None  # noqa: SIM115 (owned by the broker)
         process = subprocess.Popen(
-            [sys.executable, "-c", _CHILD, str(config)],
+            [sys.executable, "-c", _CHILD, str(config), get_settings().mqtt_broker_log],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=log if log is not None else subprocess.DEVNULL,

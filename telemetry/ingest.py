@@ -16,14 +16,16 @@ import json
 import logging
 import multiprocessing as mp
 import os
-import queue
 import signal
+import struct
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import NamedTuple
 from urllib.parse import urlparse
 
 import paho.mqtt.client as mqtt
@@ -40,6 +42,7 @@ from telemetry.service import Fleet, Message, default_engine, ensure_partitions,
 log = logging.getLogger("coldchain.ingest")
 TELEMETRY_FILTER = "coldchain/v1/vehicles/+/telemetry"
 ALERT_TOPIC = "coldchain/v1/alerts/{vehicle}"
+_PUBACK = struct.Struct("!BBH")  # fixed header, remaining length 2, packet id: MQTT 5 PUBACK with reason 0
 
 
 @dataclass
@@ -62,10 +65,42 @@ class IngestStats:
         return d
 
 
-@dataclass
-class _Pending:
+class _Pending(NamedTuple):
     message: Message
     qos: int
+
+
+class _Inbox:
+    """What paho's thread hands the writer: a deque (append and popleft are atomic under the GIL) and an
+    event set only when the writer may be asleep. queue.Queue takes a lock and notifies a condition on
+    every put: at one sample per message that was a tenth of the ingestor's time (py-spy --gil)."""
+
+    def __init__(self) -> None:
+        self._items: deque[_Pending] = deque()
+        self._ready = threading.Event()
+
+    def put(self, item: _Pending) -> None:
+        self._items.append(item)
+        if not self._ready.is_set():
+            self._ready.set()
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def take(self, limit: int, timeout: float) -> list[_Pending]:
+        """Up to ``limit`` items, waiting up to ``timeout`` for the first one."""
+        if not self._items:
+            self._ready.clear()
+            if not self._items and not self._ready.wait(timeout):
+                return []
+        items, popleft = self._items, self._items.popleft
+        out = []
+        try:
+            for _ in range(min(limit, len(items))):
+                out.append(popleft())
+        except IndexError:
+            pass
+        return out
 
 
 class Ingestor:
@@ -83,11 +118,12 @@ class Ingestor:
         self.batch_size, self.batch_wait, self.tick_every = batch_size, batch_wait, tick_every
         self.session_expiry, self.receive_maximum = session_expiry, receive_maximum
         self.on_tick = on_tick
-        self.inbox: queue.Queue[_Pending] = queue.Queue()
+        self.inbox = _Inbox()
         self.stats = IngestStats()
         self.stop_event = threading.Event()
         self.connected = threading.Event()
         self.fleet = Fleet()
+        self.partitions: set = set()  # days whose readings partition a batch found (service.ensure_partitions)
         self.engine = default_engine()
         self.client = self._make_client()
 
@@ -138,18 +174,20 @@ class Ingestor:
 
     # -- storing ---------------------------------------------------------------------------
     def _next_batch(self) -> list[_Pending]:
-        try:
-            first = self.inbox.get(timeout=0.2)
-        except queue.Empty:
-            return []
-        batch = [first]
+        """What arrived, up to batch_size messages: after the first, wait up to batch_wait for more (one
+        transaction and one rule pass per batch is what makes one sample per message affordable)."""
+        batch = self.inbox.take(self.batch_size, 0.2)
+        if not batch:
+            return batch
         deadline = time.monotonic() + self.batch_wait
         while len(batch) < self.batch_size:
             remaining = deadline - time.monotonic()
-            try:
-                batch.append(self.inbox.get(timeout=max(remaining, 0)) if remaining > 0 else self.inbox.get_nowait())
-            except queue.Empty:
+            if remaining <= 0:
                 break
+            if self.inbox.empty():
+                time.sleep(min(remaining, 0.005))
+                continue
+            batch.extend(self.inbox.take(self.batch_size - len(batch), 0))
         return batch
 
     def _store(self, batch: list[_Pending]) -> None:
@@ -158,7 +196,8 @@ class Ingestor:
         while True:
             try:
                 with session_scope() as session:
-                    outcome = store_batch(session, [p.message for p in batch], self.fleet, self.engine)
+                    outcome = store_batch(session, [p.message for p in batch], self.fleet, self.engine,
+                                          partitions=self.partitions)
                 break
             except (OperationalError, DBAPIError) as exc:
                 if self.stop_event.is_set():
@@ -168,15 +207,26 @@ class Ingestor:
                             str(exc).splitlines()[0], delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 10)
-        for p in batch:
-            if p.qos > 0 and p.message.mid is not None:
-                self.client.ack(p.message.mid, p.qos)
+        self._ack([p for p in batch if p.qos > 0 and p.message.mid is not None])
         self.stats.batches += 1
         self.stats.handled += len(batch)
         self.stats.stored += outcome.stored
         self.stats.duplicates += outcome.duplicates
         self.stats.rejected += outcome.rejected
         self._publish(outcome.alerts)
+
+    def _ack(self, pending: list[_Pending]) -> None:
+        """Acknowledge a committed batch. QoS 1 acks (PUBACK, reason 0: four bytes each) go out as one
+        write: paho's ``ack`` queues one packet per message, each waking its network thread and
+        costing a send(); at one sample per message that was a few µs a message. The bytes are the
+        ones paho's own ``_send_puback`` makes; without that paho internal, or for QoS 2, ``ack``."""
+        queue_packet = getattr(self.client, "_packet_queue", None)
+        ones = [p.message.mid for p in pending if p.qos == 1]
+        if queue_packet is not None and len(ones) > 1:
+            queue_packet(mqtt.PUBACK, b"".join(_PUBACK.pack(mqtt.PUBACK, 2, mid) for mid in ones), 0, 1)
+            pending = [p for p in pending if p.qos != 1]
+        for p in pending:
+            self.client.ack(p.message.mid, p.qos)
 
     def _store_one_by_one(self, batch: list[_Pending]) -> None:
         """Isolate a message that breaks a batch: the others are stored; it is kept as a reject, never lost."""
@@ -205,6 +255,7 @@ class Ingestor:
             self.client.publish(ALERT_TOPIC.format(vehicle=alert["vehicle"]), json.dumps(alert), qos=1)
 
     def _tick(self) -> None:
+        self.partitions.clear()  # looked up again once per timer period
         with session_scope() as session:
             ensure_partitions(session, [utcnow(), utcnow() + timedelta(days=1)])
             if self.on_tick is not None:
@@ -249,9 +300,24 @@ class Ingestor:
             self.client.loop_stop()
 
 
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
+def tune_gc() -> None:
+    """Collect garbage less often in an ingestor process: freeze what is alive after start-up (modules,
+    the fleet) and raise the thresholds. With the default thresholds a full collection ran every few
+    thousand messages and walked every message waiting in the inbox: measured here, decoding a
+    backlog of 60,000 one-sample messages cost 30 µs a message with them and 19 µs without."""
+    import gc
+
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def run_ingestor(mqtt_url: str, **options) -> IngestStats:  # noqa: ANN003
     """Run one ingestor in this process until SIGTERM or SIGINT; return its counters."""
     ingestor = Ingestor(mqtt_url, **options)
+    tune_gc()  # this process is the ingestor's own (the command, or a pool child)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_a: ingestor.stop_event.set())
     worker = threading.Thread(target=ingestor.run, name="ingest", daemon=True)
@@ -287,7 +353,8 @@ def run_pool(mqtt_url: str, processes: int, *, client_id: str, shared_group: str
 
     One ingestor is bound to one core by the GIL (paho's thread, decoding, rules and COPY all
     take it); the stream is split by the broker ($share), not here, so the children share
-    nothing but the database. Each child has its own persistent session (client id
+    nothing but the database; the first child alone runs ``on_tick`` (traceability's van sync,
+    the same for every child), the others only their rule timer. Each child has its own persistent session (client id
     ``{client_id}-{k}``), so a restarted child gets back what it had not acknowledged.
     A child that dies is started again after a pause; SIGTERM/SIGINT stop them all.
     Children log to this process's stderr directly (no pipe that could fill up).
@@ -301,6 +368,8 @@ def run_pool(mqtt_url: str, processes: int, *, client_id: str, shared_group: str
 
     def start(k: int) -> mp.process.BaseProcess:
         opts = {**options, "client_id": f"{client_id}-{k}", "shared_group": group}
+        if k > 0:  # the van sync (on_tick) is the same work for every child: the first one does it for all
+            opts["on_tick"] = None
         proc = ctx.Process(target=_child, args=(mqtt_url, opts), name=f"ingest-{k}", daemon=False)
         proc.start()
         return proc

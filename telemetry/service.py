@@ -16,9 +16,10 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, and_, func, or_, select, text
+from sqlalchemy import Connection, and_, bindparam, func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError, ProgrammingError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session, joinedload
@@ -33,8 +34,9 @@ from telemetry.rules import AlertEvent, RuleConfig, RuleEngine, VehicleState
 from warehouses.models import Vehicle
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
+class Message(NamedTuple):
+    """One MQTT message as the ingestor got it (a named tuple: built once per message on paho's thread)."""
+
     topic: str
     payload: bytes
     received_at: datetime
@@ -81,19 +83,23 @@ class Fleet:
         return self._by_code[code][0]
 
 
-def ensure_partitions(session: Session, days: Iterable[datetime]) -> None:
+def ensure_partitions(session: Session, days: Iterable[datetime], known: set[date] | None = None) -> None:
     """Create the day partitions of telemetry_readings that a batch needs (PostgreSQL only).
 
     Done in the batch's own transaction (a savepoint) so that it works whatever holds
     locks; the ingestor also makes today's and tomorrow's ahead of time, outside any batch,
-    so this is rare (an old backlog) and brief.
+    so this is rare (an old backlog) and brief. ``known``: days whose partition a caller saw before
+    (the ingestor's, emptied on its timer), not looked up again: a partition seen at the start of a
+    transaction was committed, and partitions are not dropped while ingestors run.
     """
     bind = session.get_bind()
     if bind.dialect.name != "postgresql":
         return
-    for day in sorted({d.astimezone(UTC).date() for d in days}):
+    for day in sorted({d.astimezone(UTC).date() for d in days} - (known or set())):
         name = f"telemetry_readings_p{day:%Y%m%d}"
         if session.scalar(text("SELECT to_regclass(:name) IS NOT NULL"), {"name": name}):
+            if known is not None:
+                known.add(day)
             continue
         start, end = day.isoformat(), (day + timedelta(days=1)).isoformat()
         ddl = (f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF telemetry_readings "
@@ -210,7 +216,7 @@ def _copy_text(value: str) -> str:
 
 
 def store_batch(session: Session, messages: Sequence[Message], fleet: Fleet, engine: RuleEngine,
-                now: datetime | None = None) -> BatchOutcome:
+                now: datetime | None = None, partitions: set[date] | None = None) -> BatchOutcome:
     """Decode, store once, keep rejects, apply the rules. The caller commits, then acks."""
     now = now or utcnow()
     out = BatchOutcome(messages=len(messages))
@@ -232,7 +238,7 @@ def store_batch(session: Session, messages: Sequence[Message], fleet: Fleet, eng
         out.duplicates = out.samples
         return out
 
-    ensure_partitions(session, [s.ts for s, _r in samples.values()])
+    ensure_partitions(session, [s.ts for s, _r in samples.values()], partitions)
     new_keys = insert_new_samples(session, fleet, list(samples.values()))
     out.stored = len(new_keys)
     out.duplicates = out.samples - out.stored
@@ -243,7 +249,8 @@ def store_batch(session: Session, messages: Sequence[Message], fleet: Fleet, eng
     by_vehicle: dict[str, list[tuple[Sample, datetime]]] = defaultdict(list)
     for s, received in fresh:
         by_vehicle[s.vehicle].append((s, received))
-    states = _lock_states(session, [fleet.vehicle_id(v) for v in by_vehicle], now)
+    states = _lock_state_rows(session, [fleet.vehicle_id(v) for v in by_vehicle], now)
+    updates = []
     for code in sorted(by_vehicle):
         vid = fleet.vehicle_id(code)
         row = states[vid]
@@ -251,14 +258,36 @@ def store_batch(session: Session, messages: Sequence[Message], fleet: Fleet, eng
         group = by_vehicle[code]
         arrived = max(received for _s, received in group)
         state, events = engine.for_cargo(row.cargo).apply(state, [s for s, _r in group], now, arrived)
-        row.state = state.to_dict()
-        row.updated_at = now
         latest = max(s.ts for s, _r in group)
-        row.last_sample_at = max(latest, row.last_sample_at) if row.last_sample_at else latest
+        updates.append({"vid": vid, "state": state.to_dict(), "updated_at": now,
+                        "last_sample_at": max(latest, row.last_sample_at) if row.last_sample_at else latest})
         if events:
             out.alerts.extend(apply_alert_events(session, events, {code: vid}, now))
+    session.execute(_UPDATE_STATE, updates)
     session.flush()
     return out
+
+
+_STATES = VehicleRuleState.__table__
+_UPDATE_STATE = (update(_STATES).where(_STATES.c.vehicle_id == bindparam("vid"))
+                 .values(state=bindparam("state"), updated_at=bindparam("updated_at"),
+                         last_sample_at=bindparam("last_sample_at")))
+
+
+def _lock_state_rows(session: Session, vehicle_ids: list[int], now: datetime) -> dict[int, Any]:
+    """:func:`_lock_states` for the ingest path: plain rows (vehicle_id, state, cargo, last_sample_at), no
+    ORM objects, and the INSERT of missing rows only when some are missing (a van's first sample)."""
+    ids = sorted(set(vehicle_ids))
+    query = (select(_STATES.c.vehicle_id, _STATES.c.state, _STATES.c.cargo, _STATES.c.last_sample_at)
+             .where(_STATES.c.vehicle_id.in_(ids)).order_by(_STATES.c.vehicle_id))
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update()
+    rows = {r.vehicle_id: r for r in session.execute(query)}
+    if len(rows) < len(ids):
+        _insert(session, VehicleRuleState, [{"vehicle_id": v, "state": {}, "updated_at": now, "active": False}
+                                            for v in ids if v not in rows], conflict_nothing=True)
+        rows = {r.vehicle_id: r for r in session.execute(query)}
+    return rows
 
 
 def _lock_states(session: Session, vehicle_ids: list[int], now: datetime) -> dict[int, VehicleRuleState]:

@@ -37,6 +37,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from core import audit
+from core.bulk import insert_with_ids
 from core.timeutil import utcnow
 from fulfillment.models import Order, OrderLine, Reservation
 from routing.models import Plan, Route, RouteStop
@@ -124,6 +125,22 @@ def record(session: Session, events: Sequence[CustodyEvent]) -> list[CustodyEven
         return []
     session.add_all(events)
     session.flush()
+    views = event_views(session, events)
+    audit.append_many(session, [audit.Entry(ev.actor, f"custody.{ev.type}", "custody", ev.id, view, why=ev.reason,
+                                            at=ev.at) for ev, view in zip(events, views, strict=True)])
+    return list(events)
+
+
+def record_bulk(session: Session, events: Sequence[CustodyEvent]) -> list[CustodyEvent]:
+    """:func:`record` for tens of thousands of rows (a scenario's stock received): the same rows and
+    audit records, written by COPY / executemany instead of the ORM's flush (~0.3 ms a row). The
+    events stay outside the session; their ``id`` is filled in."""
+    if not events:
+        return []
+    columns = [c.name for c in CustodyEvent.__table__.columns if c.name != "id"]
+    ids = insert_with_ids(session, CustodyEvent.__table__, [{c: getattr(ev, c) for c in columns} for ev in events])
+    for ev, id_ in zip(events, ids, strict=True):
+        ev.id = id_
     views = event_views(session, events)
     audit.append_many(session, [audit.Entry(ev.actor, f"custody.{ev.type}", "custody", ev.id, view, why=ev.reason,
                                             at=ev.at) for ev, view in zip(events, views, strict=True)])

@@ -47,7 +47,7 @@ from fulfillment.picklists import pick_lists
 from fulfillment.scenario import load_scenario as _load_scenario
 from routing.replan import Event, depot_of, replan
 from routing.service import plan_depot
-from traceability.custody import make_event, now_or, received_event, record, record_returned_to_stock
+from traceability.custody import make_event, now_or, received_event, record, record_bulk, record_returned_to_stock
 from traceability.models import CustodyEvent
 from traceability.service import sync_vans, van_positions
 from warehouses.models import Node, StockLot
@@ -112,8 +112,9 @@ def receive_stock(session: Session, at: datetime | None = None, actor: str = "sc
     at = now_or(at)
     received = dict(session.execute(select(CustodyEvent.lot_id, func.sum(CustodyEvent.qty))
                                     .where(CustodyEvent.type == "received").group_by(CustodyEvent.lot_id)).all())
-    lots = session.scalars(select(StockLot).order_by(StockLot.id)).all()
-    return record(session, [received_event(lot, lot.qty - int(received.get(lot.id) or 0), at, actor, source=source)
+    lots = session.execute(select(StockLot.id, StockLot.node_id, StockLot.product_id, StockLot.lot, StockLot.qty,
+                                  StockLot.expires).order_by(StockLot.id)).all()
+    return record_bulk(session, [received_event(lot, lot.qty - int(received.get(lot.id) or 0), at, actor, source=source)
                             for lot in lots if lot.qty > int(received.get(lot.id) or 0)])
 
 

@@ -22,6 +22,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from core import audit
+from core.bulk import copy_rows
 from core.csvio import CsvFileError, RowError, read_rows, validate_row
 from core.security import ROLES, hash_password
 from warehouses.models import TEMP_CLASSES, Compartment, Driver, Node, Product, StockLot, User, Vehicle
@@ -251,6 +252,7 @@ def _load_stock(
     name = "stock.csv"
     existing = {(s.node_id, s.product_id, s.lot): s for s in session.scalars(select(StockLot))}
     counts = report.file(name)
+    new_lots: list[dict] = []  # written in one COPY / executemany (the ORM's flush: ~0.2 ms a lot)
 
     def known(rec: StockRow) -> tuple[str, str] | None:
         if rec.node not in nodes or nodes[rec.node].id is None:
@@ -267,8 +269,13 @@ def _load_stock(
             report.reject(RowError(name, line, "qty", f"{rec.qty} is below the {current.reserved} already reserved"))
             continue
         values = {"node_id": node.id, "product_id": product.id, "lot": rec.lot, "qty": rec.qty, "expires": rec.expires}
-        lot = _upsert(session, counts, current, lambda: StockLot(reserved=0, on_hold=False), values)
-        existing[(node.id, product.id, rec.lot)] = lot
+        if current is None:
+            new_lots.append({**values, "reserved": 0, "on_hold": False})
+            counts.inserted += 1
+            continue
+        _upsert(session, counts, current, StockLot, values)
+    session.flush()
+    copy_rows(session, StockLot.__table__, new_lots)
 
 
 def _load_vehicles(
