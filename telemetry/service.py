@@ -112,6 +112,8 @@ def ensure_partitions(session: Session, days: Iterable[datetime], known: set[dat
 
 
 def _insert(session: Session, model, rows: list[dict], conflict_nothing: bool = False, returning=None):  # noqa: ANN001, ANN202
+    if not rows:  # an executemany of nothing would run once with no parameters: a row of defaults
+        return [] if returning is not None else None
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert

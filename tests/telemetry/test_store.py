@@ -131,3 +131,16 @@ def test_stored_readings_are_exactly_the_decoded_ones(session, tmp_path: Path) -
                                            TelemetryReading.value2, TelemetryReading.ts)
                                     .where(TelemetryReading.seq == 77)).all())
     assert [tuple(r) for r in stored] == expected and len(expected) == 6
+
+
+def test_the_rule_timer_runs_on_a_network_without_vans(session) -> None:  # noqa: ANN001
+    """A fresh stack's ingestor ticks before any scenario is loaded: nothing to do, and no error."""
+    from telemetry.models import VehicleRuleState
+    from telemetry.service import default_engine, tick_all
+    from traceability.service import sync_vans
+    from warehouses.models import Vehicle
+
+    assert session.scalar(select(func.count()).select_from(Vehicle)) == 0
+    sync_vans(session)
+    assert tick_all(session, default_engine()) == []
+    assert session.scalar(select(func.count()).select_from(VehicleRuleState)) == 0
