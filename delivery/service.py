@@ -9,7 +9,7 @@ What a report moves:
 
 * route start: the route ``started`` (routing's row), each order aboard ``out_for_delivery``
   (fulfillment's lifecycle), the van active for the telemetry rules (silence alerts) and its
-  cargo told to them (traceability.sync_vans).
+  cargo told to them (traceability.sync_van: this van only).
 * arrived / delivered / failed: the stop along delivery/lifecycle.py; the order along its own
   lifecycle; a failed order goes ``failed`` → ``reattempt``, which is what allocation and
   re-planning take again (routing/replan.py pools ``reattempt`` orders for any van). The
@@ -36,10 +36,9 @@ from fulfillment.models import Order, OrderLine
 from fulfillment.service import record_event
 from routing.models import Plan, Route, RouteStop
 from telemetry.models import DriverPosition
-from telemetry.service import set_active
 from traceability import custody
 from traceability.risk import LEVELS
-from traceability.service import sync_vans
+from traceability.service import sync_van
 from traceability.trace import assess_orders
 from warehouses.models import Compartment, Driver, Node, Product, User, Vehicle
 
@@ -220,8 +219,9 @@ def start_route(session: Session, driver: DriverRef, body: RouteStartIn, now: da
     session.flush()
     custody.record_loaded(session, route, at, driver.username,
                           stops=[stop for stop, _order in stops if stop.status == "planned"])
-    sync_vans(session, now)  # cargo and watch of every van out now
-    set_active(session, driver.vehicle_code, True, now)  # this one is out, whatever day its route is planned for
+    # this van's cargo, and watched for silence: it is out, whatever day its route is planned for (the other
+    # vans' watch is Celery beat's, every minute)
+    sync_van(session, driver.vehicle_code, now, active=True)
     return {"date": body.date, "vehicle": driver.vehicle_code, "status": "started", "started_at": at,
             "stops": len(stops), "orders_out_for_delivery": out}
 
@@ -229,11 +229,16 @@ def start_route(session: Session, driver: DriverRef, body: RouteStartIn, now: da
 # ----------------------------------------------------------------------------------- stops
 
 
-def _driver_stop(session: Session, driver: DriverRef, stop_id: str, lock: bool) -> tuple[RouteStop, Route]:
-    """The stop, if it is on a current route of the driver's van; locked with its route for a change."""
+def _driver_stop(session: Session, driver: DriverRef, stop_id: str, lock: bool,
+                 with_order: bool = False) -> tuple:
+    """The stop, if it is on a current route of the driver's van; locked with its route for a change.
+    (stop, route), or (stop, route, order) with ``with_order`` (read in the same query, not locked)."""
     if driver.vehicle_id is None or len(stop_id) > 32:
         raise NotFound(NO_SUCH_STOP)
-    query = (select(RouteStop, Route)
+    query = (select(RouteStop, Route, Order) if with_order else select(RouteStop, Route))
+    if with_order:
+        query = query.join(Order, Order.id == RouteStop.order_id)
+    query = (query
              .join(Route, Route.id == RouteStop.route_id)
              .join(Plan, Plan.id == Route.plan_id)
              .where(RouteStop.stop_id == stop_id, Route.vehicle_id == driver.vehicle_id, Plan.status == "current"))
@@ -242,7 +247,7 @@ def _driver_stop(session: Session, driver: DriverRef, stop_id: str, lock: bool) 
     row = session.execute(query).first()
     if row is None:
         raise NotFound(NO_SUCH_STOP)
-    return row[0], row[1]
+    return tuple(row)
 
 
 def _damage(session: Session, stop: RouteStop, order: Order, items: list, event: DeliveryEvent,
@@ -287,12 +292,11 @@ def stop_event(session: Session, driver: DriverRef, stop_id: str, body: StopEven
     """Apply one stop event (see the module docstring for what it moves)."""
     now = now or utcnow()
     at = body.at or now
-    stop, route = _driver_stop(session, driver, stop_id, lock=True)
+    stop, route, order = _driver_stop(session, driver, stop_id, lock=True, with_order=True)
     try:
         target = lifecycle.stop_target(body.type, stop.status, route_state(route.status))
     except IllegalMove as exc:
         raise _conflict(exc) from None
-    order = session.get(Order, stop.order_id)
     lat, lon = body.position if body.position else (None, None)
     event = DeliveryEvent(route_id=route.id, stop_pk=stop.id, stop_id=stop.stop_id, driver_id=driver.id,
                           vehicle_id=route.vehicle_id, type=body.type, at=at, received_at=now, lat=lat, lon=lon,
@@ -339,8 +343,7 @@ def stop_event(session: Session, driver: DriverRef, stop_id: str, body: StopEven
                                                                   RouteStop.status == "failed")):
                 custody.record_returned(session, failed, at, driver.username,
                                         reason="back at the depot after a failed delivery")
-            sync_vans(session, now)
-            set_active(session, driver.vehicle_code, False, now)
+            sync_van(session, driver.vehicle_code, now, active=False)
     session.flush()
     return {"event_id": event.id, "stop_id": stop.stop_id, "order_ref": order.ref, "type": body.type, "at": at,
             "status": target, "route_status": route_status, "order_status": order.status, "damaged": damaged}
