@@ -141,6 +141,10 @@ class Settings(BaseSettings):
     # the driver delivery API (delivery/)
     idempotency_hours: float = Field(default=24, gt=0, le=24 * 365,
                                      description="how long a driver's Idempotency-Key is remembered")
+    db_pool_size: int = Field(default=5, ge=1, le=200,
+                              description="database connections each process keeps open (SQLAlchemy pool_size)")
+    db_max_overflow: int = Field(default=10, ge=0, le=200,
+                                 description="connections a process may open beyond the pool under a burst")
     proof_dir: Path | None = Field(default=None, description="where proof-of-delivery photos are kept; "
                                                              "unset: data_dir/proofs")
 
