@@ -369,7 +369,7 @@ def add_proof(session: Session, driver: DriverRef, stop_id: str, data: bytes | N
         raise Conflict(f"the stop is {stop.status}: a proof comes at or after the door", stop_status=stop.status,
                        route_status=route_state(route.status))
     sha = hashlib.sha256(data).hexdigest()
-    proofs.store(data, sha)
+    proofs.store(data, sha, content_type)  # the directory or the S3-compatible store (delivery/proofs.py)
     proof = DeliveryProof(stop_pk=stop.id, driver_id=driver.id, sha256=sha, content_type=content_type,
                           size=len(data), at=now)
     session.add(proof)
