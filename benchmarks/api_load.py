@@ -43,64 +43,19 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _build(engine, drivers: int, stops: int):  # noqa: ANN001, ANN202
-    """A depot, one van, driver and started-to-be route per driver, ``stops`` one-line orders each (rows written
-    directly: the benchmark measures the API, not the planner)."""
+    """A depot, one van, driver and route per driver, ``stops`` one-line orders each, reserved from a lot so that
+    route start records custody (tests.delivery.helpers.many_stops: rows written directly, the benchmark
+    measures the API, not the planner)."""
     from sqlalchemy.orm import Session
 
     from core.security import hash_password
     from core.timeutil import local_tomorrow
-    from fulfillment.models import Order, OrderLine
-    from routing.models import Plan, Route, RouteStop
-    from routing.service import local_at, new_stop_id
-    from warehouses.models import Compartment, Driver, Node, Product, User, Vehicle
+    from tests.delivery.helpers import many_stops
 
     day = local_tomorrow()
-    now = datetime.now(UTC)
     password = hash_password("bench-password")  # one hash for every user: logins are not measured
     with Session(engine) as s, s.begin():
-        depot = Node(code="FS-B", kind="flagship", name="基准旗舰店", lat=30.657, lon=104.08, opens=dtime(7),
-                     closes=dtime(22), frozen_l=10_000, chilled_l=10_000, ambient_l=10_000)
-        egg = Product(sku="EGG-30", name="土鸡蛋30枚", temp_class="chilled", fragile=True, unit_l=3, unit_kg=1.8,
-                      shelf_life_days=21, min_c=0, max_c=8)
-        s.add_all([depot, egg])
-        s.flush()
-        plan = Plan(day=day, depot_id=depot.id, version=1, status="current", created_at=now, created_by="bench",
-                    time_limit=0, seconds=0, distance_m=0, cost=0)
-        s.add(plan)
-        s.flush()
-        for d in range(drivers):
-            van = Vehicle(code=f"VAN-B{d:03d}", depot_id=depot.id, max_kg=800, shift_start=dtime(7, 30),
-                          shift_end=dtime(17, 30), speed_kmh=28, cost_per_km=2.5, fixed_cost=150)
-            van.compartments = [Compartment(temp_class="chilled", capacity_l=400),
-                                Compartment(temp_class="frozen", capacity_l=120)]
-            s.add(van)
-            s.flush()
-            s.add(Driver(username=f"bench{d:03d}", name=f"司机{d}", vehicle_id=van.id))
-            s.add(User(username=f"bench{d:03d}", password_hash=password, role="driver", active=True, created_at=now))
-            route = Route(plan_id=plan.id, vehicle_id=van.id, start_at=local_at(day, 8 * 3600),
-                          end_at=local_at(day, 17 * 3600), distance_m=0, cost=0, status="planned")
-            s.add(route)
-            s.flush()
-            for i in range(stops):
-                lat, lon = 30.60 + (d % 20) * 0.005, 104.00 + i * 0.004
-                order = Order(ref=f"BO-{d:03d}-{i:02d}", delivery_date=day, mode="delivery", lat=lat, lon=lon,
-                              window_start=dtime(9), window_end=dtime(17), customer=f"客户{i}",
-                              phone="13800000000", address=f"成都市某路{i}号", status="planned", placed_at=now,
-                              node_id=depot.id)
-                order.lines = [OrderLine(line_no=1, product_id=egg.id, qty=4)]
-                s.add(order)
-                s.flush()
-                t = 9 * 3600 + i * 900
-                s.add(RouteStop(stop_id=new_stop_id(), route_id=route.id, seq=i + 1, order_id=order.id,
-                                arrive_at=local_at(day, t), service_at=local_at(day, t),
-                                depart_at=local_at(day, t + 300), leg_m=1000))
-    with Session(engine) as s:
-        stop_ids = {}
-        for username, stop_id in s.execute(
-                __import__("sqlalchemy").select(Driver.username, RouteStop.stop_id)
-                .join(Route, Route.vehicle_id == Driver.vehicle_id).join(RouteStop, RouteStop.route_id == Route.id)
-                .order_by(Driver.username, RouteStop.seq)):
-            stop_ids.setdefault(username, []).append(stop_id)
+        stop_ids = many_stops(s, day, [stops] * drivers, prefix="bench", password_hash=password)
     return day, stop_ids
 
 
