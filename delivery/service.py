@@ -129,32 +129,45 @@ def _no_route(driver: DriverRef, day: date) -> NotFound:
 
 
 def route_of(session: Session, driver: DriverRef, day: date) -> dict:
-    """The driver's route that day in the contract's shape, stops in order."""
-    rows = _trips(session, _route_query(driver, day)) if driver.vehicle_id else []
+    """The driver's route that day in the contract's shape, stops in order.
+
+    A fixed number of statements whatever the number of stops (tests/delivery/test_route_statements.py):
+    the trips with the van's compartments, the stops with their orders and items in one query, and the
+    risk checks' own (traceability.trace.assess_orders: one per kind of thing, not per order).
+    """
+    if not driver.vehicle_id:
+        raise _no_route(driver, day)
+    query = (_route_query(driver, day)
+             .add_columns(Compartment.id, Compartment.temp_class, Compartment.capacity_l)
+             .outerjoin(Compartment, Compartment.vehicle_id == Route.vehicle_id)
+             .order_by(Compartment.id))
+    rows = _trips(session, query)
     if not rows:
         raise _no_route(driver, day)
-    route, plan_day, depot = rows[0]
-    trips = [r[0] for r in rows]
-    current = _trip_to_start(trips)
-    stops = session.execute(
-        select(RouteStop.id, RouteStop.stop_id, RouteStop.seq, RouteStop.arrive_at, RouteStop.status, Order)
-        .join(Order, Order.id == RouteStop.order_id).join(Route, Route.id == RouteStop.route_id)
-        .where(RouteStop.route_id.in_([r.id for r in trips])).order_by(Route.trip, RouteStop.seq)).all()
-    order_ids = [s.Order.id for s in stops]
-    items: dict[int, list[dict]] = {}
-    if order_ids:
-        for order_id, sku, name, qty, tclass, fragile in session.execute(
-                select(OrderLine.order_id, Product.sku, Product.name, OrderLine.qty, Product.temp_class,
-                       Product.fragile)
-                .join(Product, Product.id == OrderLine.product_id)
-                .where(OrderLine.order_id.in_(order_ids)).order_by(OrderLine.order_id, OrderLine.line_no)):
-            items.setdefault(order_id, []).append({"sku": sku, "name": name, "qty": qty, "temp_class": tclass,
-                                                   "fragile": bool(fragile)})
-    checks = stop_checks(session, [s.Order for s in stops])
+    route, plan_day, depot = rows[0][:3]
+    trips = list({r[0].id: r[0] for r in rows}.values())
     compartments: dict[str, float] = {}
-    for tclass, litres in session.execute(select(Compartment.temp_class, Compartment.capacity_l)
-                                          .where(Compartment.vehicle_id == route.vehicle_id)):
-        compartments[tclass] = compartments.get(tclass, 0.0) + litres
+    for _cid, tclass, litres in sorted({r[3:] for r in rows if r[0].id == route.id and r[3] is not None}):
+        compartments[tclass] = compartments.get(tclass, 0.0) + litres  # two of a class: their sum
+    current = _trip_to_start(trips)
+    stops: list = []
+    items: dict[int, list[dict]] = {}
+    seen: set[int] = set()
+    for row in session.execute(
+            select(RouteStop.id, RouteStop.stop_id, RouteStop.seq, RouteStop.arrive_at, RouteStop.status, Order,
+                   Product.sku, Product.name, OrderLine.qty, Product.temp_class, Product.fragile)
+            .join(Order, Order.id == RouteStop.order_id).join(Route, Route.id == RouteStop.route_id)
+            .outerjoin(OrderLine, OrderLine.order_id == Order.id)
+            .outerjoin(Product, Product.id == OrderLine.product_id)
+            .where(RouteStop.route_id.in_([r.id for r in trips]))
+            .order_by(Route.trip, RouteStop.seq, RouteStop.id, OrderLine.line_no)):
+        if row.id not in seen:
+            seen.add(row.id)
+            stops.append(row)
+        if row.sku is not None:
+            items.setdefault(row.Order.id, []).append({"sku": row.sku, "name": row.name, "qty": row.qty,
+                                                       "temp_class": row.temp_class, "fragile": bool(row.fragile)})
+    checks = stop_checks(session, [s.Order for s in stops])
     return {
         "date": plan_day, "vehicle": driver.vehicle_code, "depot": depot, "status": route_state(current.status),
         "start": _local(route.start_at), "end": _local(trips[-1].end_at),

@@ -8,6 +8,7 @@ server cannot start.
 from __future__ import annotations
 
 import hashlib
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -76,21 +77,22 @@ def test_a_proof_goes_to_the_s3_store_and_staff_fetch_it_there(api, session, liv
     arrived = api.post(f"/api/v1/driver/stops/{stop}/events", headers={**one, **key()}, json={"type": "arrived"})
     assert arrived.status_code == 200, arrived.text
 
-    up = api.post(f"/api/v1/driver/stops/{stop}/proof", headers={**one, **key()}, files={"file": ("p.jpg", JPEG)})
+    photo = JPEG + uuid.uuid4().bytes  # bytes no other test stored in the proof directory
+    up = api.post(f"/api/v1/driver/stops/{stop}/proof", headers={**one, **key()}, files={"file": ("p.jpg", photo)})
     assert up.status_code == 201, up.text
     body = up.json()
-    sha = hashlib.sha256(JPEG).hexdigest()
+    sha = hashlib.sha256(photo).hexdigest()
     assert body["sha256"] == sha
     # in the bucket under the prefix, with its type; not in the proof directory
     obj = s3_store.client.get_object(Bucket=BUCKET, Key=f"pod/{sha}")
-    assert obj["Body"].read() == JPEG and obj["ContentType"] == "image/jpeg"
+    assert obj["Body"].read() == photo and obj["ContentType"] == "image/jpeg"
     assert not (get_settings().proofs_path / sha).exists()
     assert session.get(DeliveryProof, body["id"]).sha256 == sha
 
     # a dispatcher fetches it through the API, from the store
     got = api.get(f"/api/v1/proofs/{body['id']}", headers=token("dispatcher"))
-    assert got.status_code == 200 and got.content == JPEG and got.headers["content-type"] == "image/jpeg"
-    assert api.get(f"/api/v1/proofs/{body['id']}", headers=one).content == JPEG  # and its driver
+    assert got.status_code == 200 and got.content == photo and got.headers["content-type"] == "image/jpeg"
+    assert api.get(f"/api/v1/proofs/{body['id']}", headers=one).content == photo  # and its driver
     # another driver: the same 404 as for a proof that does not exist
     foreign = api.get(f"/api/v1/proofs/{body['id']}", headers=three)
     missing = api.get("/api/v1/proofs/999999", headers=three)
