@@ -341,8 +341,9 @@ class ConcurrencyLimitMiddleware:
     Sync routes and dependencies run in a thread pool (40 threads) and hold their session's connection across
     several hops to it (the session dependency, the caller, the route, the commit). With more requests
     inside than connections, the threads can all be taken by requests waiting for a connection while the
-    requests holding one wait for a thread to finish: everything stalls until the pool's 30 s timeout,
-    which is how the API collapsed past ~45 requests/s. Requests beyond the limit wait here, on the event
+    requests holding one wait for a thread to finish: everything stalls until the pool's 30 s timeout
+    (benchmarks/api_load.py at 100 requests/s: 10 served, the rest timed out). Requests beyond the limit
+    wait here, on the event
     loop, holding nothing. COLDCHAIN_DB_POOL_SIZE + COLDCHAIN_DB_MAX_OVERFLOW sets it.
     """
 
