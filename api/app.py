@@ -34,10 +34,12 @@ def create_app() -> FastAPI:
 
 
 def install_guards(app: FastAPI) -> None:
-    """Middleware, innermost first (Starlette wraps each added one around the previous): body limit, rate
-    limit, allowed hosts, CORS. CORS is outermost so that a browser can read a 413 or 429 too; it is added
-    only when COLDCHAIN_CORS_ORIGINS names origins (closed by default: no CORS headers at all)."""
+    """Middleware, innermost first (Starlette wraps each added one around the previous): the concurrency limit
+    (no more requests inside than database connections), body limit, rate limit, allowed hosts, CORS. CORS
+    is outermost so that a browser can read a 413 or 429 too; it is added only when COLDCHAIN_CORS_ORIGINS
+    names origins (closed by default: no CORS headers at all)."""
     settings = get_settings()
+    app.add_middleware(guards.ConcurrencyLimitMiddleware)
     app.add_middleware(guards.BodyLimitMiddleware)
     app.add_middleware(guards.RateLimitMiddleware)
     if settings.allowed_hosts:

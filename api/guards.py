@@ -334,3 +334,33 @@ class BodyLimitMiddleware:
                 raise
         if overflow and not started:
             await _too_large(limit, scope["path"])(scope, receive, send)
+
+
+# ---------------------------------------------------------------------------------------------- concurrency
+
+
+class ConcurrencyLimitMiddleware:
+    """At most as many requests inside the app at once as the database pool has connections (per process).
+
+    Sync routes and dependencies run in a thread pool (40 threads) and hold their session's connection across
+    several hops to it (the session dependency, the caller, the route, the commit). With more requests
+    inside than connections, the threads can all be taken by requests waiting for a connection while the
+    requests holding one wait for a thread to finish: everything stalls until the pool's 30 s timeout
+    (benchmarks/api_load.py at 100 requests/s: 10 served, the rest timed out). Requests beyond the limit
+    wait here, on the event
+    loop, holding nothing. COLDCHAIN_DB_POOL_SIZE + COLDCHAIN_DB_MAX_OVERFLOW sets it.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.slots: anyio.Semaphore | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.slots is None:
+            settings = get_settings()
+            self.slots = anyio.Semaphore(settings.db_pool_size + settings.db_max_overflow)
+        async with self.slots:
+            await self.app(scope, receive, send)

@@ -12,12 +12,20 @@ then delivered, stop after stop), each with a new Idempotency-Key; a share of th
 sent again with the same key (an app retrying). Latency is timed from when each request was
 due, so a generator that falls behind shows up in it. Prints p50, p95, p99, max, errors,
 the achieved requests/s and the machine's load average (the machine may be shared).
+
+Because the machine is shared, it also prints what does not depend on the neighbours: the CPU
+seconds the server's processes (uvicorn and its workers) and the database's backends spent
+during the measured load, as requests per CPU-second, and the SQL statements each endpoint
+runs (counted in this process with an event listener on the engine, one request of each kind by
+a driver held out of the load). ``--rates 50,100,200,300`` measures several rates one after the
+other and prints the highest achieved rate whose p99 stays within ``--p99-goal`` ms.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import random
 import shutil
@@ -35,64 +43,19 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _build(engine, drivers: int, stops: int):  # noqa: ANN001, ANN202
-    """A depot, one van, driver and started-to-be route per driver, ``stops`` one-line orders each (rows written
-    directly: the benchmark measures the API, not the planner)."""
+    """A depot, one van, driver and route per driver, ``stops`` one-line orders each, reserved from a lot so that
+    route start records custody (tests.delivery.helpers.many_stops: rows written directly, the benchmark
+    measures the API, not the planner)."""
     from sqlalchemy.orm import Session
 
     from core.security import hash_password
     from core.timeutil import local_tomorrow
-    from fulfillment.models import Order, OrderLine
-    from routing.models import Plan, Route, RouteStop
-    from routing.service import local_at, new_stop_id
-    from warehouses.models import Compartment, Driver, Node, Product, User, Vehicle
+    from tests.delivery.helpers import many_stops
 
     day = local_tomorrow()
-    now = datetime.now(UTC)
     password = hash_password("bench-password")  # one hash for every user: logins are not measured
     with Session(engine) as s, s.begin():
-        depot = Node(code="FS-B", kind="flagship", name="基准旗舰店", lat=30.657, lon=104.08, opens=dtime(7),
-                     closes=dtime(22), frozen_l=10_000, chilled_l=10_000, ambient_l=10_000)
-        egg = Product(sku="EGG-30", name="土鸡蛋30枚", temp_class="chilled", fragile=True, unit_l=3, unit_kg=1.8,
-                      shelf_life_days=21, min_c=0, max_c=8)
-        s.add_all([depot, egg])
-        s.flush()
-        plan = Plan(day=day, depot_id=depot.id, version=1, status="current", created_at=now, created_by="bench",
-                    time_limit=0, seconds=0, distance_m=0, cost=0)
-        s.add(plan)
-        s.flush()
-        for d in range(drivers):
-            van = Vehicle(code=f"VAN-B{d:03d}", depot_id=depot.id, max_kg=800, shift_start=dtime(7, 30),
-                          shift_end=dtime(17, 30), speed_kmh=28, cost_per_km=2.5, fixed_cost=150)
-            van.compartments = [Compartment(temp_class="chilled", capacity_l=400),
-                                Compartment(temp_class="frozen", capacity_l=120)]
-            s.add(van)
-            s.flush()
-            s.add(Driver(username=f"bench{d:03d}", name=f"司机{d}", vehicle_id=van.id))
-            s.add(User(username=f"bench{d:03d}", password_hash=password, role="driver", active=True, created_at=now))
-            route = Route(plan_id=plan.id, vehicle_id=van.id, start_at=local_at(day, 8 * 3600),
-                          end_at=local_at(day, 17 * 3600), distance_m=0, cost=0, status="planned")
-            s.add(route)
-            s.flush()
-            for i in range(stops):
-                lat, lon = 30.60 + (d % 20) * 0.005, 104.00 + i * 0.004
-                order = Order(ref=f"BO-{d:03d}-{i:02d}", delivery_date=day, mode="delivery", lat=lat, lon=lon,
-                              window_start=dtime(9), window_end=dtime(17), customer=f"客户{i}",
-                              phone="13800000000", address=f"成都市某路{i}号", status="planned", placed_at=now,
-                              node_id=depot.id)
-                order.lines = [OrderLine(line_no=1, product_id=egg.id, qty=4)]
-                s.add(order)
-                s.flush()
-                t = 9 * 3600 + i * 900
-                s.add(RouteStop(stop_id=new_stop_id(), route_id=route.id, seq=i + 1, order_id=order.id,
-                                arrive_at=local_at(day, t), service_at=local_at(day, t),
-                                depart_at=local_at(day, t + 300), leg_m=1000))
-    with Session(engine) as s:
-        stop_ids = {}
-        for username, stop_id in s.execute(
-                __import__("sqlalchemy").select(Driver.username, RouteStop.stop_id)
-                .join(Route, Route.vehicle_id == Driver.vehicle_id).join(RouteStop, RouteStop.route_id == Route.id)
-                .order_by(Driver.username, RouteStop.seq)):
-            stop_ids.setdefault(username, []).append(stop_id)
+        stop_ids = many_stops(s, day, [stops] * drivers, prefix="bench", password_hash=password)
     return day, stop_ids
 
 
@@ -116,24 +79,103 @@ class Driver:
         return self.last
 
 
+class RawClient:
+    """A minimal HTTP/1.1 keep-alive client for the generator: a request is a few writes and reads on an
+    asyncio stream. httpx's pool cost about 1.5 ms of CPU per request here (quadratic in queued requests
+    under overload), as much as the server's own work, on the same two cores; this one costs a few tens of
+    microseconds, so the generator takes less of the machine it measures. Answers must carry
+    Content-Length (uvicorn's always do here)."""
+
+    def __init__(self, base: str, max_connections: int = 256, timeout: float = 30.0) -> None:
+        from urllib.parse import urlparse
+
+        url = urlparse(base)
+        self.host, self.port = url.hostname or "127.0.0.1", url.port or 80
+        self.hostline = f"Host: {url.netloc}\r\n".encode()
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self.slots = asyncio.Semaphore(max_connections)
+        self.timeout = timeout
+
+    async def request(self, method: str, target: str, headers: dict[str, str], body: bytes | None = None) -> int:
+        async with self.slots:
+            reused = bool(self.idle)
+            conn = self.idle.pop() if reused else await asyncio.open_connection(self.host, self.port)
+            try:
+                status, keep = await asyncio.wait_for(self._exchange(conn, method, target, headers, body),
+                                                      self.timeout)
+            except (ConnectionError, asyncio.IncompleteReadError):
+                conn[1].close()
+                if not reused:
+                    raise
+                # the server closed an idle keep-alive connection: once more on a new one, as clients do
+                conn = await asyncio.open_connection(self.host, self.port)
+                try:
+                    status, keep = await asyncio.wait_for(self._exchange(conn, method, target, headers, body),
+                                                          self.timeout)
+                except BaseException:
+                    conn[1].close()
+                    raise
+            except BaseException:
+                conn[1].close()
+                raise
+            if keep:
+                self.idle.append(conn)
+            else:
+                conn[1].close()
+            return status
+
+    async def _exchange(self, conn, method: str, target: str, headers: dict[str, str],  # noqa: ANN001
+                        body: bytes | None) -> tuple[int, bool]:
+        reader, writer = conn
+        head = [f"{method} {target} HTTP/1.1\r\n".encode(), self.hostline]
+        head += [f"{k}: {v}\r\n".encode() for k, v in headers.items()]
+        if body is not None:
+            head.append(f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n".encode())
+        head.append(b"\r\n")
+        writer.write(b"".join(head) + (body or b""))
+        status_line = await reader.readline()
+        if not status_line:
+            raise ConnectionError("the server closed the connection")
+        status = int(status_line.split()[1])
+        length, keep = 0, True
+        while True:
+            line = await reader.readline()
+            if line in (b"\r\n", b"\n", b""):
+                break
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"connection" and value.strip().lower() == b"close":
+                keep = False
+        if length:
+            await reader.readexactly(length)
+        return status, keep
+
+    def close(self) -> None:
+        for _reader, writer in self.idle:
+            writer.close()
+
+
 async def _load(base: str, day, drivers: list[Driver], rate: float, duration: float, get_share: float,  # noqa: ANN001
                 retry_share: float, seed: int) -> dict:
-    import httpx
+    import orjson
 
     rng = random.Random(seed)
     results: list[tuple[str, float, int | None]] = []  # kind, latency s, status (None: exception)
     lag: list[float] = []
-    limits = httpx.Limits(max_connections=400, max_keepalive_connections=400)
-    async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as client:
+    client = RawClient(base)
+    query = f"?date={day.isoformat()}"
+    try:
 
         async def one(kind: str, due: float, method: str, url: str, headers: dict, body: dict | None,
                       driver: Driver | None = None) -> None:
             lag.append(time.perf_counter() - due)
             try:
-                resp = await client.request(method, url, headers=headers, json=body,
-                                            params={"date": day.isoformat()} if method == "GET" else None)
-                status: int | None = resp.status_code
-            except httpx.HTTPError:
+                status: int | None = await client.request(
+                    method, url + query if method == "GET" else url, headers,
+                    orjson.dumps(body) if body is not None else None)
+            except (TimeoutError, OSError, ValueError, IndexError, asyncio.IncompleteReadError):
                 status = None
             finally:
                 if driver is not None:
@@ -172,6 +214,8 @@ async def _load(base: str, day, drivers: list[Driver], rate: float, duration: fl
                                                  body, d)))
         await asyncio.gather(*tasks)
         elapsed = time.perf_counter() - start
+    finally:
+        client.close()
     return {"results": results, "elapsed": elapsed, "lag": lag}
 
 
@@ -183,14 +227,123 @@ def _pct(values: list[float], p: float) -> float:
     return values[k]
 
 
+def _ticks(pid: int) -> int:
+    """utime + stime of one process, in clock ticks (0 when it has gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0
+    return int(fields[11]) + int(fields[12])
+
+
+def _tree(pid: int) -> list[int]:
+    """The process and all its descendants (the uvicorn supervisor and its workers)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def _backends(engine, database: str) -> list[int]:  # noqa: ANN001
+    """PIDs of the PostgreSQL backends serving the benchmark's database (readable when the server runs here)."""
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        return [r[0] for r in conn.execute(text("SELECT pid FROM pg_stat_activity WHERE datname = :d "
+                                                "AND pid <> pg_backend_pid()"), {"d": database})]
+
+
+class CpuMeter:
+    """CPU seconds spent by the server's process tree and by the database's backends between two readings."""
+
+    def __init__(self, server_pid: int, engine, database: str) -> None:  # noqa: ANN001
+        self.server_pid, self.engine, self.database = server_pid, engine, database
+        self.hz = os.sysconf("SC_CLK_TCK")
+
+    def read(self) -> tuple[dict[int, int], dict[int, int]]:
+        server = {p: _ticks(p) for p in _tree(self.server_pid)}
+        try:
+            db = {p: _ticks(p) for p in _backends(self.engine, self.database)}
+        except Exception:  # noqa: BLE001 - a remote database: its CPU is not ours to read
+            db = {}
+        return server, db
+
+    def since(self, before: tuple[dict[int, int], dict[int, int]]) -> tuple[float, float]:
+        after = self.read()
+        return tuple(sum(t - b.get(p, 0) for p, t in a.items()) / self.hz  # type: ignore[return-value]
+                     for a, b in zip(after, before, strict=True))
+
+
+def _statement_counts(db_url: str, day, username: str, stop_id: str) -> list[tuple[str, int, int]]:  # noqa: ANN001
+    """(endpoint, status, SQL statements) for one request of each kind, run in this process against the same
+    database with a statement counter on the engine (the probe driver takes no part in the load)."""
+    from fastapi.testclient import TestClient
+    from sqlalchemy import event
+
+    from api.app import create_app
+    from core.db import get_engine, get_quick_commit_engine, reset_caches
+    from core.security import issue_token
+
+    os.environ["COLDCHAIN_DATABASE_URL"] = db_url
+    reset_caches()
+    count = [0]
+
+    def _count(*_args) -> None:  # noqa: ANN002
+        count[0] += 1
+
+    engines = {id(e): e for e in (get_engine(), get_quick_commit_engine())}.values()  # the key claims' own too
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", _count)
+    headers = {"Authorization": f"Bearer {issue_token(username, 'driver', minutes=10)}"}
+    leave = datetime.combine(day, dtime(8), tzinfo=UTC) - timedelta(hours=8)
+    events = f"/api/v1/driver/stops/{stop_id}/events"
+    steps = [
+        ("GET /driver/route (planned)", "GET", "/api/v1/driver/route", None, None),
+        ("POST /driver/route/start", "POST", "/api/v1/driver/route/start",
+         {"date": day.isoformat(), "at": leave.isoformat()}, "k-start"),
+        ("GET /driver/route (started)", "GET", "/api/v1/driver/route", None, None),
+        ("POST events arrived", "POST", events, {"type": "arrived"}, "k-arrived"),
+        ("POST events delivered", "POST", events, {"type": "delivered", "recipient": "本人"}, "k-delivered"),
+        ("POST events (a retry, replayed)", "POST", events, {"type": "delivered", "recipient": "本人"}, "k-delivered"),
+        ("GET /driver/route (a stop done)", "GET", "/api/v1/driver/route", None, None),
+    ]
+    out = []
+    with TestClient(create_app()) as client:
+        for name, method, url, body, key in steps:
+            client.request(method, url, headers=headers, json=body, params={"date": day.isoformat()})  # warm
+            count[0] = 0
+            if method == "GET":
+                resp = client.get(url, headers=headers, params={"date": day.isoformat()})
+            else:
+                resp = client.post(url, headers={**headers, "Idempotency-Key": key}, json=body)
+            out.append((name, resp.status_code, count[0]))
+    for engine in engines:
+        event.remove(engine, "before_cursor_execute", _count)
+    reset_caches()
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     from benchmarks.throwaway import throwaway_database
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rate", type=float, default=300.0, help="requests per second, fixed")
+    ap.add_argument("--rates", default=None, help="comma-separated rates measured one after the other "
+                                                  "(instead of --rate), e.g. 50,100,200,300")
+    ap.add_argument("--p99-goal", type=float, default=50.0, help="ms; the sweep reports the best rate within it")
     ap.add_argument("--duration", type=float, default=30.0, help="seconds of load")
     ap.add_argument("--drivers", type=int, default=150)
-    ap.add_argument("--stops", type=int, default=16)
+    ap.add_argument("--stops", type=int, default=16, help="stops per driver (raised so drivers do not run out)")
     ap.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
     ap.add_argument("--get-share", type=float, default=0.5, help="share of GET /driver/route")
     ap.add_argument("--retry-share", type=float, default=0.05, help="share of POSTs repeated with the same key")
@@ -199,13 +352,14 @@ def main(argv: list[str] | None = None) -> int:
                                                           "postgresql://postgres@127.0.0.1:5432/test"))
     ap.add_argument("--seed", type=int, default=7)
     args = ap.parse_args(argv)
-    if 2 * args.drivers * args.stops < args.rate * (args.duration + args.warmup) * (1 - args.get_share):
-        print("note: drivers will run out of stops before the end; their later requests become GETs",
-              file=sys.stderr)
+    rates = [float(r) for r in args.rates.split(",")] if args.rates else [args.rate]
+    posts = sum(r * (args.duration + args.warmup) for r in rates) * (1 - args.get_share)
+    stops = max(args.stops, math.ceil(posts / (2 * args.drivers)) + 1)
 
     work = Path(tempfile.mkdtemp(prefix="coldchain-api-bench-"))
     secret = "bench-secret-key-0123456789-abcdefghijklmnopqrstuvwxyz"
     os.environ["COLDCHAIN_SECRET_KEY"] = secret
+    os.environ["COLDCHAIN_DATA_DIR"] = str(work)
     from core.db import reset_caches
 
     reset_caches()
@@ -215,9 +369,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with throwaway_database(args.database, "bench_api") as (db_url, engine):
             t0 = time.perf_counter()
-            day, stop_ids = _build(engine, args.drivers, args.stops)
-            print(f"built {args.drivers} drivers x {args.stops} stops in {time.perf_counter() - t0:.1f} s",
-                  file=sys.stderr)
+            day, stop_ids = _build(engine, args.drivers + 1, stops)
+            print(f"built {args.drivers} drivers x {stops} stops (and a probe driver) in "
+                  f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
+            probe = max(stop_ids)
+            probe_stops = stop_ids.pop(probe)
+            counts = _statement_counts(db_url, day, probe, probe_stops[0])
             from tests.conftest import free_port  # the same free-port helper the tests use
 
             port = free_port()
@@ -226,20 +383,26 @@ def main(argv: list[str] | None = None) -> int:
             exe = Path(sys.executable).with_name("coldchain")
             cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "scripts.cli"]
             log = (work / "serve.log").open("wb")
-            server = subprocess.Popen([*cmd, "serve", "--port", str(port), "--workers", str(args.workers)], env=env,
-                                      stdout=log, stderr=subprocess.STDOUT, cwd=work)
+            server = subprocess.Popen([*cmd, "serve", "--port", str(port), "--workers", str(args.workers),
+                                       "--no-access-log"], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=work)
             base = f"http://127.0.0.1:{port}"
             _wait_up(base, server, work)
-            drivers = [Driver(u, stops, issue_token(u, "driver", minutes=120)) for u, stops in sorted(stop_ids.items())]
+            drivers = [Driver(u, s, issue_token(u, "driver", minutes=120)) for u, s in sorted(stop_ids.items())]
             _start_routes(base, day, drivers)
-            if args.warmup > 0:
-                asyncio.run(_load(base, day, drivers, args.rate, args.warmup, args.get_share, args.retry_share,
-                                  args.seed + 1))
-            load_before = os.getloadavg()
-            out = asyncio.run(_load(base, day, drivers, args.rate, args.duration, args.get_share, args.retry_share,
-                                    args.seed))
-            load_after = os.getloadavg()
-            _report(args, out, load_before, load_after)
+            meter = CpuMeter(server.pid, engine, make_url_database(db_url))
+            rows = []
+            for n, rate in enumerate(rates):
+                if args.warmup > 0:
+                    asyncio.run(_load(base, day, drivers, rate, args.warmup, args.get_share, args.retry_share,
+                                      args.seed + 100 + n))
+                load_before = os.getloadavg()
+                cpu_before, gen_before = meter.read(), time.process_time()
+                out = asyncio.run(_load(base, day, drivers, rate, args.duration, args.get_share, args.retry_share,
+                                        args.seed + n))
+                server_cpu, db_cpu = meter.since(cpu_before)
+                out["cpu"] = (server_cpu, db_cpu, time.process_time() - gen_before)
+                rows.append(_report(args, rate, out, load_before, os.getloadavg()))
+            _summary(rows, counts, args.p99_goal)
     finally:
         if server is not None:
             server.terminate()
@@ -249,6 +412,12 @@ def main(argv: list[str] | None = None) -> int:
                 server.kill()
         shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def make_url_database(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).database or ""
 
 
 def _wait_up(base: str, server: subprocess.Popen, work: Path) -> None:
@@ -278,27 +447,55 @@ def _start_routes(base: str, day, drivers: list[Driver]) -> None:  # noqa: ANN00
                 raise SystemExit(f"route start of {d.username} failed: {resp.status_code} {resp.text}")
 
 
-def _report(args, out: dict, load_before, load_after) -> None:  # noqa: ANN001
+def _report(args, rate: float, out: dict, load_before, load_after) -> dict:  # noqa: ANN001
     results, elapsed = out["results"], out["elapsed"]
-    print(f"\nDriver API load: {args.rate:.0f} requests/s for {args.duration:.0f} s, {args.drivers} drivers, "
+    print(f"\nDriver API load: {rate:.0f} requests/s for {args.duration:.0f} s, {args.drivers} drivers, "
           f"`coldchain serve --workers {args.workers}` on PostgreSQL, generator in this process")
     print(f"{'kind':<12} {'n':>6} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'max ms':>8} {'errors':>7}")
     kinds = sorted({k for k, _l, _s in results}) + ["all"]
+    summary: dict = {}
     for kind in kinds:
         rows = [(lat, st) for k, lat, st in results if kind in ("all", k)]
         lats = [lat * 1000 for lat, _st in rows]
         errors = sum(1 for _lat, st in rows if st is None or st >= 400)
         print(f"{kind:<12} {len(rows):>6} {_pct(lats, 50):>8.1f} {_pct(lats, 95):>8.1f} {_pct(lats, 99):>8.1f} "
               f"{max(lats):>8.1f} {errors:>7}")
+        if kind == "all":
+            summary = {"rate": rate, "p50": _pct(lats, 50), "p95": _pct(lats, 95), "p99": _pct(lats, 99),
+                       "errors": errors, "achieved": len(results) / elapsed, "n": len(results)}
     statuses: dict[str, int] = {}
     for _k, _lat, st in results:
         statuses[str(st)] = statuses.get(str(st), 0) + 1
     lag_ms = [x * 1000 for x in out["lag"]]
+    server_cpu, db_cpu, gen_cpu = out["cpu"]
     print(f"achieved {len(results) / elapsed:.1f} requests/s over {elapsed:.1f} s; statuses {statuses}")
     print(f"generator start lag p50 {statistics.median(lag_ms):.1f} ms, p99 {_pct(lag_ms, 99):.1f} ms "
           f"(time from due to sent, counted in the latencies)")
+    per = len(results) / server_cpu if server_cpu else float("nan")
+    print(f"CPU during the load: server processes {server_cpu:.1f} s ({per:.0f} requests per CPU-second, "
+          f"{1000 * server_cpu / max(1, len(results)):.2f} ms per request), PostgreSQL backends {db_cpu:.1f} s "
+          f"({1000 * db_cpu / max(1, len(results)):.2f} ms per request), generator {gen_cpu:.1f} s")
     print(f"load average (1, 5, 15 min) before {tuple(round(x, 2) for x in load_before)}, "
           f"after {tuple(round(x, 2) for x in load_after)}, on {os.cpu_count()} cores")
+    summary.update(server_cpu=server_cpu, db_cpu=db_cpu, per_cpu=per, load=load_after[0])
+    return summary
+
+
+def _summary(rows: list[dict], counts: list[tuple[str, int, int]], goal: float) -> None:
+    print("\nSQL statements per request (one request of each kind, counted on the engine):")
+    for name, status, n in counts:
+        print(f"  {name:<34} {status}  {n:>3}")
+    if len(rows) > 1:
+        print(f"\n{'rate':>6} {'reached':>8} {'p50':>7} {'p95':>7} {'p99':>7} {'errors':>7} {'req/CPU-s':>10} "
+              f"{'load':>5}")
+        for r in rows:
+            print(f"{r['rate']:>6.0f} {r['achieved']:>8.1f} {r['p50']:>7.1f} {r['p95']:>7.1f} {r['p99']:>7.1f} "
+                  f"{r['errors']:>7} {r['per_cpu']:>10.0f} {r['load']:>5.2f}")
+    within = [r for r in rows if r["p99"] <= goal and r["errors"] == 0]
+    best = max((r["achieved"] for r in within), default=None)
+    print(f"\nrequests/s reached with p99 <= {goal:.0f} ms and 0 errors: "
+          + (f"{best:.1f}" if best is not None else "none of the rates measured")
+          + f" (load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; the machine may be shared)")
 
 
 if __name__ == "__main__":

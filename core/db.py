@@ -91,14 +91,40 @@ def make_engine(url: str, **kwargs: object) -> Engine:
     return create_engine(url, **kwargs)
 
 
+def _pool(url: str) -> dict:
+    if url.startswith("sqlite"):
+        return {}
+    settings = get_settings()
+    return {"pool_size": settings.db_pool_size, "max_overflow": settings.db_max_overflow}
+
+
 @lru_cache
 def get_engine() -> Engine:
-    return make_engine(get_settings().sqlalchemy_url)
+    url = get_settings().sqlalchemy_url
+    return make_engine(url, **_pool(url))
 
 
 @lru_cache
 def get_sessionmaker() -> sessionmaker[Session]:
     return sessionmaker(bind=get_engine(), expire_on_commit=False)
+
+
+@lru_cache
+def get_quick_commit_engine() -> Engine:
+    """For short bookkeeping transactions whose loss in a crash loses nothing (an Idempotency-Key claimed
+    before its work: the work's own durable commit comes later in the WAL and flushes it): on PostgreSQL
+    its connections run with synchronous_commit off, set once per connection instead of once per
+    transaction; a small pool of its own. Elsewhere the ordinary engine."""
+    url = get_settings().sqlalchemy_url
+    if not url.startswith("postgresql"):
+        return get_engine()
+    return make_engine(url, connect_args={"options": "-c synchronous_commit=off"}, pool_size=2,
+                       max_overflow=max(2, get_settings().db_max_overflow))
+
+
+@lru_cache
+def get_quick_sessionmaker() -> sessionmaker[Session]:
+    return sessionmaker(bind=get_quick_commit_engine(), expire_on_commit=False)
 
 
 def writer_session() -> Session:
@@ -110,9 +136,13 @@ def writer_session() -> Session:
 
 
 @contextmanager
-def session_scope(write: bool = True) -> Iterator[Session]:
-    """One unit of work: commit on success, roll back on any error."""
-    session = writer_session() if write else get_sessionmaker()()
+def session_scope(write: bool = True, quick: bool = False) -> Iterator[Session]:
+    """One unit of work: commit on success, roll back on any error. ``quick``: on the quick-commit engine
+    (:func:`get_quick_commit_engine`), for bookkeeping that may be lost in a crash."""
+    if quick and get_settings().sqlalchemy_url.startswith("postgresql"):
+        session = get_quick_sessionmaker()()
+    else:
+        session = writer_session() if write else get_sessionmaker()()
     try:
         yield session
         session.commit()
@@ -125,9 +155,13 @@ def session_scope(write: bool = True) -> Iterator[Session]:
 
 def reset_caches() -> None:
     """Forget the engine and settings (tests and the demo change COLDCHAIN_* at run time)."""
+    if get_quick_commit_engine.cache_info().currsize:
+        get_quick_commit_engine().dispose()
     if get_engine.cache_info().currsize:
         get_engine().dispose()
     get_engine.cache_clear()
     get_sessionmaker.cache_clear()
+    get_quick_commit_engine.cache_clear()
+    get_quick_sessionmaker.cache_clear()
     get_settings.cache_clear()
     reset_clock()

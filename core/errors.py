@@ -57,3 +57,10 @@ class UnsupportedMedia(DomainError):
 class TooManyRequests(DomainError):
     status_code = 429
     title = "Too many requests"
+
+
+class Unavailable(DomainError):
+    """A service this answer depends on (the proof store) cannot be reached; retrying later may work."""
+
+    status_code = 503
+    title = "Service unavailable"

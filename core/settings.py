@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from urllib.parse import urlparse
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -162,6 +162,10 @@ class Settings(BaseSettings):
     # the driver delivery API (delivery/)
     idempotency_hours: float = Field(default=24, gt=0, le=24 * 365,
                                      description="how long a driver's Idempotency-Key is remembered")
+    db_pool_size: int = Field(default=5, ge=1, le=200,
+                              description="database connections each process keeps open (SQLAlchemy pool_size)")
+    db_max_overflow: int = Field(default=10, ge=0, le=200,
+                                 description="connections a process may open beyond the pool under a burst")
     proof_dir: Path | None = Field(default=None, description="where proof-of-delivery photos are kept; "
                                                              "unset: data_dir/proofs")
 
@@ -176,6 +180,34 @@ class Settings(BaseSettings):
                                          description="hours a console login lasts")
     console_poll_seconds: float = Field(default=2.0, ge=0.1, le=60, description=(
         "how often a console's live stream looks for new alerts and van positions"))
+    proof_store: str | None = Field(default=None, description=(
+        "s3://bucket/prefix: keep proofs in an S3-compatible object store instead of COLDCHAIN_PROOF_DIR"))
+    s3_endpoint_url: str | None = Field(default=None, description=(
+        "the S3-compatible service's URL (http://127.0.0.1:9000 for MinIO); unset: AWS S3 of COLDCHAIN_S3_REGION"))
+    s3_region: str = Field(default="us-east-1", min_length=1, max_length=64, description="the store's region")
+    s3_access_key_id: str | None = Field(default=None, description=(
+        "the store's access key; unset: boto3's own chain (AWS_* variables, ~/.aws, an instance role)"))
+    s3_secret_access_key: SecretStr | None = Field(default=None, description="the secret of that access key")
+
+    @field_validator("proof_store")
+    @classmethod
+    def _s3_store(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        parsed = urlparse(value)
+        if parsed.scheme != "s3" or not parsed.netloc or parsed.query or parsed.fragment:
+            raise ValueError("COLDCHAIN_PROOF_STORE must look like s3://bucket or s3://bucket/prefix")
+        return value
+
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        parsed = urlparse(value)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError("COLDCHAIN_S3_ENDPOINT_URL must look like http(s)://host:port")
+        return value
 
     @property
     def proofs_path(self) -> Path:
@@ -213,7 +245,8 @@ def config_error(exc: ValidationError) -> ConfigError:
         name = str(error["loc"][0]) if error.get("loc") else "?"
         message = error.get("msg", "invalid").removeprefix("Value error, ")
         got = error.get("input")
-        shown = "" if name == "secret_key" or got is None or isinstance(got, dict) else f" (got {str(got)[:60]!r})"
+        hidden = name in ("secret_key", "s3_secret_access_key") or got is None or isinstance(got, dict)
+        shown = "" if hidden else f" (got {str(got)[:60]!r})"
         if name == "secret_key" and isinstance(got, str):
             shown = f" (got {len(got)} characters)"
         lines.append(f"COLDCHAIN_{name.upper()}: {message}{shown}{_expected(name)}")

@@ -10,18 +10,21 @@ nothing may happen twice. Each key is scoped to its driver and lives COLDCHAIN_I
   exactly when the work is; a request that failed with a 4xx stores its answer the same way.
 * :func:`release` forgets a key whose request crashed (a 5xx): a retry may try again.
 
-A running row older than ``LEASE`` is taken to belong to a process that died mid-request.
+A running row older than ``LEASE`` is taken to belong to a process that died mid-request. Claims commit
+without waiting for the WAL flush on PostgreSQL (the caller's quick-commit session, core.db).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import json
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
-from sqlalchemy import and_, delete, or_, select, text, update
+import orjson
+from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -35,11 +38,8 @@ MAX_KEY = 255
 def fingerprint(method: str, path: str, body: bytes) -> str:
     """SHA-256 of method, path and body; a JSON body is canonicalised first (key order and spacing do not
     make another request)."""
-    try:
-        canonical = json.dumps(json.loads(body), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        body = canonical.encode("utf-8")
-    except (ValueError, UnicodeDecodeError):
-        pass
+    with contextlib.suppress(orjson.JSONDecodeError):  # not JSON: its bytes as they are
+        body = orjson.dumps(orjson.loads(body), option=orjson.OPT_SORT_KEYS)
     digest = hashlib.sha256()
     for part in (method.upper().encode(), path.encode("utf-8"), body):
         digest.update(len(part).to_bytes(8, "big"))
@@ -68,26 +68,37 @@ class Claim:
     body: bytes | None = None
 
 
+_SWEEP_EVERY = 600.0  # seconds between two sweeps of one driver's expired keys, per process
+_swept: dict[int, float] = {}
+
+
 def claim(session: Session, driver_id: int, key: str, fp: str, method: str, path: str, now: datetime) -> Claim:
-    """Take the key for this request, or say what happened to it before. The caller commits at once."""
+    """Take the key for this request, or say what happened to it before. The caller commits at once.
+
+    One statement in the common case: an INSERT that, on a conflict with this driver's key, takes the row
+    over only when it has expired or a process died holding it ("running" past ``LEASE``), and otherwise
+    leaves it. The driver's other expired keys are swept at most every ten minutes per process (a key is
+    judged by its own age whatever the sweep did, so this only bounds the table).
+    """
     expired = now - timedelta(hours=get_settings().idempotency_hours)
     postgres = session.get_bind().dialect.name == "postgresql"
-    if postgres:
-        # No need to wait for this commit's WAL flush: the work's own (durable) commit comes later in the WAL
-        # and flushes it; a claim lost in a crash stands for no work. Other processes see it at commit anyway.
-        session.execute(text("SET LOCAL synchronous_commit TO OFF"))
-    # this driver's expired keys, and this key if a process died holding it
-    session.execute(delete(IdempotencyKey).where(
-        IdempotencyKey.driver_id == driver_id,
-        or_(IdempotencyKey.created_at < expired,
-            and_(IdempotencyKey.key == key, IdempotencyKey.status == "running",
-                 IdempotencyKey.created_at < now - LEASE))))
+    tick = time.monotonic()
+    if tick - _swept.get(driver_id, -_SWEEP_EVERY) >= _SWEEP_EVERY:
+        _swept[driver_id] = tick
+        session.execute(delete(IdempotencyKey).where(IdempotencyKey.driver_id == driver_id,
+                                                     IdempotencyKey.created_at < expired))
     dialect = postgresql if postgres else sqlite
+    insert = dialect.insert(IdempotencyKey).values(
+        driver_id=driver_id, key=key, fingerprint=fp, method=method, path=path[:500], status="running",
+        created_at=now)
     new_id = session.scalar(
-        dialect.insert(IdempotencyKey)
-        .values(driver_id=driver_id, key=key, fingerprint=fp, method=method, path=path[:500], status="running",
-                created_at=now)
-        .on_conflict_do_nothing(index_elements=["driver_id", "key"])
+        insert.on_conflict_do_update(
+            index_elements=["driver_id", "key"],
+            set_={"fingerprint": insert.excluded.fingerprint, "method": insert.excluded.method,
+                  "path": insert.excluded.path, "status": "running", "created_at": insert.excluded.created_at,
+                  "response_status": None, "response_headers": None, "response_body": None, "finished_at": None},
+            where=or_(IdempotencyKey.created_at < expired,
+                      and_(IdempotencyKey.status == "running", IdempotencyKey.created_at < now - LEASE)))
         .returning(IdempotencyKey.id))
     if new_id is not None:
         return Claim("new", new_id)

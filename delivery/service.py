@@ -9,7 +9,7 @@ What a report moves:
 
 * route start: the route ``started`` (routing's row), each order aboard ``out_for_delivery``
   (fulfillment's lifecycle), the van active for the telemetry rules (silence alerts) and its
-  cargo told to them (traceability.sync_vans).
+  cargo told to them (traceability.sync_van: this van only).
 * arrived / delivered / failed: the stop along delivery/lifecycle.py; the order along its own
   lifecycle; a failed order goes ``failed`` → ``reattempt``, which is what allocation and
   re-planning take again (routing/replan.py pools ``reattempt`` orders for any van). The
@@ -36,10 +36,9 @@ from fulfillment.models import Order, OrderLine
 from fulfillment.service import record_event
 from routing.models import Plan, Route, RouteStop
 from telemetry.models import DriverPosition
-from telemetry.service import set_active
 from traceability import custody
 from traceability.risk import LEVELS
-from traceability.service import sync_vans
+from traceability.service import sync_van
 from traceability.trace import assess_orders
 from warehouses.models import Compartment, Driver, Node, Product, User, Vehicle
 
@@ -130,32 +129,45 @@ def _no_route(driver: DriverRef, day: date) -> NotFound:
 
 
 def route_of(session: Session, driver: DriverRef, day: date) -> dict:
-    """The driver's route that day in the contract's shape, stops in order."""
-    rows = _trips(session, _route_query(driver, day)) if driver.vehicle_id else []
+    """The driver's route that day in the contract's shape, stops in order.
+
+    A fixed number of statements whatever the number of stops (tests/delivery/test_route_statements.py):
+    the trips with the van's compartments, the stops with their orders and items in one query, and the
+    risk checks' own (traceability.trace.assess_orders: one per kind of thing, not per order).
+    """
+    if not driver.vehicle_id:
+        raise _no_route(driver, day)
+    query = (_route_query(driver, day)
+             .add_columns(Compartment.id, Compartment.temp_class, Compartment.capacity_l)
+             .outerjoin(Compartment, Compartment.vehicle_id == Route.vehicle_id)
+             .order_by(Compartment.id))
+    rows = _trips(session, query)
     if not rows:
         raise _no_route(driver, day)
-    route, plan_day, depot = rows[0]
-    trips = [r[0] for r in rows]
-    current = _trip_to_start(trips)
-    stops = session.execute(
-        select(RouteStop.id, RouteStop.stop_id, RouteStop.seq, RouteStop.arrive_at, RouteStop.status, Order)
-        .join(Order, Order.id == RouteStop.order_id).join(Route, Route.id == RouteStop.route_id)
-        .where(RouteStop.route_id.in_([r.id for r in trips])).order_by(Route.trip, RouteStop.seq)).all()
-    order_ids = [s.Order.id for s in stops]
-    items: dict[int, list[dict]] = {}
-    if order_ids:
-        for order_id, sku, name, qty, tclass, fragile in session.execute(
-                select(OrderLine.order_id, Product.sku, Product.name, OrderLine.qty, Product.temp_class,
-                       Product.fragile)
-                .join(Product, Product.id == OrderLine.product_id)
-                .where(OrderLine.order_id.in_(order_ids)).order_by(OrderLine.order_id, OrderLine.line_no)):
-            items.setdefault(order_id, []).append({"sku": sku, "name": name, "qty": qty, "temp_class": tclass,
-                                                   "fragile": bool(fragile)})
-    checks = stop_checks(session, [s.Order for s in stops])
+    route, plan_day, depot = rows[0][:3]
+    trips = list({r[0].id: r[0] for r in rows}.values())
     compartments: dict[str, float] = {}
-    for tclass, litres in session.execute(select(Compartment.temp_class, Compartment.capacity_l)
-                                          .where(Compartment.vehicle_id == route.vehicle_id)):
-        compartments[tclass] = compartments.get(tclass, 0.0) + litres
+    for _cid, tclass, litres in sorted({r[3:] for r in rows if r[0].id == route.id and r[3] is not None}):
+        compartments[tclass] = compartments.get(tclass, 0.0) + litres  # two of a class: their sum
+    current = _trip_to_start(trips)
+    stops: list = []
+    items: dict[int, list[dict]] = {}
+    seen: set[int] = set()
+    for row in session.execute(
+            select(RouteStop.id, RouteStop.stop_id, RouteStop.seq, RouteStop.arrive_at, RouteStop.status, Order,
+                   Product.sku, Product.name, OrderLine.qty, Product.temp_class, Product.fragile)
+            .join(Order, Order.id == RouteStop.order_id).join(Route, Route.id == RouteStop.route_id)
+            .outerjoin(OrderLine, OrderLine.order_id == Order.id)
+            .outerjoin(Product, Product.id == OrderLine.product_id)
+            .where(RouteStop.route_id.in_([r.id for r in trips]))
+            .order_by(Route.trip, RouteStop.seq, RouteStop.id, OrderLine.line_no)):
+        if row.id not in seen:
+            seen.add(row.id)
+            stops.append(row)
+        if row.sku is not None:
+            items.setdefault(row.Order.id, []).append({"sku": row.sku, "name": row.name, "qty": row.qty,
+                                                       "temp_class": row.temp_class, "fragile": bool(row.fragile)})
+    checks = stop_checks(session, [s.Order for s in stops])
     return {
         "date": plan_day, "vehicle": driver.vehicle_code, "depot": depot, "status": route_state(current.status),
         "start": _local(route.start_at), "end": _local(trips[-1].end_at),
@@ -220,8 +232,9 @@ def start_route(session: Session, driver: DriverRef, body: RouteStartIn, now: da
     session.flush()
     custody.record_loaded(session, route, at, driver.username,
                           stops=[stop for stop, _order in stops if stop.status == "planned"])
-    sync_vans(session, now)  # cargo and watch of every van out now
-    set_active(session, driver.vehicle_code, True, now)  # this one is out, whatever day its route is planned for
+    # this van's cargo, and watched for silence: it is out, whatever day its route is planned for (the other
+    # vans' watch is Celery beat's, every minute)
+    sync_van(session, driver.vehicle_code, now, active=True)
     return {"date": body.date, "vehicle": driver.vehicle_code, "status": "started", "started_at": at,
             "stops": len(stops), "orders_out_for_delivery": out}
 
@@ -229,11 +242,16 @@ def start_route(session: Session, driver: DriverRef, body: RouteStartIn, now: da
 # ----------------------------------------------------------------------------------- stops
 
 
-def _driver_stop(session: Session, driver: DriverRef, stop_id: str, lock: bool) -> tuple[RouteStop, Route]:
-    """The stop, if it is on a current route of the driver's van; locked with its route for a change."""
+def _driver_stop(session: Session, driver: DriverRef, stop_id: str, lock: bool,
+                 with_order: bool = False) -> tuple:
+    """The stop, if it is on a current route of the driver's van; locked with its route for a change.
+    (stop, route), or (stop, route, order) with ``with_order`` (read in the same query, not locked)."""
     if driver.vehicle_id is None or len(stop_id) > 32:
         raise NotFound(NO_SUCH_STOP)
-    query = (select(RouteStop, Route)
+    query = (select(RouteStop, Route, Order) if with_order else select(RouteStop, Route))
+    if with_order:
+        query = query.join(Order, Order.id == RouteStop.order_id)
+    query = (query
              .join(Route, Route.id == RouteStop.route_id)
              .join(Plan, Plan.id == Route.plan_id)
              .where(RouteStop.stop_id == stop_id, Route.vehicle_id == driver.vehicle_id, Plan.status == "current"))
@@ -242,7 +260,7 @@ def _driver_stop(session: Session, driver: DriverRef, stop_id: str, lock: bool) 
     row = session.execute(query).first()
     if row is None:
         raise NotFound(NO_SUCH_STOP)
-    return row[0], row[1]
+    return tuple(row)
 
 
 def _damage(session: Session, stop: RouteStop, order: Order, items: list, event: DeliveryEvent,
@@ -287,12 +305,11 @@ def stop_event(session: Session, driver: DriverRef, stop_id: str, body: StopEven
     """Apply one stop event (see the module docstring for what it moves)."""
     now = now or utcnow()
     at = body.at or now
-    stop, route = _driver_stop(session, driver, stop_id, lock=True)
+    stop, route, order = _driver_stop(session, driver, stop_id, lock=True, with_order=True)
     try:
         target = lifecycle.stop_target(body.type, stop.status, route_state(route.status))
     except IllegalMove as exc:
         raise _conflict(exc) from None
-    order = session.get(Order, stop.order_id)
     lat, lon = body.position if body.position else (None, None)
     event = DeliveryEvent(route_id=route.id, stop_pk=stop.id, stop_id=stop.stop_id, driver_id=driver.id,
                           vehicle_id=route.vehicle_id, type=body.type, at=at, received_at=now, lat=lat, lon=lon,
@@ -339,8 +356,7 @@ def stop_event(session: Session, driver: DriverRef, stop_id: str, body: StopEven
                                                                   RouteStop.status == "failed")):
                 custody.record_returned(session, failed, at, driver.username,
                                         reason="back at the depot after a failed delivery")
-            sync_vans(session, now)
-            set_active(session, driver.vehicle_code, False, now)
+            sync_van(session, driver.vehicle_code, now, active=False)
     session.flush()
     return {"event_id": event.id, "stop_id": stop.stop_id, "order_ref": order.ref, "type": body.type, "at": at,
             "status": target, "route_status": route_status, "order_status": order.status, "damaged": damaged}
@@ -366,7 +382,7 @@ def add_proof(session: Session, driver: DriverRef, stop_id: str, data: bytes | N
         raise Conflict(f"the stop is {stop.status}: a proof comes at or after the door", stop_status=stop.status,
                        route_status=route_state(route.status))
     sha = hashlib.sha256(data).hexdigest()
-    proofs.store(data, sha)
+    proofs.store(data, sha, content_type)  # the directory or the S3-compatible store (delivery/proofs.py)
     proof = DeliveryProof(stop_pk=stop.id, driver_id=driver.id, sha256=sha, content_type=content_type,
                           size=len(data), at=now)
     session.add(proof)

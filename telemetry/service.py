@@ -14,7 +14,7 @@ import json
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, NamedTuple
@@ -402,13 +402,18 @@ class VanWatch:
     cargo: dict | None = None
 
 
-def watch_vans(session: Session, watch: dict[str, VanWatch], now: datetime | None = None) -> int:
-    """Set every van's watch: the vans named get theirs, every other van is idle with no cargo.
+def watch_vans(session: Session, watch: dict[str, VanWatch], now: datetime | None = None,
+               only: Collection[str] | None = None) -> int:
+    """Set every van's watch: the vans named get theirs, every other van is idle with no cargo. With ``only``,
+    just those vans are touched (one van's route start does not lock and rewrite the whole fleet's rows).
 
     Returns how many vans changed. Rows are locked in id order, as the ingestors lock them.
     """
     now = now or utcnow()
-    ids = dict(session.execute(select(Vehicle.code, Vehicle.id)).all())
+    query = select(Vehicle.code, Vehicle.id)
+    if only is not None:
+        query = query.where(Vehicle.code.in_(list(only)))
+    ids = dict(session.execute(query).all())
     unknown = sorted(set(watch) - set(ids))
     if unknown:
         raise ValueError(f"unknown vehicles: {', '.join(unknown)}")

@@ -33,7 +33,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import String, cast, func, literal, select, union_all
 from sqlalchemy.orm import Session
 
 from core import audit
@@ -312,16 +312,22 @@ def record_returned_to_stock(session: Session, order: Order, at: datetime, actor
 def event_views(session: Session, events: Sequence[CustodyEvent]) -> list[dict]:
     """Custody rows as the trace shows them (CONTRACTS.md section 3): type, at, vehicle, compartment,
     sku, lot, qty, and where, who, which order line and why."""
-    def codes(model, column, ids):  # noqa: ANN001, ANN202
-        ids = {i for i in ids if i is not None}
-        return dict(session.execute(select(model.id, column).where(model.id.in_(ids))).all()) if ids else {}
-
-    nodes = codes(Node, Node.code, (e.node_id for e in events))
-    vans = codes(Vehicle, Vehicle.code, (e.vehicle_id for e in events))
-    skus = codes(Product, Product.sku, (e.product_id for e in events))
-    refs = codes(Order, Order.ref, (e.order_id for e in events))
-    line_nos = codes(OrderLine, OrderLine.line_no, (e.line_id for e in events))
-    stop_ids = codes(RouteStop, RouteStop.stop_id, (e.stop_id for e in events))
+    # every name the rows refer to in one statement (a UNION ALL of one lookup per kind), not one per kind
+    wanted = {"node": (Node, Node.code, {e.node_id for e in events}),
+              "van": (Vehicle, Vehicle.code, {e.vehicle_id for e in events}),
+              "sku": (Product, Product.sku, {e.product_id for e in events}),
+              "ref": (Order, Order.ref, {e.order_id for e in events}),
+              "line": (OrderLine, OrderLine.line_no, {e.line_id for e in events}),
+              "stop": (RouteStop, RouteStop.stop_id, {e.stop_id for e in events})}
+    parts = [select(literal(kind).label("kind"), model.id.label("id"), cast(column, String).label("name"))
+             .where(model.id.in_(sorted(ids - {None})))
+             for kind, (model, column, ids) in wanted.items() if ids - {None}]
+    found: dict[str, dict[int, str]] = {kind: {} for kind in wanted}
+    if parts:
+        for kind, id_, name in session.execute(union_all(*parts) if len(parts) > 1 else parts[0]):
+            found[kind][id_] = name
+    nodes, vans, skus, refs, stop_ids = found["node"], found["van"], found["sku"], found["ref"], found["stop"]
+    line_nos = {k: int(v) for k, v in found["line"].items()}
     return [{"type": e.type, "at": audit.utc_text(e.at), "vehicle": vans.get(e.vehicle_id),
              "compartment": e.compartment, "sku": skus.get(e.product_id), "lot": e.lot, "qty": e.qty,
              "node": nodes.get(e.node_id), "position": [e.lat, e.lon] if e.lat is not None else None,

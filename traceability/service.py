@@ -34,18 +34,21 @@ _ON_BOARD = ("planned", "arrived")  # stop statuses whose goods are still in the
 _FINISHED_ROUTES = ("done", "broken")
 
 
-def van_watch(session: Session, day: date, now: datetime | None = None) -> dict[str, VanWatch]:
+def van_watch(session: Session, day: date, now: datetime | None = None,
+              vehicle: str | None = None) -> dict[str, VanWatch]:
     """Each van's watch from the current plans of ``day``.
 
     With ``now``: a van is active while a route of its is under way (started by its driver, or
     within its planned times), and its cargo is what that route still carries. Without
     ``now``: every van with a route that day is taken as loaded (a simulated day), none active.
+    ``vehicle``: that van's watch only.
     """
-    routes = session.execute(
-        select(Route.id, Vehicle.code, Route.status, Route.start_at, Route.end_at)
-        .join(Plan, Plan.id == Route.plan_id).join(Vehicle, Vehicle.id == Route.vehicle_id)
-        .where(Plan.day == day, Plan.status == "current", Route.status.not_in(_FINISHED_ROUTES))
-    ).all()
+    query = (select(Route.id, Vehicle.code, Route.status, Route.start_at, Route.end_at)
+             .join(Plan, Plan.id == Route.plan_id).join(Vehicle, Vehicle.id == Route.vehicle_id)
+             .where(Plan.day == day, Plan.status == "current", Route.status.not_in(_FINISHED_ROUTES)))
+    if vehicle is not None:
+        query = query.where(Vehicle.code == vehicle)
+    routes = session.execute(query).all()
     under_way: dict[int, str] = {}
     for route_id, code, status, start_at, end_at in routes:
         if now is None or status == "started" or start_at <= now <= end_at + ACTIVE_GRACE:
@@ -91,6 +94,21 @@ def sync_vans(session: Session, now: datetime | None = None, day: date | None = 
     watch = van_watch(session, today - timedelta(days=1), now)  # routes that run past midnight
     watch.update(van_watch(session, today, now))
     return watch_vans(session, watch, now)
+
+
+def sync_van(session: Session, vehicle: str, now: datetime | None = None, active: bool | None = None) -> int:
+    """:func:`sync_vans` for one van (a driver's route start or last stop): its cargo and watch as of ``now``,
+    without touching the other vans (Celery beat keeps those current every minute). ``active`` overrides
+    whether the rules watch it for silence (a started van is out whatever day its route is planned for; a van
+    whose last stop is done is not). Returns 1 when its row changed."""
+    now = now or utcnow()
+    today = to_local(now).date()
+    watch = van_watch(session, today - timedelta(days=1), now, vehicle)
+    watch.update(van_watch(session, today, now, vehicle))
+    mine = watch.get(vehicle, VanWatch(False, None))
+    if active is not None:
+        mine = VanWatch(active, mine.cargo)
+    return watch_vans(session, {vehicle: mine}, now, only=[vehicle])
 
 
 def van_positions(session: Session, depot_code: str, at: datetime) -> dict[str, tuple[float, float]]:

@@ -11,8 +11,7 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Request
-from fastapi.responses import FileResponse
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
 from api.deps import Caller, SessionDep, require
 from api.idempotency import CurrentDriver, DriverRoute, DriverSession, read_upload
@@ -119,19 +118,20 @@ def list_proofs(request: Request, session: SessionDep, caller: ProofReaders, lim
                 lambda row: service.proof_view(row[0], row[1], row[2]))
 
 
-@staff.get("/proofs/{proof_id}", response_class=FileResponse,
+@staff.get("/proofs/{proof_id}", response_class=Response,
            responses={200: {"content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}},
                                         "image/png": {"schema": {"type": "string", "format": "binary"}}},
                             "description": "the file"},
                       **_errors(404, s404="no such proof (or not yours)")})
 def get_proof(proof_id: Annotated[int, Path(ge=1, le=2**31 - 1)], session: SessionDep,
-              caller: ProofReaders) -> FileResponse:
-    """The photo or signature itself."""
+              caller: ProofReaders) -> Response:
+    """The photo or signature itself, from the proof store (a directory or an S3-compatible store)."""
     proof = service.proof_of(session, proof_id, _scope(session, caller))
-    if not proofs.path_of(proof.sha256).is_file():
+    data = proofs.fetch(proof.sha256)
+    if data is None:
         raise NotFound(f"the file of proof {proof_id} is missing from the proof store")
-    return FileResponse(proofs.path_of(proof.sha256), media_type=proof.content_type,
-                        headers={"Cache-Control": "private, max-age=86400", "ETag": f'"{proof.sha256}"'})
+    return Response(content=data, media_type=proof.content_type,
+                    headers={"Cache-Control": "private, max-age=86400", "ETag": f'"{proof.sha256}"'})
 
 
 __all__ = ["ProofOut", "router", "staff"]

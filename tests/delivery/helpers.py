@@ -8,9 +8,10 @@ both), VAN-02 at the hub HUB-01 (strawberries). Drivers driver01, driver02, driv
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import date, timedelta
+from datetime import time as dtime
 from pathlib import Path
 
 from sqlalchemy import select
@@ -95,3 +96,69 @@ def keep_keys_in(session: Session, live_app) -> None:  # noqa: ANN001
 
 def key() -> dict[str, str]:
     return {"Idempotency-Key": uuid.uuid4().hex}
+
+
+def many_stops(session: Session, day: date, stops: Sequence[int], prefix: str = "md",
+               password_hash: str | None = None) -> dict[str, list[str]]:
+    """A depot and, per entry of ``stops``, a van, its driver (``{prefix}000``...) and a planned route of that
+    many one-line egg orders, each reserved from one lot so that route start records custody. Rows are written
+    directly (for the statement-count test and benchmarks/api_load.py: the API is measured, not the planner);
+    logins only with ``password_hash``. Returns each driver's stop_ids in order."""
+    from core.timeutil import utcnow
+    from fulfillment.models import Order, OrderLine, Reservation
+    from routing.models import RouteStop
+    from routing.service import local_at, new_stop_id
+    from warehouses.models import Compartment, Driver, Node, Product, StockLot, User, Vehicle
+
+    now = utcnow()
+    tag = prefix.upper()
+    depot = Node(code=f"FS-{tag}", kind="flagship", name="基准旗舰店", lat=30.657, lon=104.08, opens=dtime(7),
+                 closes=dtime(22), frozen_l=10_000, chilled_l=10_000, ambient_l=10_000)
+    egg = Product(sku=f"EGG-{tag}", name="土鸡蛋30枚", temp_class="chilled", fragile=True, unit_l=3, unit_kg=1.8,
+                  shelf_life_days=21, min_c=0, max_c=8)
+    session.add_all([depot, egg])
+    session.flush()
+    lot = StockLot(node_id=depot.id, product_id=egg.id, lot=f"L-{tag}", qty=4 * max(1, sum(stops)),
+                   reserved=4 * sum(stops), expires=day + timedelta(days=20))
+    plan = Plan(day=day, depot_id=depot.id, version=1, status="current", created_at=now, created_by="test",
+                time_limit=0, seconds=0, distance_m=0, cost=0)
+    session.add_all([lot, plan])
+    session.flush()
+    out: dict[str, list[str]] = {}
+    for d, count in enumerate(stops):
+        username = f"{prefix}{d:03d}"
+        van = Vehicle(code=f"VAN-{tag}{d:03d}", depot_id=depot.id, max_kg=800, shift_start=dtime(7, 30),
+                      shift_end=dtime(17, 30), speed_kmh=28, cost_per_km=2.5, fixed_cost=150)
+        van.compartments = [Compartment(temp_class="chilled", capacity_l=400),
+                            Compartment(temp_class="frozen", capacity_l=120)]
+        session.add(van)
+        session.flush()
+        session.add(Driver(username=username, name=f"司机{d}", vehicle_id=van.id))
+        if password_hash is not None:
+            session.add(User(username=username, password_hash=password_hash, role="driver", active=True,
+                             created_at=now))
+        route = Route(plan_id=plan.id, vehicle_id=van.id, start_at=local_at(day, 8 * 3600),
+                      end_at=local_at(day, 17 * 3600), distance_m=0, cost=0, status="planned")
+        session.add(route)
+        session.flush()
+        orders = []
+        for i in range(count):
+            order = Order(ref=f"{tag}-{d:03d}-{i:03d}", delivery_date=day, mode="delivery",
+                          lat=30.60 + (d % 20) * 0.005, lon=104.00 + i * 0.004, window_start=dtime(9),
+                          window_end=dtime(17), customer=f"客户{i}", phone="13800000000", address=f"成都市某路{i}号",
+                          status="planned", placed_at=now, node_id=depot.id)
+            order.lines = [OrderLine(line_no=1, product_id=egg.id, qty=4)]
+            orders.append(order)
+        session.add_all(orders)
+        session.flush()
+        session.add_all([Reservation(line_id=o.lines[0].id, lot_id=lot.id, node_id=depot.id, qty=4) for o in orders])
+        ids = []
+        for i, order in enumerate(orders):
+            t = 9 * 3600 + i * 900
+            ids.append(new_stop_id())
+            session.add(RouteStop(stop_id=ids[-1], route_id=route.id, seq=i + 1, order_id=order.id,
+                                  arrive_at=local_at(day, t), service_at=local_at(day, t),
+                                  depart_at=local_at(day, t + 300), leg_m=1000))
+        out[username] = ids
+    session.flush()
+    return out
