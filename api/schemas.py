@@ -241,6 +241,19 @@ class AllocationOutcome(DayAllocations):
     seconds: Number
 
 
+class TransferAccept(BaseModel):
+    """One transfer proposal as GET /transfers lists it, to be carried out."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    date: date
+    from_: str = Field(alias="from", max_length=64)
+    to: str = Field(max_length=64)
+    sku: str = Field(max_length=64)
+    lot: str = Field(max_length=64)
+    qty: int = Field(gt=0)
+
+
 class TransferOut(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
 

@@ -33,6 +33,7 @@ from api.schemas import (
     JobLink,
     JobOut,
     PlanJobs,
+    TransferAccept,
     TransferOut,
     Transfers,
 )
@@ -45,7 +46,6 @@ from fulfillment.service import day_allocations
 from routing.models import Plan
 from routing.service import day_routes
 from telemetry.service import alert_view, alerts_query
-from traceability.flows import accept_transfer_flow
 from traceability.service import cargo_aboard, day_positions
 from warehouses.models import Node
 
@@ -268,21 +268,10 @@ def transfers(session: SessionDep, user: Dispatcher, day: Day = None) -> dict:
     return order_routes.transfers(session, _caller(user), day or local_tomorrow())
 
 
-class TransferIn(BaseModel):
-    date: date
-    from_: str = Field(alias="from", max_length=64)
-    to: str = Field(max_length=64)
-    sku: str = Field(max_length=64)
-    lot: str = Field(max_length=64)
-    qty: int = Field(gt=0)
-
-
 @router.post("/dispatch/transfers/accept", response_model=TransferOut, dependencies=CSRF)
-def accept_transfer(body: Annotated[TransferIn, Body()], session: SessionDep, user: Dispatcher) -> dict:
-    """Carry out one transfer proposal (traceability.flows.accept_transfer_flow: stock moved, custody recorded);
-    allocating the day again then lets the hub serve the orders."""
-    proposal = {"from": body.from_, "to": body.to, "sku": body.sku, "lot": body.lot, "qty": body.qty}
-    return accept_transfer_flow(session, body.date, proposal, actor=user.username)
+def accept_transfer(body: Annotated[TransferAccept, Body()], session: SessionDep, user: Dispatcher) -> dict:
+    """Carry out one transfer proposal, as POST /api/v1/transfers/accept."""
+    return order_routes.accept_transfer(body, session, _caller(user))
 
 
 @router.post("/dispatch/plan", status_code=202, response_model=PlanJobs, dependencies=CSRF)

@@ -23,6 +23,8 @@ from api.schemas import (
     OrderOut,
     OrderPlaced,
     Page,
+    TransferAccept,
+    TransferOut,
     Transfers,
     problems,
 )
@@ -38,6 +40,7 @@ from fulfillment.service import (
     order_view,
     suggest_transfers_for,
 )
+from traceability.flows import accept_transfer_flow
 from traceability.flows import cancel_order as cancel_with_custody
 from warehouses.service import LoadReport
 
@@ -147,3 +150,12 @@ def get_allocations(session: SessionDep, _caller: Dispatcher, day: Annotated[dat
 @router.get("/transfers", response_model=Transfers)
 def transfers(session: SessionDep, _caller: Dispatcher, day: Annotated[date, Query(alias="date")]) -> dict:
     return {"date": day.isoformat(), "transfers": suggest_transfers_for(session, day)}
+
+
+@router.post("/transfers/accept", response_model=TransferOut, responses=problems(409))
+def accept_transfer(body: TransferAccept, session: SessionDep, caller: Dispatcher) -> dict:
+    """Carry out one proposal that GET /transfers still makes (traceability.flows.accept_transfer_flow: the stock
+    moves, the hub's custody records what it received); 409 for a proposal no longer made (done, or forged).
+    Allocating the day again then lets the hub serve the orders."""
+    proposal = {"from": body.from_, "to": body.to, "sku": body.sku, "lot": body.lot, "qty": body.qty}
+    return accept_transfer_flow(session, body.date, proposal, actor=caller.username)

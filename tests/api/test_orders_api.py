@@ -83,3 +83,29 @@ def test_post_orders_takes_a_csv_upload_too(api, token, session, tmp_path: Path)
     body = assert_problem(api.post("/api/v1/orders", content=b"{nope", headers={
         **token("dispatcher"), "content-type": "application/json"}), 422)
     assert body["errors"]
+
+
+def test_a_transfer_proposal_is_accepted_once_over_http(api, token, session, tmp_path) -> None:  # noqa: ANN001
+    """POST /transfers/accept carries out a standing proposal once; a forged or spent one is a 409, and
+    the dispatcher's day lists the proposal no more."""
+    from fulfillment.service import allocate_day
+    from tests.support import DAY, assert_problem, sample_city
+    from traceability.flows import load_scenario
+
+    load_scenario(session, sample_city(tmp_path / "city", DAY))
+    allocate_day(session, DAY, actor="test")
+    headers = token("dispatcher")
+    listed = api.get("/api/v1/transfers", params={"date": DAY.isoformat()}, headers=headers).json()["transfers"]
+    assert listed, "the sample city's day proposes transfers"
+    first = listed[0]
+    body = {"date": DAY.isoformat(), **{k: first[k] for k in ("from", "to", "sku", "lot", "qty")}}
+    assert_problem(api.post("/api/v1/transfers/accept", json={**body, "qty": body["qty"] + 1000}, headers=headers),
+                   409)
+    assert_problem(api.post("/api/v1/transfers/accept", json=body, headers=token("quality")), 403)
+    done = api.post("/api/v1/transfers/accept", json=body, headers=headers)
+    assert done.status_code == 200, done.text
+    assert done.json()["qty"] == body["qty"] and done.json()["from"] == body["from"]
+    assert_problem(api.post("/api/v1/transfers/accept", json=body, headers=headers), 409)
+    after = api.get("/api/v1/transfers", params={"date": DAY.isoformat()}, headers=headers).json()["transfers"]
+    assert {(t["from"], t["to"], t["lot"]) for t in after} == {(t["from"], t["to"], t["lot"]) for t in listed[1:]}
+    assert_problem(api.post("/api/v1/transfers/accept", json={**body, "qty": 0}, headers=headers), 422)
