@@ -364,7 +364,7 @@ def day_positions(session: Session, day: date, at: datetime,
                   max_age: timedelta) -> dict[str, tuple[float, float, datetime]]:
     """The newest fix, no older than ``max_age`` at ``at``, of each van with a current route on ``day``: its
     tracker's (telemetry) or its driver's phone's, whichever is newer. code -> (lat, lon, ts); for the
-    dispatcher's map. Telemetry is one indexed lookup per van (telemetry.last_positions); phones one statement."""
+    dispatcher's map. One statement for the trackers (telemetry.last_positions), one for the phones."""
     vans = dict(session.execute(
         select(Vehicle.code, Vehicle.id).distinct().join(Route, Route.vehicle_id == Vehicle.id)
         .join(Plan, Plan.id == Route.plan_id).where(Plan.day == day, Plan.status == "current")).all())

@@ -144,3 +144,39 @@ def test_the_rule_timer_runs_on_a_network_without_vans(session) -> None:  # noqa
     sync_vans(session)
     assert tick_all(session, default_engine()) == []
     assert session.scalar(select(func.count()).select_from(VehicleRuleState)) == 0
+
+
+def test_last_positions_takes_one_statement_for_every_van(session, tmp_path: Path) -> None:  # noqa: ANN001
+    """The dispatcher's map asks for every van's last fix: the newest one in the window per van, in one statement."""
+    from sqlalchemy import event
+
+    from telemetry.service import last_positions
+
+    load_scenario(session, scenario_files.write(tmp_path))
+    fleet = Fleet()
+    fleet.load(session)
+    base = NOW - timedelta(minutes=30)
+
+    def fixes(device: str, lat0: float) -> list[dict]:
+        return [{"device": device, "seq": i, "ts": zulu(base + timedelta(minutes=i)), "pos": [lat0 + i / 1000, 104.0]}
+                for i in range(25)]
+
+    topic = "coldchain/v1/vehicles/{}/telemetry"
+    store_batch(session, [Message(topic.format("VAN-01"), json.dumps(fixes("TL-0001", 30.6)).encode(), NOW),
+                          Message(topic.format("VAN-02"), json.dumps(fixes("TL-0002", 30.7)[:5]).encode(), NOW)],
+                fleet, default_engine(), now=NOW)
+    statements: list[str] = []
+    listener = lambda *args: statements.append(args[2])  # noqa: E731
+    event.listen(session.get_bind(), "before_cursor_execute", listener)
+    try:
+        one = last_positions(session, ["VAN-01"], NOW)
+        n_one = len(statements)
+        both = last_positions(session, ["VAN-01", "VAN-02"], NOW, max_age=timedelta(minutes=60))
+        n_both = len(statements) - n_one
+    finally:
+        event.remove(session.get_bind(), "before_cursor_execute", listener)
+    assert n_one == n_both == 1
+    assert set(one) == {"VAN-01"}  # VAN-02's fixes are 26-30 min old: outside the default 15 minutes
+    assert one["VAN-01"][:2] == (30.6 + 24 / 1000, 104.0) and both["VAN-01"] == one["VAN-01"]
+    assert both["VAN-02"][:2] == (30.7 + 4 / 1000, 104.0)
+    assert both["VAN-02"][2] == base + timedelta(minutes=4)
