@@ -142,10 +142,12 @@ def trips_needed(vans: list[solver.Vehicle], stops: list[solver.Stop]) -> int:
 def on_board_trips(vans: list[solver.Vehicle], stops: list[solver.Stop], reload: float) -> int:
     """How many short trips per van keep the perishables within their time on board: 1 when one trip
     per van could serve every order with a limit (leaving at the shift's start, the drive ignored), else
-    the fewest trips (2..``MAX_TRIPS``) in equal slots of the shift (``solver.Vehicle.trip_slots``) that
-    can, or that leave the fewest out. On the generated city-2x200's FS-01 (3 vans, 10-hour shifts, limits
-    of 4-8 hours, windows until 18:00) one trip per van served 120 of 152 orders at 10 s, two slots 150;
-    a day without such orders keeps its one trip (no extra routing vehicles, no slower plans)."""
+    the fewest trips (2..``MAX_TRIPS``) in equal slots of the shift (``solver.Vehicle.trip_slots``) whose
+    trips, leaving at their slot's start, could serve them all, or that leave the fewest out. An estimate:
+    a trip may leave later within its slot, and the solver decides which trips run. On the generated
+    city-2x200's FS-01 (3 vans, 10-hour shifts, limits of 4-8 hours, windows until 18:00) one trip per van
+    served 120 of 152 orders at 10 s, two slots 150, three (this estimate) 149; a day without such orders
+    keeps its one trip (no extra routing vehicles, no slower plans)."""
 
     def reachable(s: solver.Stop, n: int) -> bool:
         for v in vans:
