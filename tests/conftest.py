@@ -54,10 +54,18 @@ class Databases:
     def drop_all(self) -> None:
         if not (SERVER_URL and SERVER_URL.startswith("postgresql")):
             return
-        admin = create_engine(_pg_admin_url(SERVER_URL), isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            for name in self.made:
+        from concurrent.futures import ThreadPoolExecutor
+
+        # each DROP DATABASE waits for a checkpoint; one after the other, a run's sixty databases took over a
+        # minute, side by side their checkpoints coincide
+        admin = create_engine(_pg_admin_url(SERVER_URL), isolation_level="AUTOCOMMIT", pool_size=8)
+
+        def drop(name: str) -> None:
+            with admin.connect() as conn:
                 conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(drop, self.made))
         admin.dispose()
 
 
