@@ -38,17 +38,13 @@ from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+from scripts.console import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_mosquitto(workdir: Path) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
+    port = free_port()
     conf = (ROOT / "deploy" / "mosquitto.conf").read_text()
     conf = conf.replace("listener 1883 0.0.0.0", f"listener {port} 127.0.0.1").replace(
         "persistence_location /mosquitto/data/", f"persistence_location {workdir}/")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,19 @@ out = Console(highlight=False)
 for _console in (err, out):
     if not _console.is_terminal:  # logs and CI: do not squeeze tables into 80 columns
         _console.width = max(_console.width, 140)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on now, for a server this process starts (the demo's API, a test's)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def coldchain_argv() -> list[str]:
+    """How to start another `coldchain` command: the installed script beside this Python, else the module."""
+    script = Path(sys.executable).with_name("coldchain")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "scripts.cli"]
 
 
 def print_json(data: Any) -> None:

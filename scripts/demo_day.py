@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import os
 import random
-import socket
 import subprocess
-import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -32,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from scripts.console import coldchain_argv, free_port
 
 STEP = timedelta(minutes=1)  # how far the clock moves per step while a van is on a trip, and the rule timer
 IDLE_STEP = timedelta(minutes=10)  # while every van is parked at its depot
@@ -62,17 +62,6 @@ def use_simulated_clock(output: Path, start: datetime) -> Any:
 # ------------------------------------------------------------------------------ the API server
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def coldchain_argv() -> list[str]:
-    script = Path(sys.executable).with_name("coldchain")
-    return [str(script)] if script.exists() else [sys.executable, "-c", "from scripts.cli import main; main()"]
-
-
 class ApiServer:
     """`coldchain serve` (uvicorn) on a free loopback port, on the demo's database and clock; its log in api.log.
 
@@ -88,7 +77,7 @@ class ApiServer:
         self._log = None
 
     def start(self) -> ApiServer:
-        port = _free_port()
+        port = free_port()
         env = {**os.environ, "COLDCHAIN_TOKEN_MINUTES": "720"}
         self._log = (self.output / "api.log").open("wb")
         self.proc = subprocess.Popen([*coldchain_argv(), "serve", "--host", "127.0.0.1", "--port", str(port)],

@@ -15,7 +15,6 @@ import math
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from core.timeutil import local_datetime, local_tomorrow, parse_hhmm
+from scripts.console import coldchain_argv, free_port  # noqa: F401  (free_port: for the tests' servers)
 
 if TYPE_CHECKING:
     import paho.mqtt.client as mqtt
@@ -145,15 +145,8 @@ def zulu(moment: datetime) -> str:
 # ------------------------------------------------------------------------------------------ processes
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def coldchain_cmd() -> list[str]:
-    exe = Path(sys.executable).with_name("coldchain")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "scripts.cli"]
+    return coldchain_argv()
 
 
 def stop(proc: subprocess.Popen) -> str:
