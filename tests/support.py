@@ -468,6 +468,16 @@ class Run:
         self.logs.append(path)
         return proc
 
+    def per_device(self) -> dict[str, int]:
+        """Samples stored per device: which van's messages are missing, for an assertion's message."""
+        from sqlalchemy import func, select
+
+        from telemetry.models import TelemetrySample
+
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(TelemetrySample.device, func.count()).group_by(TelemetrySample.device))
+            return dict(rows.all())
+
     def log(self) -> str:
         """Every ingestor log of this run, in order: for an assertion's message."""
         return "".join(f"\n----- {p.name}\n{p.read_text(errors='replace')}" for p in self.logs if p.exists())

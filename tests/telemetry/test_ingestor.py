@@ -80,7 +80,7 @@ def test_sigkill_mid_stream_loses_nothing_and_stores_nothing_twice(databases, tm
         stored_while_down = run.count()
         proc = run.start()
         total = messages * per_message
-        assert run.wait_for(total, timeout=90) == total, run.log()
+        assert run.wait_for(total, timeout=90) == total, (stored_while_down, run.per_device(), run.log())
         time.sleep(2)  # anything redelivered twice would show up now
         assert run.count() == total
         assert stored_while_down < total
