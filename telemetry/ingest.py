@@ -136,6 +136,7 @@ class Ingestor:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         return client
 
     def _on_connect(self, client, _userdata, _flags, reason_code, _props) -> None:  # noqa: ANN001
@@ -149,6 +150,18 @@ class Ingestor:
             log.info("connected to %s:%s, subscribed to %s", self.host, self.port, self.topic)
         except Exception:  # never let an exception reach paho's thread
             log.exception("on_connect failed")
+
+    def _on_subscribe(self, _client, _userdata, _mid, reason_codes, _props) -> None:  # noqa: ANN001
+        """Log the broker's SUBACK: only from then on does the session keep what is published (a refusal,
+        e.g. a broker without shared subscriptions, is an error: nothing would ever arrive)."""
+        try:
+            for code in reason_codes:
+                if code.is_failure:
+                    log.error("the broker refused the subscription to %s: %s", self.topic, code)
+                else:
+                    log.info("subscription granted: %s (QoS %s)", self.topic, code.value)
+        except Exception:
+            log.exception("on_subscribe failed")
 
     def _on_disconnect(self, _client, _userdata, _flags, reason_code, _props) -> None:  # noqa: ANN001
         try:

@@ -150,13 +150,15 @@ def coldchain_cmd() -> list[str]:
 
 
 def stop(proc: subprocess.Popen) -> str:
-    """SIGTERM, wait, SIGKILL if it hangs; returns what it wrote on stderr."""
+    """SIGTERM, wait, SIGKILL if it hangs; returns what it wrote on stderr (its log file for Run.start's)."""
     proc.send_signal(signal.SIGTERM)
     try:
-        return proc.communicate(timeout=30)[1]
+        err = proc.communicate(timeout=30)[1]
     except subprocess.TimeoutExpired:
         proc.kill()
-        return proc.communicate()[1]
+        err = proc.communicate()[1]
+    path = getattr(proc, "log_path", None)
+    return path.read_text(errors="replace") if path is not None else err
 
 
 # ------------------------------------------------------------------------------------------ HTTP
@@ -432,6 +434,8 @@ class Run:
         self.env = {**os.environ, "COLDCHAIN_DATABASE_URL": databases.new("ingest"),
                     "COLDCHAIN_DATA_DIR": str(tmp_path), "COLDCHAIN_MQTT_URL": mqtt_url}
         self.mqtt_url = mqtt_url
+        self.tmp_path = tmp_path
+        self.logs: list[Path] = []
         self.client_id = f"coldchain-ingest-test-{self.tag}"
         vehicles = FILES["vehicles.csv"]
         for old, new in (("VAN-01", self.vans[0]), ("VAN-02", self.vans[1]), ("TL-0001", self.devices[0]),
@@ -445,10 +449,31 @@ class Run:
         self.engine = make_engine(self.env["COLDCHAIN_DATABASE_URL"])
 
     def start(self) -> subprocess.Popen:
-        proc = subprocess.Popen([*coldchain_cmd(), "ingest", "--client-id", self.client_id, "--tick-every", "1",
-                                 "--session-expiry", "300"],
-                                env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        """Start `coldchain ingest`; its stderr goes to a file of its own in tmp_path (never an unread pipe,
+        which blocks the ingestor's logging once 64 KiB are waiting), read by :meth:`log` and ``stop``."""
+        self.starts = getattr(self, "starts", 0) + 1
+        path = self.tmp_path / f"ingest-{self.starts}.log"
+        with path.open("w") as err:
+            proc = subprocess.Popen([*coldchain_cmd(), "ingest", "--client-id", self.client_id, "--tick-every",
+                                     "1", "--session-expiry", "300"],
+                                    env=self.env, stdout=subprocess.DEVNULL, stderr=err)
+        proc.log_path = path  # type: ignore[attr-defined]  (read by stop())
+        self.logs.append(path)
         return proc
+
+    def per_device(self) -> dict[str, int]:
+        """Samples stored per device: which van's messages are missing, for an assertion's message."""
+        from sqlalchemy import func, select
+
+        from telemetry.models import TelemetrySample
+
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(TelemetrySample.device, func.count()).group_by(TelemetrySample.device))
+            return dict(rows.all())
+
+    def log(self) -> str:
+        """Every ingestor log of this run, in order: for an assertion's message."""
+        return "".join(f"\n----- {p.name}\n{p.read_text(errors='replace')}" for p in self.logs if p.exists())
 
     def count(self, model=None) -> int:  # noqa: ANN001
         from sqlalchemy import func, select
@@ -474,19 +499,17 @@ class Run:
             time.sleep(0.2)
         return self.count(model)
 
-    def wait_subscribed(self, proc: subprocess.Popen) -> None:
-        """Give the ingestor time to connect and subscribe (a persistent session keeps what comes after)."""
-        from sqlalchemy import func, select
-
-        from telemetry.models import TelemetrySample
-
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            with self.engine.connect() as conn:
-                if conn.scalar(select(func.count()).select_from(TelemetrySample)) is not None:
-                    break
-        time.sleep(3)
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+    def wait_subscribed(self, proc: subprocess.Popen, timeout: float = 60) -> None:
+        """Wait until the broker has granted the ingestor's subscription (its SUBACK, logged as "subscription
+        granted"): from then on its persistent session keeps every message published. A fixed sleep was not
+        enough on a loaded machine (the ingestor's start-up alone can take longer), and what was published
+        before the subscription existed is rightly never delivered."""
+        path = proc.log_path  # type: ignore[attr-defined]
+        deadline = time.monotonic() + timeout
+        while "subscription granted" not in path.read_text(errors="replace"):
+            assert proc.poll() is None, f"the ingestor exited with {proc.returncode}{self.log()}"
+            assert time.monotonic() < deadline, f"no subscription within {timeout} s{self.log()}"
+            time.sleep(0.1)
 
 
 def publisher(url: str) -> mqtt.Client:
