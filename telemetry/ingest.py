@@ -1,10 +1,11 @@
 """The MQTT ingestor (`coldchain ingest`).
 
-paho's network thread only enqueues; a writer thread stores batches and acknowledges
-each message to the broker after its batch has committed (paho manual_ack), so a crash
-at any point loses nothing: unacknowledged QoS 1 messages come back when the ingestor
-reconnects with its persistent session (fixed client id, clean start off, session expiry).
-Every paho callback is guarded: an exception inside one would kill paho's thread.
+One thread reads the broker's socket, stores batches and acknowledges each message to the
+broker after its batch has committed (telemetry.wire: no network thread to hand messages over
+to, so no GIL ping-pong, and a batch's PUBACKs go out as one write), so a crash at any point
+loses nothing: unacknowledged QoS 1 messages come back when the ingestor reconnects with its
+persistent session (fixed client id, clean start off, session expiry). Alerts are published
+by a paho client of their own (``{client id}-alerts``).
 A timer evaluates open conditions against the clock (durations, silence), so a van that
 went quiet mid-excursion still alerts; rule state lives in the database, so several
 ingestors can share the stream through an MQTT 5 shared subscription.
@@ -17,11 +18,9 @@ import logging
 import multiprocessing as mp
 import os
 import signal
-import struct
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -30,19 +29,17 @@ from urllib.parse import urlparse
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
 from core.db import session_scope
 from core.timeutil import utcnow
 from telemetry.service import Fleet, Message, default_engine, ensure_partitions, store_batch, tick_all
+from telemetry.wire import Subscriber
 
 log = logging.getLogger("coldchain.ingest")
 TELEMETRY_FILTER = "coldchain/v1/vehicles/+/telemetry"
 ALERT_TOPIC = "coldchain/v1/alerts/{vehicle}"
-_PUBACK = struct.Struct("!BBH")  # fixed header, remaining length 2, packet id: MQTT 5 PUBACK with reason 0
 
 
 @dataclass
@@ -68,39 +65,17 @@ class IngestStats:
 class _Pending(NamedTuple):
     message: Message
     qos: int
+    generation: int  # the connection that delivered it: a packet id is acknowledged only there
 
 
 class _Inbox:
-    """What paho's thread hands the writer: a deque (append and popleft are atomic under the GIL) and an
-    event set only when the writer may be asleep. queue.Queue takes a lock and notifies a condition on
-    every put: at one sample per message that was a tenth of the ingestor's time (py-spy --gil)."""
+    """Messages read from the broker and not yet stored (the demo waits until it is empty)."""
 
     def __init__(self) -> None:
-        self._items: deque[_Pending] = deque()
-        self._ready = threading.Event()
-
-    def put(self, item: _Pending) -> None:
-        self._items.append(item)
-        if not self._ready.is_set():
-            self._ready.set()
+        self.items: list[_Pending] = []
 
     def empty(self) -> bool:
-        return not self._items
-
-    def take(self, limit: int, timeout: float) -> list[_Pending]:
-        """Up to ``limit`` items, waiting up to ``timeout`` for the first one."""
-        if not self._items:
-            self._ready.clear()
-            if not self._items and not self._ready.wait(timeout):
-                return []
-        items, popleft = self._items, self._items.popleft
-        out = []
-        try:
-            for _ in range(min(limit, len(items))):
-                out.append(popleft())
-        except IndexError:
-            pass
-        return out
+        return not self.items
 
 
 class Ingestor:
@@ -125,82 +100,92 @@ class Ingestor:
         self.fleet = Fleet()
         self.partitions: set = set()  # days whose readings partition a batch found (service.ensure_partitions)
         self.engine = default_engine()
-        self.client = self._make_client()
+        self.wire = Subscriber(self.host, self.port, client_id, self.topic, session_expiry=session_expiry,
+                               receive_maximum=receive_maximum)
+        self._reconnect_at = 0.0
+        self._reconnect_delay = 1.0
+        self.client = self._make_alert_client()
 
     # -- MQTT ------------------------------------------------------------------------------
-    def _make_client(self) -> mqtt.Client:
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5,
-                             manual_ack=True)
+    def _make_alert_client(self) -> mqtt.Client:
+        """Paho, for publishing alerts only (its own client id, no subscription)."""
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{self.client_id}-alerts", protocol=mqtt.MQTTv5)
         client.reconnect_delay_set(min_delay=1, max_delay=30)
-        client.max_queued_messages_set(0)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_message = self._on_message
-        client.on_subscribe = self._on_subscribe
+        client.on_connect = self._on_alert_connect
         return client
 
-    def _on_connect(self, client, _userdata, _flags, reason_code, _props) -> None:  # noqa: ANN001
+    def _on_alert_connect(self, _client, _userdata, _flags, reason_code, _props) -> None:  # noqa: ANN001
         try:
             if reason_code.is_failure:
-                log.error("broker refused the connection: %s", reason_code)
-                return
-            self.stats.connects += 1
-            client.subscribe(self.topic, qos=1)
-            self.connected.set()
-            log.info("connected to %s:%s, subscribed to %s", self.host, self.port, self.topic)
+                log.error("broker refused the alert publisher's connection: %s", reason_code)
         except Exception:  # never let an exception reach paho's thread
             log.exception("on_connect failed")
 
-    def _on_subscribe(self, _client, _userdata, _mid, reason_codes, _props) -> None:  # noqa: ANN001
-        """Log the broker's SUBACK: only from then on does the session keep what is published (a refusal,
-        e.g. a broker without shared subscriptions, is an error: nothing would ever arrive)."""
-        try:
-            for code in reason_codes:
-                if code.is_failure:
-                    log.error("the broker refused the subscription to %s: %s", self.topic, code)
-                else:
-                    log.info("subscription granted: %s (QoS %s)", self.topic, code.value)
-        except Exception:
-            log.exception("on_subscribe failed")
-
-    def _on_disconnect(self, _client, _userdata, _flags, reason_code, _props) -> None:  # noqa: ANN001
-        try:
-            self.connected.clear()
-            if not self.stop_event.is_set():
-                log.warning("disconnected (%s); paho reconnects with backoff", reason_code)
-        except Exception:
-            log.exception("on_disconnect failed")
-
-    def _on_message(self, _client, _userdata, msg) -> None:  # noqa: ANN001
-        try:
-            self.stats.received += 1
-            self.inbox.put(_Pending(Message(msg.topic, bytes(msg.payload), utcnow(), msg.mid), msg.qos))
-        except Exception:
-            log.exception("on_message failed")
-
     def connect(self) -> None:
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = self.session_expiry
-        props.ReceiveMaximum = self.receive_maximum
-        self.client.connect_async(self.host, self.port, keepalive=30, clean_start=False, properties=props)
+        """Start the alert publisher and open the subscription (retried by the writer if it fails)."""
+        self.client.connect_async(self.host, self.port, keepalive=30)
         self.client.loop_start()
+        self._ensure_connected()
+
+    def _ensure_connected(self) -> bool:
+        """Connect the subscription if it is down and its backoff has passed; True if it is up."""
+        if self.wire.connected:
+            return True
+        if time.monotonic() < self._reconnect_at:
+            return False
+        try:
+            self.wire.connect()
+        except (OSError, ConnectionError) as exc:
+            log.warning("could not connect to %s:%s (%s); again in %.0f s", self.host, self.port, exc,
+                        self._reconnect_delay)
+            self._reconnect_at = time.monotonic() + self._reconnect_delay
+            self._reconnect_delay = min(self._reconnect_delay * 2, 30)
+            return False
+        self._reconnect_delay = 1.0
+        self.stats.connects += 1
+        self.connected.set()
+        log.info("connected to %s:%s, subscribed to %s", self.host, self.port, self.topic)
+        return True
+
+    def _lost(self, exc: BaseException) -> None:
+        self.connected.clear()
+        self.wire.close()
+        if not self.stop_event.is_set():
+            log.warning("disconnected (%s); connecting again", exc)
+            self._reconnect_at = time.monotonic() + 1.0
+
+    def _receive(self, timeout: float, limit: int) -> None:
+        """Move what the broker sent (up to about ``limit`` messages) into the inbox."""
+        if not self._ensure_connected():
+            time.sleep(min(timeout, 0.2))
+            return
+        try:
+            incoming = self.wire.read(timeout, limit)
+        except (OSError, ConnectionError) as exc:
+            self._lost(exc)
+            return
+        if incoming:
+            received, generation = utcnow(), self.wire.generation  # one arrival time per read
+            self.stats.received += len(incoming)
+            self.inbox.items.extend([_Pending(Message(m.topic, m.payload, received, m.mid), m.qos, generation)
+                                     for m in incoming])
 
     # -- storing ---------------------------------------------------------------------------
     def _next_batch(self) -> list[_Pending]:
         """What arrived, up to batch_size messages: after the first, wait up to batch_wait for more (one
         transaction and one rule pass per batch is what makes one sample per message affordable)."""
-        batch = self.inbox.take(self.batch_size, 0.2)
-        if not batch:
-            return batch
+        items = self.inbox.items
+        if not items:
+            self._receive(0.2, self.batch_size)
+            if not items:
+                return []
         deadline = time.monotonic() + self.batch_wait
-        while len(batch) < self.batch_size:
+        while len(items) < self.batch_size and not self.stop_event.is_set():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            if self.inbox.empty():
-                time.sleep(min(remaining, 0.005))
-                continue
-            batch.extend(self.inbox.take(self.batch_size - len(batch), 0))
+            self._receive(min(remaining, 0.005), self.batch_size - len(items))
+        batch, self.inbox.items = items[: self.batch_size], items[self.batch_size :]
         return batch
 
     def _store(self, batch: list[_Pending]) -> None:
@@ -218,9 +203,9 @@ class Ingestor:
                 self.stats.db_retries += 1
                 log.warning("database unavailable (%s); retrying the batch in %.1f s",
                             str(exc).splitlines()[0], delay)
-                time.sleep(delay)
+                self._wait_keeping_alive(delay)
                 delay = min(delay * 2, 10)
-        self._ack([p for p in batch if p.qos > 0 and p.message.mid is not None])
+        self._ack(batch)
         self.stats.batches += 1
         self.stats.handled += len(batch)
         self.stats.stored += outcome.stored
@@ -228,18 +213,29 @@ class Ingestor:
         self.stats.rejected += outcome.rejected
         self._publish(outcome.alerts)
 
+    def _wait_keeping_alive(self, seconds: float) -> None:
+        """Sleep while a batch waits for the database, pinging the broker so that it keeps the connection
+        (the messages waiting behind stay in the broker: at most receive_maximum are in flight)."""
+        deadline = time.monotonic() + seconds
+        while (remaining := deadline - time.monotonic()) > 0:
+            time.sleep(min(remaining, 1.0))
+            try:
+                self.wire.ping_if_due()
+            except (OSError, ConnectionError) as exc:
+                self._lost(exc)
+
     def _ack(self, pending: list[_Pending]) -> None:
-        """Acknowledge a committed batch. QoS 1 acks (PUBACK, reason 0: four bytes each) go out as one
-        write: paho's ``ack`` queues one packet per message, each waking its network thread and
-        costing a send(); at one sample per message that was a few µs a message. The bytes are the
-        ones paho's own ``_send_puback`` makes; without that paho internal, or for QoS 2, ``ack``."""
-        queue_packet = getattr(self.client, "_packet_queue", None)
-        ones = [p.message.mid for p in pending if p.qos == 1]
-        if queue_packet is not None and len(ones) > 1:
-            queue_packet(mqtt.PUBACK, b"".join(_PUBACK.pack(mqtt.PUBACK, 2, mid) for mid in ones), 0, 1)
-            pending = [p for p in pending if p.qos != 1]
-        for p in pending:
-            self.client.ack(p.message.mid, p.qos)
+        """Acknowledge a committed batch: its QoS 1 PUBACKs in one write, on the connection that delivered
+        the messages (after a reconnection the broker sends them again; their key makes them duplicates)."""
+        generation = self.wire.generation
+        mids = [p.message.mid for p in pending
+                if p.qos == 1 and p.message.mid is not None and p.generation == generation]
+        if not mids or not self.wire.connected:
+            return
+        try:
+            self.wire.ack(mids)
+        except (OSError, ConnectionError) as exc:
+            self._lost(exc)
 
     def _store_one_by_one(self, batch: list[_Pending]) -> None:
         """Isolate a message that breaks a batch: the others are stored; it is kept as a reject, never lost."""
@@ -258,8 +254,7 @@ class Ingestor:
                 except Exception:
                     log.exception("could not keep message %s; it stays unacknowledged", p.message.mid)
                     continue
-                if p.qos > 0 and p.message.mid is not None:
-                    self.client.ack(p.message.mid, p.qos)
+                self._ack([p])
                 self.stats.handled += 1
 
     def _publish(self, alerts: list[dict]) -> None:
@@ -278,10 +273,11 @@ class Ingestor:
         self._publish(alerts)
 
     def writer(self) -> None:
-        """Store batches as they come; every ``tick_every`` seconds *of the clock* run the rule timer.
+        """Read, store batches as they come; every ``tick_every`` seconds *of the clock* run the rule timer.
 
         The clock is core.timeutil's: the real time, or a simulated one (the demo), whose seconds
-        may pass faster than the wall's or stand still between the steps that move it."""
+        may pass faster than the wall's or stand still between the steps that move it. On stop, what
+        was already read is stored and acknowledged; what the broker still holds waits for the session."""
         last_tick = None
         while not self.stop_event.is_set() or not self.inbox.empty():
             batch = self._next_batch()
@@ -309,6 +305,8 @@ class Ingestor:
         try:
             self.writer()
         finally:
+            self.connected.clear()
+            self.wire.close(disconnect=True)
             self.client.disconnect()
             self.client.loop_stop()
 
