@@ -376,9 +376,12 @@ def tick_all(session: Session, engine: RuleEngine, now: datetime | None = None) 
             continue
         state = VehicleState.from_dict(row.state) if row.state else None
         state, events = engine.for_cargo(row.cargo).tick(state, now, row.active, vehicle=code)
-        row.state = state.to_dict()
-        row.updated_at = now
-        alerts.extend(apply_alert_events(session, events, {code: row.vehicle_id}, now))
+        new_state = state.to_dict()
+        if new_state != row.state:  # most vans' state does not change on a tick: no UPDATE for them
+            row.state = new_state
+            row.updated_at = now
+        if events:
+            alerts.extend(apply_alert_events(session, events, {code: row.vehicle_id}, now))
     session.flush()
     return alerts
 

@@ -241,12 +241,19 @@ def test_end_to_end_through_broker_and_ingestor(fleet_db, mqtt_url: str) -> None
     from warehouses.models import Vehicle
 
     engine = get_engine()
+    log_path = Path(fleet_db["env"]["COLDCHAIN_DATA_DIR"]) / "ingest.log"
     proc = subprocess.Popen([*coldchain_cmd(), "ingest", "--client-id", f"coldchain-ingest-sim-{fleet_db['tag']}",
                              "--tick-every", "1", "--session-expiry", "300"], env=fleet_db["env"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=log_path.open("w"), text=True)
+    proc.log_path = log_path  # type: ignore[attr-defined]
     try:
-        time.sleep(3)  # connect and subscribe (a persistent session keeps what comes after)
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        # publish once the broker has granted the subscription (its persistent session keeps what comes
+        # after): a fixed 3 s sleep was too short at load 13
+        deadline = time.monotonic() + 60
+        while "subscription granted" not in log_path.read_text(errors="replace"):
+            assert proc.poll() is None, log_path.read_text(errors="replace")
+            assert time.monotonic() < deadline, "no subscription in 60 s: " + log_path.read_text(errors="replace")
+            time.sleep(0.1)
         console = Console(stderr=True, quiet=True)
         result = simulate_fleet(mqtt_url, date=fleet_db["day"], speed=0, vehicles=None, seed=2, garbage=True,
                                 incidents=True, duration_min=None, console=console, keep_samples=True)
