@@ -318,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mqtt", default=None)
     ap.add_argument("--ingestors", default="1", help="ingestor commands sharing the stream ($share); a list "
                     "such as 1,2 runs once per entry (a fresh broker and database each) and compares them")
+    ap.add_argument("--batch-size", type=int, default=None, help="`coldchain ingest --batch-size` (default: its own)")
     ap.add_argument("--processes", type=int, default=1, help="`coldchain ingest --processes N` for each command")
     ap.add_argument("--publisher", choices=("paho", "mosquitto_pub", "wire"), default="paho",
                     help="who publishes the stream: a Python paho process, one mosquitto_pub (C) per van, or "
@@ -408,6 +409,8 @@ def _run(args, con, url: str, work: Path, db_url: str, engine, ingest: list,  # 
            "COLDCHAIN_DATA_DIR": str(work)}
     shared = ["--shared-group", "ingest"] if args.ingestors > 1 else []
     shared += ["--processes", str(args.processes)]
+    if args.batch_size:
+        shared += ["--batch-size", str(args.batch_size)]
     ingest.extend(subprocess.Popen([sys.executable, "-m", "scripts.cli", "ingest", "--client-id", f"bench-{name}-{k}",
                                 "--tick-every", "5", "--session-expiry", "300", *shared], env=env,
                                stdout=subprocess.DEVNULL,
