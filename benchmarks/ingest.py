@@ -335,13 +335,13 @@ def main(argv: list[str] | None = None) -> int:
 
         table = Table(title=f"1 vs 2 ingestors on $share/ingest/{TOPIC_FILTER} ({args.per_message} per message)",
                       title_justify="left")
-        for col in ("ingestors × processes", "samples published", "stored", "lost", "stored twice",
-                    "samples/s", "ingest CPU µs/sample", "pub / broker / PG µs", "load average"):
+        for col in ("ingestors × processes", "published", "stored", "lost", "twice",
+                    "samples/s", "ingest µs/sample", "pub/broker/PG µs", "load"):
             table.add_column(col, justify="right")
         for r in results:
             table.add_row(r["who"], f"{r['published']:,}", f"{r['stored']:,}", f"{r['lost']:,}", f"{r['twice']:,}",
                           f"{r['rate']:,.0f}", f"{r.get('cpu_us', 0):.0f}",
-                          f"{r.get('pub_us', 0):.0f} / {r.get('broker_us') or 0:.0f} / {r.get('pg_us', 0):.0f}",
+                          f"{r.get('pub_us', 0):.0f}/{r.get('broker_us') or 0:.0f}/{r.get('pg_us', 0):.0f}",
                           r["load"])
         con.print(table)
         first = results[0]["rate"]
