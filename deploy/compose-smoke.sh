@@ -60,7 +60,7 @@ cleanup() {
         say "stack removed (down -v)"
     fi
     if [[ $rc -eq 0 ]]; then
-        echo "---- compose smoke: all ${#CHECKS[@]} checks passed in $((SECONDS - STARTED)) s"
+        echo "---- compose smoke: all ${#CHECKS[@]} checks passed in $((SECONDS - STARTED)) s (load average $(cut -d' ' -f1-3 /proc/loadavg))"
         printf '  %s\n' "${CHECKS[@]}"
     else
         echo "---- compose smoke FAILED (exit $rc) after $((SECONDS - STARTED)) s; passed before it:" >&2
@@ -124,16 +124,22 @@ rm -f /tmp/compose-smoke-up.$$.log
 say "up returned after $((SECONDS - t0)) s"
 
 mapfile -t SERVICES < <(dc config --services)
-state_of() {  # state_of SERVICE -> "status health exitcode"
-    local id; id="$(dc ps -a -q "$1" 2>/dev/null | head -1)"
-    [[ -n "$id" ]] || { echo "missing - -"; return; }
-    docker inspect -f '{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}-{{end}} {{.State.ExitCode}}' "$id"
+declare -A STATE
+read_states() {  # STATE[service]="status health exitcode", all containers of the project in one docker call
+    local ids service rest
+    STATE=()
+    ids="$(docker ps -aq --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME")"
+    [[ -n "$ids" ]] || return 0
+    # shellcheck disable=SC2086
+    while read -r service rest; do STATE[$service]="$rest"; done < <(docker inspect -f \
+        '{{index .Config.Labels "com.docker.compose.service"}} {{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}-{{end}} {{.State.ExitCode}}' $ids)
 }
 deadline=$((SECONDS + TIMEOUT))
 while :; do
     pending=()
+    read_states
     for s in "${SERVICES[@]}"; do
-        read -r status health code <<<"$(state_of "$s")"
+        read -r status health code <<<"${STATE[$s]:-missing - -}"
         if [[ "$s" == migrate ]]; then
             [[ "$status" == exited && "$code" != 0 ]] && die "migrate exited $code"
             [[ "$status" == exited ]] || pending+=("$s:$status")
@@ -148,7 +154,7 @@ while :; do
     sleep 3
 done
 ok "all ${#SERVICES[@]} services up $((SECONDS - t0)) s after up: migrate exited 0, the other $((${#SERVICES[@]} - 1)) healthy"
-for s in "${SERVICES[@]}"; do printf '       %-11s %s\n' "$s" "$(state_of "$s")"; done
+for s in "${SERVICES[@]}"; do printf '       %-11s %s\n' "$s" "${STATE[$s]}"; done
 
 # ---- the API ---------------------------------------------------------------------------------------
 t1=$SECONDS
@@ -167,7 +173,8 @@ ok "login as a dispatcher created with coldchain user add (POST /api/v1/auth/tok
 
 get() { curl -fsS "${AUTH[@]}" "$API$1"; }
 post_json() { curl -fsS "${AUTH[@]}" -H 'Content-Type: application/json' -X POST "$API$1" -d "$2"; }
-wait_job() {  # wait_job HREF LABEL: poll a job to SUCCESS; print the states it went through on stderr
+SEEN="$(mktemp)"
+wait_job() {  # wait_job HREF LABEL: poll a job to SUCCESS, print it; the states it went through go to $SEEN
     local href="$1" label="$2" out state seen="" until=$((SECONDS + 300))
     while :; do
         out="$(curl -fsS "${AUTH[@]}" "$href")" || die "$label: GET $href"
@@ -175,7 +182,7 @@ wait_job() {  # wait_job HREF LABEL: poll a job to SUCCESS; print the states it 
         [[ "$state" == PROGRESS ]] && state="PROGRESS($(json 'd.get("progress")' <<<"$out"))"
         [[ "$seen" == *"$state"* ]] || seen="${seen:+$seen > }$state"
         case "$state" in
-            SUCCESS) echo "$out"; echo "$seen" >&2; return ;;
+            SUCCESS) echo "$out"; echo "$seen" >"$SEEN"; return ;;
             FAILURE|REVOKED) die "$label: $state: $(json 'd.get("error")' <<<"$out")" ;;
         esac
         ((SECONDS < until)) || die "$label: still $state after 300 s"
@@ -185,11 +192,11 @@ wait_job() {  # wait_job HREF LABEL: poll a job to SUCCESS; print the states it 
 
 files=(); for f in "$SAMPLE"/*.csv; do files+=(-F "files=@$f"); done
 load="$(curl -fsS "${AUTH[@]}" -X POST "$API/api/v1/scenarios/load" "${files[@]}")" || die "POST /scenarios/load"
-load_job="$(wait_job "$(json 'd["href"]' <<<"$load")" "scenario load" 2>/tmp/compose-smoke-seen.$$)"
+load_job="$(wait_job "$(json 'd["href"]' <<<"$load")" "scenario load")"
 loaded="$(json '" ".join(f.split(".")[0] + "=" + str(c["inserted"]) for f, c in d["result"]["counts"].items())' <<<"$load_job")"
 refused="$(json 'len(d["result"]["rejected"])' <<<"$load_job")"
 [[ "$refused" == 0 && "$loaded" != *=0* ]] || die "scenario load: inserted $loaded, $refused refused: $(json 'd["result"]["rejected"][:3]' <<<"$load_job")"
-ok "scenario load of the sample (upload, a Celery job on a worker): $(cat /tmp/compose-smoke-seen.$$); inserted $loaded"
+ok "scenario load of the sample (upload, a Celery job on a worker): $(cat "$SEEN"); inserted $loaded"
 
 DAY="$(awk -F, 'NR == 2 {print $2}' "$SAMPLE/orders.csv")"
 alloc="$(post_json /api/v1/allocations "{\"date\": \"$DAY\"}")" || die "POST /allocations"
@@ -201,10 +208,10 @@ plan="$(post_json /api/v1/plans "{\"date\": \"$DAY\", \"time_limit\": 3}")" || d
 njobs="$(json 'len(d["jobs"])' <<<"$plan")"
 t1=$SECONDS
 for href in $(json '" ".join(j["href"] for j in d["jobs"])' <<<"$plan"); do
-    result="$(wait_job "$href" "plan job" 2>/tmp/compose-smoke-seen.$$)"
-    say "   plan $(json 'd["params"]["depot"]' <<<"$result"): $(cat /tmp/compose-smoke-seen.$$); result $(json 'd["result"]' <<<"$result" | cut -c1-200)"
+    result="$(wait_job "$href" "plan job")"
+    say "   plan $(json 'd["params"]["depot"]' <<<"$result"): $(cat "$SEEN"); result $(json 'd["result"]' <<<"$result" | cut -c1-200)"
 done
-rm -f /tmp/compose-smoke-seen.$$
+rm -f "$SEEN"
 routes="$(get "/api/v1/plans?date=$DAY" | json 'sum(1 for r in d["routes"] if r.get("stops"))')" || die "GET /plans"
 [[ "$routes" -gt 0 ]] || die "the plan of $DAY has no route with stops"
 by_worker=""
@@ -263,13 +270,10 @@ for row in "${VANS[@]}"; do
     total=$((total + per))
 done
 until=$((SECONDS + 120))
+devices="$(for row in "${VANS[@]}"; do read -r _van device <<<"$row"; printf "'%s'," "$device"; done)"
 count_burst() {
-    local n=0 row van device
-    for row in "${VANS[@]}"; do
-        read -r van device <<<"$row"
-        n=$((n + $(stored "$device" $((SEQ0 + 1000)) $((SEQ0 + 1000 + per - 1)))))
-    done
-    echo "$n"
+    dc exec -T postgres psql -U coldchain -d coldchain -Atc "select count(*) from telemetry_samples \
+        where device in (${devices%,}) and seq between $((SEQ0 + 1000)) and $((SEQ0 + 1000 + per - 1))"
 }
 while [[ "$(count_burst)" != $((per * ${#VANS[@]})) ]]; do
     ((SECONDS < until)) || die "burst: $((per * ${#VANS[@]})) published, $(count_burst) stored after 120 s"
