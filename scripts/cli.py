@@ -422,7 +422,7 @@ def ingest(
             err.print("ingestors stopped")
         else:
             stats = run_ingestor(url, **options)
-            err.print(f"ingestor stopped: {stats.as_dict()}")
+            err.print(f"ingestor stopped: {stats.as_dict()}", soft_wrap=True, highlight=False)  # one log line
 
 
 @app.command()

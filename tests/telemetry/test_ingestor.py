@@ -4,6 +4,7 @@ mid-stream and restarted, it loses no sample and stores none twice."""
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import time
@@ -150,6 +151,13 @@ def test_three_ingestors_sharing_one_stream_store_once_and_alert_once(databases,
     assert not any("Traceback" in log for log in logs), logs
     assert all(proc.returncode == 0 for proc in procs), logs
     assert sum(log.count("stopped") for log in logs) >= 3  # every ingestor shut down cleanly
+    if launch == "three commands":  # each printed its counters on one line: the broker split the stream
+        received = []  # (deploy/compose-smoke.sh reads these lines from the compose ingestors' logs)
+        for log in logs:
+            lines = [line for line in log.splitlines() if line.startswith("ingestor stopped: {")]
+            assert len(lines) == 1, log
+            received.append(ast.literal_eval(lines[0].removeprefix("ingestor stopped: "))["received"])
+        assert sum(received) >= 300 and all(n > 0 for n in received), received
     assert run.count() == 300
     counts = run.readings(sent)
     assert (counts.sent, counts.lost, counts.twice) == (300, 0, 0) and counts.ok, counts
