@@ -586,7 +586,12 @@ def run_city(spec: tuple[str, int, int, int], limits: list[float], solvers: list
             for depot, problem, orders, vans in depots:
                 p = dataclasses.replace(problem, time_limit=limit)
                 if variant == "no-tob":
+                    # the day as the project models one without time-on-board limits (service.build_problem):
+                    # trips only when one load per van is too little, chained, not in the slots kept for
+                    # time on board, so both solvers get the same freedom (PyVRP: trips - 1 reloads)
                     p.stops = [dataclasses.replace(st, max_on_board=None) for st in p.stops]
+                    trips = service.trips_needed(p.vehicles, p.stops)
+                    p.vehicles = [dataclasses.replace(v, trips=trips, trip_slots=False) for v in p.vehicles]
                 sol = pyvrp_day(p) if who == "pyvrp" else solver.solve(p, workers=workers)
                 errors, served, cost, km = check_day(p, sol)
                 row["orders"] += len(p.stops)

@@ -282,6 +282,12 @@ class SearchConfig:
     ruin_max_sequence: int | None = None  # SISR: longest string removed from one route (None: ruin_size)
     temperature: tuple[float, float] | None = None  # SA (initial, final) in cost units; None = automatic
     gls_options: dict[str, bool] = field(default_factory=dict)  # e.g. reset penalties on new best
+    # ILS recreate: the order in which LOCAL_CHEAPEST_INSERTION re-inserts the removed visits
+    # (LocalCheapestInsertionParameters.insertion_sorting_properties names; () = OR-Tools' default)
+    recreate_sorting: tuple[str, ...] = ()
+    improve_perturbed: bool = True  # ILS: local search after each recreate (False: pure ruin-and-recreate)
+    cooling: str | None = None  # SA cooling schedule (CoolingScheduleStrategy name); None = OR-Tools' default
+    route_neighbors: float | None = None  # SISR: fraction of routes near the seed considered (default 1)
 
     @property
     def label(self) -> str:
@@ -574,10 +580,21 @@ class _Model:
                 ruin.spatially_close_routes.num_ruined_routes = max(1, cfg.ruin_size // 10)
         rr.ruin_composition_strategy = routing_ils_pb2.RuinCompositionStrategy.RUN_ONE_RANDOMLY
         rr.recreate_strategy.heuristic = getattr(routing_enums_pb2.FirstSolutionStrategy, cfg.recreate)
-        ils.improve_perturbed_solution = True
+        if cfg.recreate_sorting:
+            from ortools.constraint_solver import routing_heuristic_parameters_pb2 as hp
+
+            lci = rr.recreate_strategy.parameters.local_cheapest_insertion
+            enum = hp.LocalCheapestInsertionParameters.InsertionSortingProperty
+            del lci.insertion_sorting_properties[:]
+            lci.insertion_sorting_properties.extend([enum.Value(x) for x in cfg.recreate_sorting])
+        if cfg.route_neighbors is not None:
+            rr.route_selection_neighbors_ratio = cfg.route_neighbors
+        ils.improve_perturbed_solution = cfg.improve_perturbed
         sa = ils.reference_solution_acceptance_strategy.simulated_annealing
         # automatic temperatures follow the arc costs, so they fit day plans (currency x
         # cost_scale) and benchmarks (metres x 1000) alike; fixed ones were no better on Solomon
+        if cfg.cooling is not None:
+            sa.cooling_schedule_strategy = routing_ils_pb2.CoolingScheduleStrategy.Value.Value(cfg.cooling)
         if cfg.temperature is None:
             sa.automatic_temperatures = True
         else:

@@ -109,3 +109,29 @@ def test_one_worker_tries_two_first_solutions_and_keeps_the_one_that_serves_more
     out = plan_depot(DAY, "HUB-03", time_limit=3, workers=1, sessions=same(session))
     assert out["stops"] + out["unserved"] == 24
     assert out["stops"] >= 22, out
+
+
+def test_ils_recreate_order_cooling_and_route_selection_reach_or_tools_and_still_serve_every_stop():
+    """The tuning knobs of SearchConfig (benchmarks, README "last percent") reach OR-Tools' parameters,
+    and a search with them still gives a feasible plan serving every stop."""
+    from ortools.constraint_solver import routing_heuristic_parameters_pb2 as hp
+    from ortools.constraint_solver import routing_ils_pb2
+
+    cfg = SearchConfig("PARALLEL_CHEAPEST_INSERTION", "ITERATED_LOCAL_SEARCH", ruin_size=3,
+                       recreate_sorting=("SORTING_PROPERTY_RANDOM",), cooling="LINEAR", route_neighbors=0.5)
+    pts = [(0, 0)] + [(900 * (i % 3), 700 * (i // 3 + 1)) for i in range(9)]
+    stops = [Stop(f"s{i}", i + 1, {"chilled": 30}, window=(8 * 3600, 12 * 3600), service=60) for i in range(9)]
+    p = problem(pts, [van("V1"), van("V2")], stops, limit=1.0)
+    params = _Model(p, list(range(9))).params(cfg, 1.0)
+    rr = params.iterated_local_search_parameters.ruin_recreate_parameters
+    lci = rr.recreate_strategy.parameters.local_cheapest_insertion
+    assert list(lci.insertion_sorting_properties) == [
+        hp.LocalCheapestInsertionParameters.InsertionSortingProperty.Value("SORTING_PROPERTY_RANDOM")]
+    assert rr.route_selection_neighbors_ratio == 0.5
+    sa = params.iterated_local_search_parameters.reference_solution_acceptance_strategy.simulated_annealing
+    assert sa.cooling_schedule_strategy == routing_ils_pb2.CoolingScheduleStrategy.Value.Value("LINEAR")
+    plain = _Model(p, list(range(9))).params(ILS, 1.0)
+    assert not plain.iterated_local_search_parameters.ruin_recreate_parameters.recreate_strategy.HasField("parameters")
+    sol = solve(p, workers=1, portfolio=[cfg])
+    assert len(served(sol)) == 9
+    assert_schedule_feasible(p, sol)
