@@ -32,7 +32,7 @@ from telemetry.simulator import (
     tally,
 )
 from tests import scenario_files
-from tests.support import DAY, coldchain_cmd, local, stop
+from tests.support import DAY, coldchain_cmd, load_into, local, stop
 
 START = local("08:00", DAY).astimezone(UTC)  # the vans' day under test (the decoder's clock is injected)
 ALL = ("frozen", "chilled", "ambient")
@@ -215,9 +215,7 @@ def fleet_db(databases, tmp_path: Path, mqtt_url: str, monkeypatch: pytest.Monke
     url = databases.new("sim")
     env = {**os.environ, "COLDCHAIN_DATABASE_URL": url, "COLDCHAIN_DATA_DIR": str(tmp_path),
            "COLDCHAIN_MQTT_URL": mqtt_url}
-    load = subprocess.run([*coldchain_cmd(), "scenario", "load", str(folder)], env=env, capture_output=True,
-                          text=True, timeout=120)
-    assert load.returncode == 0, load.stdout + load.stderr
+    load_into(url, folder)  # `coldchain scenario load`, in this process
     monkeypatch.setenv("COLDCHAIN_DATABASE_URL", url)
     monkeypatch.setenv("COLDCHAIN_DATA_DIR", str(tmp_path))
     reset_caches()
