@@ -131,11 +131,10 @@ def test_reuse_revocation_is_committed_with_the_401(databases, tmp_path: Path) -
     """At the real request boundary a raised error rolls the request back: the reuse answer must still keep the
     revocation (the in-thread fixture never commits, so this runs `coldchain serve`)."""
     from tests.stack import Stack
-    from tests.support import add_user_in
 
     with Stack(databases, tmp_path, "refresh") as stack:
         stack.start(workers=0)
-        add_user_in(stack.env["COLDCHAIN_DATABASE_URL"], "ref-user", "dispatcher", "ref-password")
+        stack.cli("user", "add", "ref-user", "--role", "dispatcher", "--password-stdin", stdin="ref-password\n")
         base = stack.base
         pair = httpx.post(f"{base}{TOKEN}", data={"username": "ref-user", "password": "ref-password"}).json()
         nxt = httpx.post(f"{base}{REFRESH}", json={"refresh_token": pair["refresh_token"]})

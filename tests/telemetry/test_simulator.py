@@ -239,12 +239,20 @@ def test_end_to_end_through_broker_and_ingestor(fleet_db, mqtt_url: str) -> None
     from warehouses.models import Vehicle
 
     engine = get_engine()
-    proc = subprocess.Popen([*coldchain_cmd(), "ingest", "--client-id", f"coldchain-ingest-sim-{fleet_db['tag']}",
-                             "--tick-every", "1", "--session-expiry", "300"], env=fleet_db["env"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log_path = Path(fleet_db["env"]["COLDCHAIN_DATA_DIR"]) / "ingest-sim.log"  # a file: never an unread pipe
+    with log_path.open("w") as err:
+        proc = subprocess.Popen([*coldchain_cmd(), "ingest", "--client-id", f"coldchain-ingest-sim-{fleet_db['tag']}",
+                                 "--tick-every", "1", "--session-expiry", "300"], env=fleet_db["env"],
+                                stdout=subprocess.DEVNULL, stderr=err)
+    proc.log_path = log_path  # type: ignore[attr-defined]  (read by stop())
     try:
-        time.sleep(3)  # connect and subscribe (a persistent session keeps what comes after)
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        # connected and subscribed (the broker's SUBACK; its persistent session keeps what comes after), as
+        # tests.support.Run.wait_subscribed waits, rather than a fixed sleep
+        deadline = time.monotonic() + 60
+        while "subscription granted" not in log_path.read_text(errors="replace"):
+            assert proc.poll() is None, log_path.read_text(errors="replace")
+            assert time.monotonic() < deadline, "no subscription within 60 s\n" + log_path.read_text(errors="replace")
+            time.sleep(0.1)
         console = Console(stderr=True, quiet=True)
         result = simulate_fleet(mqtt_url, date=fleet_db["day"], speed=0, vehicles=None, seed=2, garbage=True,
                                 incidents=True, duration_min=None, console=console, keep_samples=True)
