@@ -43,7 +43,9 @@ def test_plan_jobs_progress_and_result(databases, tmp_path: Path) -> None:  # no
             except httpx.HTTPError:
                 assert time.monotonic() < deadline, "coldchain serve did not answer within 60 s"
                 time.sleep(0.1)
-        tok = httpx.post(f"{base}/api/v1/auth/token", data={"username": "disp", "password": "dispatcher-pw"}).json()
+        # the first login on a fresh server (an argon2 check) outlasts httpx's 5 s default on a machine at load 20
+        tok = httpx.post(f"{base}/api/v1/auth/token", data={"username": "disp", "password": "dispatcher-pw"},
+                         timeout=30).json()
         headers = {"Authorization": f"Bearer {tok['access_token']}"}
         bad = httpx.post(f"{base}/api/v1/plans", json={"date": str(after(7))}, headers=headers)
         assert bad.status_code == 422 and "allocate" in bad.json()["detail"]
