@@ -149,6 +149,37 @@ def coldchain_cmd() -> list[str]:
     return coldchain_argv()
 
 
+def coldchain_in_process(env: dict[str, str], *args: str, stdin: str | None = None,
+                         cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """`coldchain ARGS` with ``env`` added to the environment, run in this process (scripts.cli's app under
+    Click's runner, after the settings check its ``main`` does): the same exit code, standard output and
+    standard error, without a new interpreter's start-up. For tests of what a command reports; tests of the
+    process itself (signals, exit on bad settings, several processes) start ``coldchain_cmd()``. The
+    process-wide engine and settings are rebuilt for the command and again after it."""
+    from contextlib import chdir, nullcontext
+
+    from typer.testing import CliRunner
+
+    from core.db import reset_caches
+    from scripts.cli import app, check_settings
+
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    reset_caches()
+    try:
+        with chdir(cwd) if cwd is not None else nullcontext():
+            check_settings()
+            result = CliRunner().invoke(app, list(args), input=stdin, catch_exceptions=False)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        reset_caches()
+    return subprocess.CompletedProcess([*coldchain_cmd(), *args], result.exit_code, result.stdout, result.stderr)
+
+
 def stop(proc: subprocess.Popen) -> str:
     """SIGTERM, wait, SIGKILL if it hangs; returns what it wrote on stderr (its log file for Run.start's)."""
     proc.send_signal(signal.SIGTERM)
@@ -159,6 +190,52 @@ def stop(proc: subprocess.Popen) -> str:
         err = proc.communicate()[1]
     path = getattr(proc, "log_path", None)
     return path.read_text(errors="replace") if path is not None else err
+
+
+@contextmanager
+def writing(url: str) -> Iterator[Session]:
+    """A committing session on another database (a Stack's or a Run's), migrated first as every
+    `coldchain` command migrates (scripts.console.ensure_schema): what a command does there, done in this
+    process. A `coldchain` start costs one to three seconds of a loaded machine before its first statement;
+    setup that is not about the command itself runs here instead."""
+    from sqlalchemy.orm import Session
+
+    from core import migrate
+    from core.db import make_engine
+
+    engine = make_engine(url)
+    try:
+        migrate.upgrade(engine)
+        with Session(engine, expire_on_commit=False) as session, session.begin():
+            yield session
+    finally:
+        engine.dispose()
+
+
+def load_into(url: str, folder: Path) -> None:
+    """`coldchain scenario load FOLDER` on ``url``'s database (the same flow: the load, its stock received),
+    in this process; a refused row fails the test as the command's exit 1 did."""
+    from traceability.flows import load_scenario
+
+    with writing(url) as session:
+        report = load_scenario(session, folder)
+        assert report.ok, "\n".join(str(e) for e in report.errors)
+
+
+def allocate_in(url: str, day: date) -> None:
+    """`coldchain allocate --date DAY` on ``url``'s database, in this process."""
+    from fulfillment.service import allocate_day
+
+    with writing(url) as session:
+        allocate_day(session, day, actor="cli")
+
+
+def add_user_in(url: str, username: str, role: str, password: str) -> None:
+    """`coldchain user add USERNAME --role ROLE --password-stdin` on ``url``'s database, in this process."""
+    from warehouses.service import upsert_user
+
+    with writing(url) as session:
+        upsert_user(session, username, role, password)
 
 
 # ------------------------------------------------------------------------------------------ HTTP
@@ -443,9 +520,7 @@ class Run:
             vehicles = vehicles.replace(old, new)
         drivers = "username,name,vehicle\n"
         folder = write(tmp_path / "scen", {"vehicles.csv": vehicles, "drivers.csv": drivers})
-        load = subprocess.run([*coldchain_cmd(), "scenario", "load", str(folder)], env=self.env,
-                              capture_output=True, text=True, timeout=120)
-        assert load.returncode == 0, load.stdout + load.stderr
+        load_into(self.env["COLDCHAIN_DATABASE_URL"], folder)  # `coldchain scenario load`, in this process
         self.engine = make_engine(self.env["COLDCHAIN_DATABASE_URL"])
 
     def start(self) -> subprocess.Popen:

@@ -47,8 +47,8 @@ def scenario(folder: Path) -> Path:
 
 def test_replan_is_a_job_and_the_database_stays_writable_while_it_solves(databases, tmp_path: Path) -> None:  # noqa: ANN001
     with Stack(databases, tmp_path, "replan") as stack:
-        stack.cli("scenario", "load", str(scenario(tmp_path / "scen")))
-        stack.cli("allocate", "--date", str(DAY))
+        stack.load(scenario(tmp_path / "scen"))
+        stack.allocate(DAY)
         stack.start(workers=1)
         disp = stack.user("disp", "dispatcher")
         api = f"{stack.base}/api/v1"
@@ -109,7 +109,7 @@ def _client(stack: Stack) -> tuple[Celery, str]:
 def test_a_job_is_sent_only_after_its_transaction_commits(databases, tmp_path: Path) -> None:  # noqa: ANN001
     """The worker plans what the asking transaction allocated: sent before the commit, it would plan nothing."""
     with Stack(databases, tmp_path, "aftercommit") as stack:
-        stack.cli("scenario", "load", str(scenario(tmp_path / "scen")))
+        stack.load(scenario(tmp_path / "scen"))
         app, queue = _client(stack)
         task = app.signature("traceability.plan_depot", queue=queue)
         engine = make_engine(stack.env["COLDCHAIN_DATABASE_URL"])

@@ -45,7 +45,7 @@ def server(databases, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN001
     stack.env.update({"COLDCHAIN_RATE_LIMIT_PER_CALLER": "1000000/minute",
                       "COLDCHAIN_RATE_LIMIT_PER_ADDRESS": "1000000/minute",
                       "COLDCHAIN_SCENARIO_DIR": str(scenario_files.write(tmp / "scenarios" / "city").parent)})
-    stack.cli("scenario", "load", str(tmp / "scenarios" / "city"))
+    stack.load(tmp / "scenarios" / "city")
     with stack:
         stack.start(workers=0)
         stack.headers = {role: stack.user(f"fuzz-{role}", role) for role in ROLES if role}

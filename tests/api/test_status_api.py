@@ -63,17 +63,14 @@ def test_status_is_healthy_when_every_van_on_a_route_reports(session, tmp_path) 
 
 
 def test_status_command_exits_1_while_a_van_on_a_route_is_silent(databases, tmp_path) -> None:  # noqa: ANN001
-    import os
-    import subprocess
-
     from sqlalchemy.orm import Session
 
     from core.db import make_engine
-    from tests.support import coldchain_cmd
+    from tests.support import coldchain_in_process  # the command's exit code and output, in this process
 
     url = databases.new("status")
-    env = {**os.environ, "COLDCHAIN_DATABASE_URL": url, "COLDCHAIN_DATA_DIR": str(tmp_path)}
-    quiet = subprocess.run([*coldchain_cmd(), "status", "--json"], env=env, capture_output=True, text=True, timeout=120)
+    env = {"COLDCHAIN_DATABASE_URL": url, "COLDCHAIN_DATA_DIR": str(tmp_path)}
+    quiet = coldchain_in_process(env, "status", "--json")
     assert quiet.returncode == 0, quiet.stderr
     assert json.loads(quiet.stdout)["active_vans"] == 0
     engine = make_engine(url)
@@ -83,5 +80,5 @@ def test_status_command_exits_1_while_a_van_on_a_route_is_silent(databases, tmp_
             session.commit()
     finally:
         engine.dispose()
-    silent = subprocess.run([*coldchain_cmd(), "status"], env=env, capture_output=True, text=True, timeout=120)
+    silent = coldchain_in_process(env, "status")
     assert silent.returncode == 1 and "VAN-02" in silent.stderr

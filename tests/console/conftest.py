@@ -149,7 +149,7 @@ def console_stack(databases, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     stack.env.pop("COLDCHAIN_TILE_URL", None)  # no network here: the map draws on its plain background
     with stack:
         stack.city = sample_city(tmp / "city", DAY)
-        stack.cli("scenario", "load", str(stack.city))
+        stack.load(stack.city)
         stack.users = {role: f"{role}-{uuid.uuid4().hex[:4]}" for role in ("dispatcher", "quality", "driver")}
         add_users(stack, stack.users)
         stack.start(workers=1)

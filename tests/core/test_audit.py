@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing as mp
-import os
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,7 +22,7 @@ from core.audit import AuditLog
 from core.db import make_engine
 from core.settings import get_settings
 from core.timeutil import local_tomorrow
-from tests.conftest import coldchain_cmd
+from tests.support import coldchain_in_process
 
 
 def _writer(engine: Engine) -> Session:
@@ -138,9 +137,8 @@ def fresh_chain(engine: Engine, n: int = 12) -> None:
 
 
 def run_verify(url: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "COLDCHAIN_DATABASE_URL": url}
-    return subprocess.run([*coldchain_cmd(), "audit", "verify"], env=env, capture_output=True, text=True,
-                          timeout=120)
+    """`coldchain audit verify` on ``url``, in this process: its verdict, exit code and output are what is tested."""
+    return coldchain_in_process({"COLDCHAIN_DATABASE_URL": url}, "audit", "verify")
 
 
 def test_an_intact_chain_verifies(chain_db) -> None:  # noqa: ANN001

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
@@ -10,18 +9,18 @@ from sqlalchemy import select
 
 from core.db import make_engine
 from core.security import verify_password
-from tests.support import coldchain_cmd
+from tests.support import coldchain_in_process
 from warehouses.models import User
 
 
 def run(env: dict, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
-    return subprocess.run([*coldchain_cmd(), *args], input=stdin, capture_output=True, text=True, env=env,
-                          timeout=120)
+    """The command in this process (tests.support.coldchain_in_process): its exit code and messages are tested."""
+    return coldchain_in_process(env, *args, stdin=stdin)
 
 
 def test_user_add_hashes_with_argon2_and_updates(databases, tmp_path: Path) -> None:  # noqa: ANN001
     url = databases.new("users")
-    env = {**os.environ, "COLDCHAIN_DATABASE_URL": url, "COLDCHAIN_DATA_DIR": str(tmp_path)}
+    env = {"COLDCHAIN_DATABASE_URL": url, "COLDCHAIN_DATA_DIR": str(tmp_path)}
     first = run(env, "user", "add", "mei", "--role", "quality", "--password-stdin", stdin="first-password\n")
     assert first.returncode == 0, first.stderr
     assert "created user mei (quality)" in first.stderr
@@ -37,7 +36,7 @@ def test_user_add_hashes_with_argon2_and_updates(databases, tmp_path: Path) -> N
 
 
 def test_user_add_refuses_unknown_role_and_short_password(databases, tmp_path: Path) -> None:  # noqa: ANN001
-    env = {**os.environ, "COLDCHAIN_DATABASE_URL": databases.new("users2"), "COLDCHAIN_DATA_DIR": str(tmp_path)}
+    env = {"COLDCHAIN_DATABASE_URL": databases.new("users2"), "COLDCHAIN_DATA_DIR": str(tmp_path)}
     bad_role = run(env, "user", "add", "x", "--role", "boss", "--password-stdin", stdin="long-enough-pw\n")
     assert bad_role.returncode == 2 and "unknown role 'boss'" in bad_role.stderr
     short = run(env, "user", "add", "x", "--role", "driver", "--password-stdin", stdin="short\n")

@@ -15,7 +15,7 @@ from fulfillment.models import Order, OrderEvent, Reservation
 from fulfillment.scenario import load_scenario
 from fulfillment.service import allocate_day, cancel_order, day_allocations, delivery_date_for
 from tests import scenario_files
-from tests.support import DAY, TODAY, after, check_plan_path, coldchain_cmd, local
+from tests.support import DAY, TODAY, after, check_plan_path, coldchain_cmd, coldchain_in_process, local
 from warehouses.models import StockLot
 
 
@@ -103,12 +103,12 @@ def test_parallel_allocators_never_oversell(databases, tmp_path: Path) -> None: 
 
 
 def test_export_passes_the_independent_checker(databases, tmp_path: Path) -> None:  # noqa: ANN001
-    env = {**os.environ, "COLDCHAIN_DATABASE_URL": databases.new("export"), "COLDCHAIN_DATA_DIR": str(tmp_path)}
+    # the commands in this process (tests.support.coldchain_in_process): what they write is checked, not their start
+    env = {"COLDCHAIN_DATABASE_URL": databases.new("export"), "COLDCHAIN_DATA_DIR": str(tmp_path)}
     folder = scenario_files.write(tmp_path / "scen")
     for args in (["scenario", "load", str(folder)], ["allocate", "--date", str(DAY)]):
-        assert subprocess.run([*coldchain_cmd(), *args], env=env, capture_output=True, timeout=120).returncode == 0
-    run = subprocess.run([*coldchain_cmd(), "export", "plan", "--date", str(DAY), "--json"], env=env,
-                         capture_output=True, text=True, timeout=120)
+        assert coldchain_in_process(env, *args).returncode == 0
+    run = coldchain_in_process(env, "export", "plan", "--date", str(DAY), "--json")
     plan = json.loads(run.stdout)
     assert {a["order_ref"] for a in plan["allocations"]} == {"A1", "A2"}
     (tmp_path / "plan.json").write_text(run.stdout)

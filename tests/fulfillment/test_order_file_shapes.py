@@ -4,8 +4,6 @@ columns filled only on its first row (issue 9, item 6). The one parsing path ser
 
 from __future__ import annotations
 
-import os
-import subprocess
 from datetime import date, time, timedelta
 from pathlib import Path
 
@@ -16,7 +14,7 @@ from core.db import make_engine
 from core.timeutil import local_today
 from fulfillment.models import Order
 from fulfillment.scenario import load_scenario
-from tests.conftest import coldchain_cmd
+from tests.support import coldchain_in_process
 
 from .test_rerun import NODES, PRODUCTS_CSV, VEHICLES
 
@@ -106,11 +104,11 @@ def test_an_upload_in_the_export_shape_loads(api, token, session, tmp_path: Path
 
 def test_orders_import_takes_the_export_shape(databases, tmp_path: Path) -> None:  # noqa: ANN001
     day = _day()
-    env = {**os.environ, "COLDCHAIN_DATABASE_URL": databases.new("shapes"), "COLDCHAIN_DATA_DIR": str(tmp_path)}
+    env = {"COLDCHAIN_DATABASE_URL": databases.new("shapes"), "COLDCHAIN_DATA_DIR": str(tmp_path)}
     (tmp_path / "erp.csv").write_text(exported(day), encoding="utf-8")
     net = _network(tmp_path / "net")
     for args in (["scenario", "load", str(net)], ["orders", "import", str(tmp_path / "erp.csv")]):
-        run = subprocess.run([*coldchain_cmd(), *args], env=env, capture_output=True, text=True, timeout=120)
+        run = coldchain_in_process(env, *args)  # the command's exit code and output, in this process
         assert (run.returncode, run.stdout) == (0, ""), run.stderr
     engine = make_engine(env["COLDCHAIN_DATABASE_URL"])
     try:
@@ -153,10 +151,9 @@ def contradiction_errors(name: str, day: date) -> list[str]:
 
 def test_a_row_that_contradicts_its_first_row_is_refused_with_its_order(databases, tmp_path: Path) -> None:  # noqa: ANN001
     day = _day()
-    env = {**os.environ, "COLDCHAIN_DATABASE_URL": databases.new("contra"), "COLDCHAIN_DATA_DIR": str(tmp_path)}
+    env = {"COLDCHAIN_DATABASE_URL": databases.new("contra"), "COLDCHAIN_DATA_DIR": str(tmp_path)}
     folder = _network(tmp_path / "scen", contradicting(day))
-    run = subprocess.run([*coldchain_cmd(), "scenario", "load", str(folder)], env=env, capture_output=True,
-                         text=True, timeout=120)
+    run = coldchain_in_process(env, "scenario", "load", str(folder))
     assert run.returncode == 1, run.stderr
     assert run.stdout.splitlines() == contradiction_errors("orders.csv", day)
     engine = make_engine(env["COLDCHAIN_DATABASE_URL"])

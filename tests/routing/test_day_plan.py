@@ -17,7 +17,7 @@ from fulfillment.service import allocate_day, day_allocations
 from routing.models import Plan, RouteStop
 from routing.service import day_routes, plan_depot
 from tests import scenario_files
-from tests.support import DAY, after, check, coldchain_cmd, same
+from tests.support import DAY, after, allocate_in, check, coldchain_cmd, load_into, same
 from tests.support import PLAN_MORE as MORE
 
 
@@ -56,8 +56,8 @@ def test_cli_plans_depots_on_real_workers_and_exports_json(databases, tmp_path: 
     env = {**os.environ, "COLDCHAIN_DATABASE_URL": databases.new("plan"), "COLDCHAIN_DATA_DIR": str(tmp_path),
            "COLDCHAIN_CELERY_QUEUE": f"test-plan-{uuid.uuid4().hex[:8]}"}
     folder = scenario_files.write(tmp_path / "scen", append={"orders.csv": MORE})
-    for args in (["scenario", "load", str(folder)], ["allocate", "--date", str(DAY)]):
-        assert subprocess.run([*coldchain_cmd(), *args], env=env, capture_output=True, timeout=120).returncode == 0
+    load_into(env["COLDCHAIN_DATABASE_URL"], folder)  # `coldchain scenario load` and `allocate`, in this process:
+    allocate_in(env["COLDCHAIN_DATABASE_URL"], DAY)  # the command under test is `coldchain plan`
     run = subprocess.run([*coldchain_cmd(), "plan", "--date", str(DAY), "--time-limit", "1",
                           "--local-workers", "2", "--json"], env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]

@@ -23,8 +23,8 @@ def test_plans_return_within_the_limit_and_the_second_task_hits_the_matrix_cache
     with Stack(databases, tmp_path, "wall") as stack:
         stack.start(workers=2)
         city = sample_city(tmp_path / "city", DAY)
-        stack.cli("scenario", "load", str(city))
-        stack.cli("allocate", "--date", str(DAY))
+        stack.load(city)
+        stack.allocate(DAY)
         headers = stack.user("disp", "dispatcher")
         # the two flagships (the largest depots, FS-01 with several trips per van) at once, one per worker
         body = {"date": str(DAY), "time_limit": LIMIT, "depots": ["FS-01", "FS-02"]}

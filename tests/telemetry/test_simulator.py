@@ -32,7 +32,7 @@ from telemetry.simulator import (
     tally,
 )
 from tests import scenario_files
-from tests.support import DAY, coldchain_cmd, local, stop
+from tests.support import DAY, coldchain_cmd, load_into, local, stop
 
 START = local("08:00", DAY).astimezone(UTC)  # the vans' day under test (the decoder's clock is injected)
 ALL = ("frozen", "chilled", "ambient")
@@ -215,9 +215,7 @@ def fleet_db(databases, tmp_path: Path, mqtt_url: str, monkeypatch: pytest.Monke
     url = databases.new("sim")
     env = {**os.environ, "COLDCHAIN_DATABASE_URL": url, "COLDCHAIN_DATA_DIR": str(tmp_path),
            "COLDCHAIN_MQTT_URL": mqtt_url}
-    load = subprocess.run([*coldchain_cmd(), "scenario", "load", str(folder)], env=env, capture_output=True,
-                          text=True, timeout=120)
-    assert load.returncode == 0, load.stdout + load.stderr
+    load_into(url, folder)  # `coldchain scenario load`, in this process
     monkeypatch.setenv("COLDCHAIN_DATABASE_URL", url)
     monkeypatch.setenv("COLDCHAIN_DATA_DIR", str(tmp_path))
     reset_caches()
@@ -241,18 +239,19 @@ def test_end_to_end_through_broker_and_ingestor(fleet_db, mqtt_url: str) -> None
     from warehouses.models import Vehicle
 
     engine = get_engine()
-    log_path = Path(fleet_db["env"]["COLDCHAIN_DATA_DIR"]) / "ingest.log"
-    proc = subprocess.Popen([*coldchain_cmd(), "ingest", "--client-id", f"coldchain-ingest-sim-{fleet_db['tag']}",
-                             "--tick-every", "1", "--session-expiry", "300"], env=fleet_db["env"],
-                            stdout=subprocess.DEVNULL, stderr=log_path.open("w"), text=True)
-    proc.log_path = log_path  # type: ignore[attr-defined]
+    log_path = Path(fleet_db["env"]["COLDCHAIN_DATA_DIR"]) / "ingest-sim.log"  # a file: never an unread pipe
+    with log_path.open("w") as err:
+        proc = subprocess.Popen([*coldchain_cmd(), "ingest", "--client-id", f"coldchain-ingest-sim-{fleet_db['tag']}",
+                                 "--tick-every", "1", "--session-expiry", "300"], env=fleet_db["env"],
+                                stdout=subprocess.DEVNULL, stderr=err)
+    proc.log_path = log_path  # type: ignore[attr-defined]  (read by stop())
     try:
-        # publish once the broker has granted the subscription (its persistent session keeps what comes
-        # after): a fixed 3 s sleep was too short at load 13
+        # connected and subscribed (the broker's SUBACK; its persistent session keeps what comes after), as
+        # tests.support.Run.wait_subscribed waits, rather than a fixed sleep
         deadline = time.monotonic() + 60
         while "subscription granted" not in log_path.read_text(errors="replace"):
             assert proc.poll() is None, log_path.read_text(errors="replace")
-            assert time.monotonic() < deadline, "no subscription in 60 s: " + log_path.read_text(errors="replace")
+            assert time.monotonic() < deadline, "no subscription within 60 s\n" + log_path.read_text(errors="replace")
             time.sleep(0.1)
         console = Console(stderr=True, quiet=True)
         result = simulate_fleet(mqtt_url, date=fleet_db["day"], speed=0, vehicles=None, seed=2, garbage=True,

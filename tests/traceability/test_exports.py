@@ -334,47 +334,38 @@ def test_unknown_orders_and_formats_are_clear_errors(session: Session) -> None:
 
 
 def test_the_cli_writes_a_lot_sheet_and_refuses_a_wrong_combination(databases, tmp_path: Path) -> None:  # noqa: ANN001
-    import os
+    from tests.support import DAY, write
+    from tests.support import coldchain_in_process as cli  # the command's exit codes and messages, in this process
 
-    from tests.support import DAY, coldchain_cmd, write
-
-    env = {**os.environ, "COLDCHAIN_DATABASE_URL": databases.new("trace_cli"), "COLDCHAIN_DATA_DIR": str(tmp_path)}
+    env = {"COLDCHAIN_DATABASE_URL": databases.new("trace_cli"), "COLDCHAIN_DATA_DIR": str(tmp_path)}
     folder = write(tmp_path / "scen")
-    load = subprocess.run([*coldchain_cmd(), "scenario", "load", str(folder)], env=env, capture_output=True,
-                          text=True, timeout=120)
+    load = cli(env, "scenario", "load", str(folder))
     assert load.returncode == 0, load.stdout + load.stderr
     out = tmp_path / "lot.csv"
-    run = subprocess.run([*coldchain_cmd(), "trace", "export", "--lot", "L-E1", "--format", "fsma", "--out", str(out)],
-                         env=env, capture_output=True, text=True, timeout=120)
+    run = cli(env, "trace", "export", "--lot", "L-E1", "--format", "fsma", "--out", str(out))
     assert run.returncode == 0, run.stdout + run.stderr
     header, rows = read_csv(out.read_bytes())
     assert header == list(exports.FSMA_COLUMNS)
     assert [(r["Critical tracking event"], r["Traceability lot code"], r["Quantity"]) for r in rows] == [
         ("Receiving", "L-E1", "50")]
     assert EGGS in rows[0]["Product description"]
-    order = subprocess.run([*coldchain_cmd(), "trace", "export", "A1", "--format", "epcis", "--out",
-                            str(tmp_path / "a1.jsonld")], env=env, capture_output=True, text=True, timeout=120)
+    order = cli(env, "trace", "export", "A1", "--format", "epcis", "--out", str(tmp_path / "a1.jsonld"))
     assert order.returncode == 0, order.stderr
     assert json.loads((tmp_path / "a1.jsonld").read_text(encoding="utf-8"))["schemaVersion"] == "2.0"
-    lot_pdf = subprocess.run([*coldchain_cmd(), "trace", "export", "--lot", "L-E1", "--format", "pdf", "--out",
-                              str(tmp_path / "lot.pdf")], env=env, capture_output=True, text=True, timeout=120)
+    lot_pdf = cli(env, "trace", "export", "--lot", "L-E1", "--format", "pdf", "--out", str(tmp_path / "lot.pdf"))
     assert lot_pdf.returncode == 0, lot_pdf.stderr
     assert "批次追溯报告" in squeeze(pypdf.PdfReader(str(tmp_path / "lot.pdf")).pages[0].extract_text())
     days = ["--from", (DAY - timedelta(days=1)).isoformat(), "--to", DAY.isoformat()]
-    period = subprocess.run([*coldchain_cmd(), "trace", "export", *days, "--format", "epcis", "--out",
-                             str(tmp_path / "period.jsonld")], env=env, capture_output=True, text=True, timeout=120)
+    period = cli(env, "trace", "export", *days, "--format", "epcis", "--out", str(tmp_path / "period.jsonld"))
     assert period.returncode == 0, period.stderr
     events = json.loads((tmp_path / "period.jsonld").read_text(encoding="utf-8"))["epcisBody"]["eventList"]
     assert {e["bizStep"] for e in events} == {"receiving"}  # the scenario's stock, received today
-    wrong = subprocess.run([*coldchain_cmd(), "trace", "export", *days, "--format", "pdf"], env=env,
-                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    wrong = cli(env, "trace", "export", *days, "--format", "pdf", cwd=tmp_path)
     assert wrong.returncode == 2 and "for a period" in wrong.stderr
-    backwards = subprocess.run([*coldchain_cmd(), "trace", "export", "--from", DAY.isoformat(), "--to",
-                                (DAY - timedelta(days=3)).isoformat()], env=env, capture_output=True, text=True,
-                               timeout=120, cwd=tmp_path)
+    backwards = cli(env, "trace", "export", "--from", DAY.isoformat(), "--to", (DAY - timedelta(days=3)).isoformat(),
+                    cwd=tmp_path)
     assert backwards.returncode == 2 and "before it starts" in backwards.stderr
-    missing = subprocess.run([*coldchain_cmd(), "trace", "export", "NO-SUCH", "--format", "pdf"], env=env,
-                             capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    missing = cli(env, "trace", "export", "NO-SUCH", "--format", "pdf", cwd=tmp_path)
     assert missing.returncode == 1 and "NO-SUCH" in missing.stderr
 
 

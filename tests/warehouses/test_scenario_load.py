@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,7 @@ from sqlalchemy import func, select
 from fulfillment.models import Order, OrderLine
 from fulfillment.scenario import load_scenario
 from tests import scenario_files
-from tests.support import DAY, after, coldchain_cmd
+from tests.support import DAY, after
 from warehouses.models import Compartment, Driver, Node, Product, StockLot, Vehicle
 
 
@@ -125,16 +124,14 @@ def test_missing_file_and_missing_column_are_reported(session, tmp_path: Path) -
 
 
 def test_cli_prints_rejections_and_exits_1_then_0_when_clean(databases, tmp_path: Path) -> None:
-    import os
+    from tests.support import coldchain_in_process  # the command's exit code and output, in this process
 
-    env = {**os.environ, "COLDCHAIN_DATABASE_URL": databases.new("cli"), "COLDCHAIN_DATA_DIR": str(tmp_path)}
+    env = {"COLDCHAIN_DATABASE_URL": databases.new("cli"), "COLDCHAIN_DATA_DIR": str(tmp_path)}
     bad = scenario_files.write(tmp_path / "bad", append={"stock.csv": f"FS-01,NOPE,L-X,5,{after(7)}\n"})
-    run = subprocess.run([*coldchain_cmd(), "scenario", "load", str(bad)], capture_output=True, text=True, env=env,
-                         timeout=120)
+    run = coldchain_in_process(env, "scenario", "load", str(bad))
     assert run.returncode == 1, run.stderr
     assert run.stdout.splitlines() == ["stock.csv:5: sku: unknown sku NOPE"]
     good = scenario_files.write(tmp_path / "good")
-    run = subprocess.run([*coldchain_cmd(), "scenario", "load", str(good)], capture_output=True, text=True, env=env,
-                         timeout=120)
+    run = coldchain_in_process(env, "scenario", "load", str(good))
     assert run.returncode == 0, run.stdout + run.stderr
     assert run.stdout == ""
