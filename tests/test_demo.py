@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -43,8 +44,17 @@ def _demo(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items()
            if k not in ("COLDCHAIN_DATABASE_URL", "COLDCHAIN_MQTT_URL", "COLDCHAIN_BROKER_URL", "COLDCHAIN_DATA_DIR",
                         "COLDCHAIN_CLOCK")}
-    return subprocess.run([*coldchain_cmd(), "demo", "--output", str(tmp_path / "out"), *SMALL_DAY, *extra],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+    # its own process group: on a timeout the demo's children (the API server, the ingestor) go with it
+    proc = subprocess.Popen([*coldchain_cmd(), "demo", "--output", str(tmp_path / "out"), *SMALL_DAY, *extra],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=400)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"coldchain demo did not finish in 400 s\n{out[-3000:]}\n{err[-3000:]}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def _db(out: Path) -> sa.Engine:
