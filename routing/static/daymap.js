@@ -12,16 +12,20 @@ window.DayMap = (() => {
   const escape = (text) => String(text ?? "").replace(/[&<>"']/g, (c) => ENTITIES[c]);
   const STATUS_TEXT = { planned: "to visit", arrived: "at the door", delivered: "delivered", failed: "failed" };
 
-  function legend(withAlerts) {
+  // The legend, folded (a <details>) on a narrow map such as a phone's, where it would hide the stops.
+  function legend(withAlerts, open) {
     const control = L.control({ position: "bottomleft" });
     control.onAdd = () => {
-      const div = L.DomUtil.create("div", "daymap-legend");
+      const div = L.DomUtil.create("details", "daymap-legend");
+      div.open = open;
       const stop = (cls, text) => `<span class="key-stop ${cls}">1</span> ${text}`;
-      div.innerHTML = [stop("stop-planned", "to visit"), stop("stop-delivered", "delivered"),
+      const rows = [stop("stop-planned", "to visit"), stop("stop-delivered", "delivered"),
         stop("stop-failed", "failed"), stop("stop-planned stop-damaged", "damage reported"),
         '<span class="key-node"></span> flagship / hub', '<span class="key-left key-unallocated"></span> unallocated',
-        '<span class="key-left key-unserved"></span> unserved'].concat(withAlerts ? ['<span class="key-alert">&#9650;</span> alert began'] : [])
-        .map((row) => `<div>${row}</div>`).join("");
+        '<span class="key-left key-unserved"></span> unserved'];
+      if (withAlerts) rows.push('<span class="key-alert">&#9650;</span> alert began');
+      div.innerHTML = `<summary>Legend</summary>${rows.map((row) => `<div>${row}</div>`).join("")}`;
+      L.DomEvent.disableClickPropagation(div);
       return div;
     };
     return control;
@@ -43,7 +47,7 @@ window.DayMap = (() => {
                     "Not on a route": layers.left };
     named[options.alerts ? "Alerts" : "Vans"] = options.alerts ? layers.alerts : layers.vans;
     L.control.layers(null, named, { collapsed: true }).addTo(map);
-    legend(Boolean(options.alerts)).addTo(map);
+    legend(Boolean(options.alerts), map.getContainer().clientWidth > 600).addTo(map);
     const colourOf = {};
     const colour = (van) => colourOf[van] || (colourOf[van] = COLOURS[Object.keys(colourOf).length % COLOURS.length]);
     let fitted = false;
