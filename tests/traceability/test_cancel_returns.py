@@ -21,8 +21,8 @@ from core.errors import Conflict
 from delivery.schemas import RouteStartIn, StopEventIn
 from delivery.service import driver_ref, start_route, stop_event
 from fulfillment.models import Order, Reservation
+from routing.replan import breakdown, replan
 from routing.replan import cancel_order as cancel_event
-from routing.replan import replan
 from tests.delivery.helpers import build_day, routes_by_van
 from tests.support import same
 from traceability import flows
@@ -164,12 +164,14 @@ def _stops_of(session: Session, day, ref: str) -> list[tuple[str, str, str]]:  #
                   if s.order.ref == ref)
 
 
+@pytest.mark.parametrize("onto", ["any van", "VAN-01 again"])
 @pytest.mark.parametrize("how", ["replan", "api"])
 def test_a_failed_order_moved_by_a_replan_then_cancelled_comes_back_once_with_the_first_van(
-        session: Session, day, how: str) -> None:  # noqa: ANN001
+        session: Session, day, how: str, onto: str) -> None:  # noqa: ANN001
     """Issue 11's named gap: the order failed at its stop (goods still aboard VAN-01), a re-plan gives it a new
-    stop, then it is cancelled (through a re-plan's cancel event, or the API's cancel): its goods come back to
-    their lot at the depot once, with VAN-01, audited; nothing is loaded anywhere else; the lot's reservation
+    stop (on any van, or, VAN-03 broken down, on VAN-01's own later trip), then it is cancelled (through a
+    re-plan's cancel event, or the API's cancel): its goods come back to their lot at the depot once, with
+    VAN-01, audited; nothing is loaded anywhere else; VAN-01's route still finishes; the lot's reservation
     and free stock are as before the order took them."""
     route = routes_by_van(session, day)["VAN-01"]
     stops = sorted(route.stops, key=lambda s: s.seq)
@@ -192,12 +194,16 @@ def test_a_failed_order_moved_by_a_replan_then_cancelled_comes_back_once_with_th
     assert order.status == "reattempt"
 
     # the re-plan gives the re-attempt a new stop; the failed one stays on VAN-01
-    out = replan(day, "FS-01", None, time_limit=1, actor="dispatcher", now=at + timedelta(minutes=5),
-                 sessions=same(session), cancel=flows.cancel_order)
+    moved_at = at + timedelta(minutes=5)
+    event = None if onto == "any van" else breakdown("VAN-03", moved_at)
+    out = replan(day, "FS-01", event, time_limit=1, actor="dispatcher", now=moved_at, sessions=same(session),
+                 cancel=flows.cancel_order)
     placed = _stops_of(session, day, ref)
     assert ("VAN-01", first_id, "failed") in placed, placed
     new = [p for p in placed if p[2] == "planned"]
     assert len(new) == 1 and new[0][1] != first_id, (placed, out)
+    if onto == "VAN-01 again":
+        assert new[0][0] == "VAN-01", placed
     session.refresh(order)
     assert order.status == "planned"
     audit.flush(session)
