@@ -17,11 +17,7 @@ import sqlalchemy as sa
 
 from scripts.demo import compare_staged
 from tests.conftest import coldchain_cmd
-from tests.console.conftest import (
-    DESKTOP,
-    browser,  # noqa: F401 - the system chromium, shared with the console's tests
-    screenshot,
-)
+from tests.console.conftest import DESKTOP, screenshot
 
 # a small day: few orders, a second per depot, the clock as fast as the machine goes
 SMALL_DAY = ["--orders", "20", "--time-limit", "1", "--speed", "0"]
@@ -158,7 +154,7 @@ def test_demo_summary_is_what_the_database_holds(small_day) -> None:  # noqa: AN
 
 
 @pytest.mark.slow
-def test_the_demo_map_draws_the_day_as_it_ran_offline(small_day, browser) -> None:  # noqa: ANN001, F811
+def test_the_demo_map_draws_the_day_as_it_ran_offline(small_day, browser) -> None:  # noqa: ANN001
     """map.html in chromium with every network request refused: Leaflet and the shared drawing script load
     from beside it, every trip and stop is drawn, failed and damaged stops marked, each alert listed (and
     placed where it began when its van had a fix), the orders left out listed with why."""
