@@ -375,4 +375,3 @@ def drop_open_stops(session: Session, order: Order, actor: str, reason: str | No
             session.delete(row)
     session.flush()
     return dropped
-
