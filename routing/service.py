@@ -349,3 +349,29 @@ def day_routes(session: Session, day: date) -> dict:
         unserved += [{"order_ref": u.order.ref, "reason": u.reason, "depot": plan.depot.code}
                      for u in plan.unserved]
     return {"routes": routes, "unserved": sorted(unserved, key=lambda u: u["order_ref"])}
+
+
+def drop_open_stops(session: Session, order: Order, actor: str, reason: str | None = None) -> list[str]:
+    """Take a cancelled order's stops still to visit (``planned``) off the day's current routes, and say so
+    in the audit log: left on, the driver would be sent to a door with nothing to hand over, and a route
+    whose stop can never be delivered or failed never finishes (so its failed goods would never be
+    recorded back at the depot). Visited stops (arrived, delivered, failed) stay, as history. Returns the
+    stop ids dropped. A re-plan's cancel drops the stop from the new version itself (replan_merge)."""
+    rows = session.scalars(select(RouteStop).join(Route, Route.id == RouteStop.route_id)
+                           .join(Plan, Plan.id == Route.plan_id)
+                           .where(RouteStop.order_id == order.id, RouteStop.status == "planned",
+                                  Plan.status == "current").order_by(RouteStop.id)).all()
+    dropped = []
+    for row in rows:
+        route = session.get(Route, row.route_id)
+        vehicle = session.get(Vehicle, route.vehicle_id)
+        audit.append(session, actor, "plan.stop_dropped", "route_stop", row.stop_id,
+                     {"order": order.ref, "vehicle": vehicle.code if vehicle else None, "route": route.id,
+                      "seq": row.seq}, why=reason or "order cancelled")
+        dropped.append(row.stop_id)
+        if row in route.stops:
+            route.stops.remove(row)  # delete-orphan: the row goes, the loaded collection agrees
+        else:
+            session.delete(row)
+    session.flush()
+    return dropped

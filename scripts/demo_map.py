@@ -1,7 +1,12 @@
-"""The demo's HTML map of the day: every trip as planned, each stop as it ended, the nodes, and where each
-alert began. Leaflet comes from the PyPI package xstatic-leaflet and is copied beside the page
-(``leaflet/``), so the page opens without a network; there are no map tiles for the same reason (the
-routes, stops and nodes are drawn on a plain background, with a scale)."""
+"""The demo's HTML map of the day as it ran: every trip, each stop as it ended (delivered, failed, damage
+reported, with the order's risk), the nodes and their service areas, the orders left out with why, and
+where each alert began.
+
+The data is routing.daymap.day_map's, the one the dispatcher's console draws, with what only the demo
+shows added (damage, risk, alerts); the drawing is the same script (routing/static/daymap.js), copied
+beside the page (``daymap/``) with Leaflet from the PyPI package xstatic-leaflet (``leaflet/``), so the
+page opens without a network. There are no map tiles for the same reason (a plain background, a scale).
+"""
 
 from __future__ import annotations
 
@@ -14,57 +19,42 @@ PAGE = """<!DOCTYPE html>
 <html lang="zh-CN"><head><meta charset="utf-8">
 <title>coldchain — {day}</title>
 <link rel="stylesheet" href="leaflet/leaflet.css">
+<link rel="stylesheet" href="daymap/daymap.css">
 <script src="leaflet/leaflet.js"></script>
+<script src="daymap/daymap.js"></script>
 <style>
- body {{ margin: 0; font: 14px system-ui, sans-serif; }}
- #map {{ position: absolute; top: 0; bottom: 0; left: 0; right: 320px; background: #f4f1ea; }}
- #side {{ position: absolute; top: 0; bottom: 0; right: 0; width: 320px; overflow: auto; padding: 8px;
+ body {{ margin: 0; font: 14px system-ui, "Noto Sans CJK SC", sans-serif; }}
+ #map {{ position: absolute; top: 0; bottom: 0; left: 0; right: 340px; background: #f4f1ea; }}
+ #side {{ position: absolute; top: 0; bottom: 0; right: 0; width: 340px; overflow: auto; padding: 8px;
          box-sizing: border-box; border-left: 1px solid #ccc; }}
- h1 {{ font-size: 16px; margin: 4px 0 8px; }} td {{ padding: 1px 3px; font-size: 12px; }} .bad {{ color: #b00; }}
+ h1 {{ font-size: 16px; margin: 4px 0 8px; }} h2 {{ font-size: 14px; margin: 12px 0 4px; }}
+ td {{ padding: 1px 3px; font-size: 12px; }} .bad {{ color: #b00; }}
 </style></head><body>
 <div id="map"></div>
 <div id="side"><h1>{day}: the day as it ran</h1>
-<p>Lines: each van's trips as planned. Stops: <b style="color:#2a2">delivered</b>, <b style="color:#d00">failed</b>,
-<b style="color:#e90">damaged</b>, <b style="color:#888">not served</b>. Squares: flagships and hubs.
+<p id="summary"></p>
+<p>Lines: each van's trips as planned. Numbered stops in the van's colour, filled by how they ended (the legend).
 Triangles: where an alert began. No map tiles (the page works offline).</p>
-<div id="alerts"></div></div>
+<div id="alerts"></div><div id="left"></div></div>
 <script>
 const DATA = {data};
-const map = L.map('map', {{ zoomSnap: 0.25 }});
-L.control.scale({{ metric: true, imperial: false }}).addTo(map);
-const all = [];
-const colors = ['#1f77b4', '#9467bd', '#17becf', '#8c564b', '#e377c2', '#7f7f7f', '#bcbd22', '#2ca02c', '#ff7f0e'];
-DATA.routes.forEach((r, i) => {{
-  const line = [r.depot].concat(r.stops.map(s => [s.lat, s.lon])).concat([r.depot]);
-  L.polyline(line, {{ color: colors[i % colors.length], weight: 2, opacity: 0.7 }})
-    .bindTooltip(`${{r.vehicle}} trip ${{r.trip}} ${{r.start}}–${{r.end}}`).addTo(map);
-  r.stops.forEach(s => {{
-    all.push([s.lat, s.lon]);
-    const c = s.damaged ? '#e90' : s.status === 'delivered' ? '#2a2' : s.status === 'failed' ? '#d00' : '#888';
-    L.circleMarker([s.lat, s.lon], {{ radius: 5, color: c, fillColor: c, fillOpacity: 0.9, weight: 1 }})
-      .bindPopup(`<b>${{s.order_ref}}</b> ${{r.vehicle}}<br>ETA ${{s.arrive}}<br>${{s.status}}` +
-                 (s.damaged ? '<br>damage reported' : '') + (s.risk ? `<br>risk: ${{s.risk}}` : '')).addTo(map);
-  }});
+const drawn = DayMap.create("map", {{ alerts: true }}).draw(DATA);
+const esc = DayMap.escape;
+const ended = (status) => DATA.routes.reduce((n, r) => n + r.stops.filter((s) => s.status === status).length, 0);
+document.getElementById("summary").textContent = `${{DATA.routes.length}} trips · ${{drawn.stops}} stops · ` +
+  `${{ended("delivered")}} delivered · ${{ended("failed")}} failed · ${{drawn.left.length}} not on a route`;
+let rows = `<h2>alerts (${{DATA.alerts.length}})</h2><table class="alerts">`;
+DATA.alerts.forEach((a) => {{
+  rows += `<tr><td>${{esc(a.vehicle)}}</td><td>${{esc(a.kind)}}</td><td>${{esc(a.compartment || "")}}</td>` +
+          `<td>${{esc(a.started)}}</td><td>${{a.ack ? "acknowledged" : '<span class="bad">open</span>'}}</td></tr>`;
 }});
-DATA.nodes.forEach(n => {{
-  all.push([n.lat, n.lon]);
-  const size = n.kind === 'flagship' ? 14 : 9;
-  L.marker([n.lat, n.lon], {{ icon: L.divIcon({{ className: '', iconSize: [size, size],
-    html: `<div style="width:${{size}}px;height:${{size}}px;background:#333;border:2px solid #fff"></div>` }}) }})
-    .bindTooltip(`${{n.code}} ${{n.name}}`).addTo(map);
+document.getElementById("alerts").innerHTML = rows + "</table>";
+let left = `<h2>not on a route (${{drawn.left.length}})</h2><table class="left">`;
+drawn.left.forEach((u) => {{
+  left += `<tr><td>${{esc(u.order_ref)}}</td><td>${{u.what}}</td><td>${{esc(u.reason)}}</td></tr>`;
 }});
-let rows = '<h1>alerts</h1><table>';
-DATA.alerts.forEach(a => {{
-  rows += `<tr><td>${{a.vehicle}}</td><td>${{a.kind}}</td><td>${{a.compartment || ''}}</td><td>${{a.started}}</td>` +
-          `<td>${{a.ack ? 'acknowledged' : '<span class="bad">open</span>'}}</td></tr>`;
-  if (a.pos) {{
-    L.marker(a.pos, {{ icon: L.divIcon({{ className: '', iconSize: [16, 16],
-      html: '<div style="font-size:16px;color:#c00">&#9650;</div>' }}) }})
-      .bindPopup(`<b>${{a.kind}}</b> ${{a.vehicle}} ${{a.compartment || ''}}<br>${{a.started}}`).addTo(map);
-  }}
-}});
-document.getElementById('alerts').innerHTML = rows + '</table>';
-if (all.length) map.fitBounds(all, {{ padding: [20, 20] }}); else map.setView([30.66, 104.06], 11);
+document.getElementById("left").innerHTML = left + "</table>";
+document.body.dataset.drawn = "1";
 </script></body></html>
 """
 
@@ -76,18 +66,37 @@ def leaflet_dir() -> Path:
     return Path(leaflet.BASE_DIR)
 
 
+def _copy_assets(output: Path) -> None:
+    """Leaflet (xstatic-leaflet) and the shared drawing script beside the page, replacing older copies."""
+    from routing.daymap import FILES, STATIC
+
+    for name in ("leaflet", "daymap"):
+        if (output / name).exists():
+            shutil.rmtree(output / name)
+    src = leaflet_dir()
+    (output / "leaflet").mkdir(parents=True)
+    for file in ("leaflet.js", "leaflet.css"):
+        shutil.copy2(src / file, output / "leaflet" / file)
+    shutil.copytree(src / "images", output / "leaflet" / "images")
+    (output / "daymap").mkdir()
+    for file in FILES:
+        shutil.copy2(STATIC / file, output / "daymap" / file)
+
+
 def write_day_map(day: date, output: Path) -> Path:
-    """Write ``output/map.html`` (and ``output/leaflet/``) from the database's view of the day."""
+    """Write ``output/map.html`` (with ``output/leaflet/`` and ``output/daymap/``) from the database's view
+    of the day: routing.daymap.day_map, plus each stop's damage and risk (``output/at_risk.json``, written
+    by the demo before) and the day's alerts with where each began."""
     from sqlalchemy import select
 
     from core.db import session_scope
     from core.timeutil import to_local
     from delivery.models import StopDamage
+    from routing.daymap import day_map
     from routing.models import RouteStop
-    from routing.service import day_routes
     from telemetry.models import Alert
     from telemetry.service import last_positions
-    from warehouses.models import Node, Vehicle
+    from warehouses.models import Vehicle
 
     risk: dict[str, str] = {}
     at_risk = output / "at_risk.json"
@@ -95,9 +104,8 @@ def write_day_map(day: date, output: Path) -> Path:
         for o in json.loads(at_risk.read_text(encoding="utf-8")):
             risk[o["order_ref"]] = f"spoilage {o['spoilage_risk']['level']}, breakage {o['breakage_risk']['level']}"
     with session_scope(write=False) as session:
-        routes = day_routes(session, day)["routes"]
+        data = day_map(session, day)
         damaged = set(session.scalars(select(RouteStop.stop_id).join(StopDamage, StopDamage.stop_pk == RouteStop.id)))
-        nodes = {n.code: n for n in session.scalars(select(Node))}
         alerts = []
         for alert, code in session.execute(select(Alert, Vehicle.code).join(Vehicle, Vehicle.id == Alert.vehicle_id)
                                            .order_by(Alert.started_at)):
@@ -105,24 +113,13 @@ def write_day_map(day: date, output: Path) -> Path:
             alerts.append({"vehicle": code, "kind": alert.kind, "compartment": alert.compartment,
                            "started": f"{to_local(alert.started_at):%H:%M}", "ack": alert.acknowledged_at is not None,
                            "pos": [pos[0], pos[1]] if pos else None})
-        node_list = [{"code": n.code, "name": n.name, "kind": n.kind, "lat": n.lat, "lon": n.lon}
-                     for n in nodes.values()]
-    for r in routes:
-        depot = nodes.get(r["depot"])
-        r["depot"] = [depot.lat, depot.lon] if depot else [r["stops"][0]["lat"], r["stops"][0]["lon"]]
+    for r in data["routes"]:
         for s in r["stops"]:
             s["damaged"] = s["stop_id"] in damaged
             s["risk"] = risk.get(s["order_ref"])
-    target = output / "leaflet"
-    if target.exists():
-        shutil.rmtree(target)
-    src = leaflet_dir()
-    target.mkdir(parents=True)
-    for name in ("leaflet.js", "leaflet.css"):
-        shutil.copy2(src / name, target / name)
-    shutil.copytree(src / "images", target / "images")
-    data = {"day": day.isoformat(), "routes": routes, "nodes": node_list, "alerts": alerts}
-    text = json.dumps(data, ensure_ascii=False).replace("</", "<\\/")
+    data["alerts"] = alerts
+    _copy_assets(output)
+    text = json.dumps(data, ensure_ascii=False, default=str).replace("</", "<\\/")
     path = output / "map.html"
     path.write_text(PAGE.format(day=day.isoformat(), data=text), encoding="utf-8")
     return path

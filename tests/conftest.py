@@ -21,6 +21,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
+from tests.browser import browser  # noqa: F401 - the system chromium, for every browser test
 from tests.support import ROOT, SHARED, check_plan_path, coldchain_cmd, free_port  # noqa: F401  (also for older imports)
 
 SERVER_URL = os.environ.get("COLDCHAIN_DATABASE_URL")  # the server CI points us at, if any

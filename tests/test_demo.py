@@ -18,6 +18,7 @@ import sqlalchemy as sa
 
 from scripts.demo import compare_staged
 from tests.conftest import coldchain_cmd
+from tests.console.conftest import DESKTOP, screenshot
 
 # a small day: few orders, a second per depot, the clock as fast as the machine goes
 SMALL_DAY = ["--orders", "20", "--time-limit", "1", "--speed", "0"]
@@ -160,6 +161,54 @@ def test_demo_summary_is_what_the_database_holds(small_day) -> None:  # noqa: AN
             assert days == {day}, (table, column, days)
         first_sample = one("select min(ts) from telemetry_samples")
         assert local_day(str(first_sample)) == day
+
+
+@pytest.mark.slow
+def test_the_demo_map_draws_the_day_as_it_ran_offline(small_day, browser) -> None:  # noqa: ANN001
+    """map.html in chromium with every network request refused: Leaflet and the shared drawing script load
+    from beside it, every trip and stop is drawn, failed and damaged stops marked, each alert listed (and
+    placed where it began when its van had a fix), the orders left out listed with why."""
+    run, out = small_day
+    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+    page = (out / "map.html").read_text(encoding="utf-8")
+    data = json.loads(re.search(r"const DATA = (.*);\n", page).group(1).replace("<\\/", "</"))
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    stops = [s for r in data["routes"] for s in r["stops"]]
+    assert sum(s["status"] == "failed" for s in stops) == summary["failed"] >= 1
+    assert len(data["alerts"]) == summary["alerts"] >= 4 and any(s["damaged"] for s in stops)
+
+    context = browser.new_context(viewport=DESKTOP, locale="zh-CN", timezone_id="Asia/Shanghai")
+    fetched: list[str] = []
+    context.route("http*://**/*", lambda route: (fetched.append(route.request.url), route.abort()))
+    tab = context.new_page()
+    errors: list[str] = []
+    tab.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        tab.goto((out / "map.html").as_uri())
+        tab.wait_for_selector("body[data-drawn]", state="attached", timeout=20_000)
+        drawn = tab.evaluate("""() => ({
+          lines: document.querySelectorAll("path.route-line").length,
+          numbers: document.querySelectorAll(".stop-num").length,
+          failed: document.querySelectorAll(".stop-num.stop-failed").length,
+          delivered: document.querySelectorAll(".stop-num.stop-delivered").length,
+          damaged: document.querySelectorAll(".stop-num.stop-damaged").length,
+          nodes: document.querySelectorAll("path.node").length,
+          alertRows: document.querySelectorAll("table.alerts tr").length,
+          alertMarks: document.querySelectorAll(".alert-pos").length,
+          leftRows: document.querySelectorAll("table.left tr").length,
+          legend: document.querySelector(".daymap-legend")?.innerText || "",
+        })""")
+        screenshot(tab, "demo-map")
+    finally:
+        context.close()
+    assert not errors and not fetched, (errors, fetched)
+    assert drawn["lines"] == len(data["routes"]) and drawn["numbers"] == len(stops), drawn
+    assert drawn["failed"] == summary["failed"] and drawn["delivered"] == summary["served"], drawn
+    assert drawn["damaged"] == sum(s["damaged"] for s in stops) >= 1, drawn
+    assert drawn["nodes"] == len(data["nodes"]) and drawn["alertRows"] == len(data["alerts"]), drawn
+    assert drawn["alertMarks"] == sum(1 for a in data["alerts"] if a["pos"]) >= 1, drawn
+    assert drawn["leftRows"] == len(data["unallocated_at"]) + len(data["unserved_at"]), drawn
+    assert "failed" in drawn["legend"] and "alert began" in drawn["legend"], drawn
 
 
 @pytest.mark.slow

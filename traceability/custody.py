@@ -261,15 +261,21 @@ def record_returned(session: Session, stop: RouteStop, at: datetime, actor: str,
 
     What comes off is what custody says is aboard (each line and lot whose last row is ``loaded`` or
     ``failed``), not the order's reservations: an order cancelled after a failed attempt has none left,
-    and its goods still come back with the van.
+    and its goods still come back with the van. Those of a cancelled order go back to stock (``data.to`` =
+    ``stock``, as :func:`record_returned_to_stock` says of goods cancelled before loading): nothing waits
+    for a re-attempt, the cancel already released the reservation.
     """
     route = session.get(Route, stop.route_id)
     node_id = node.id if node is not None else _depot_of(session, route)
     line_ids = session.scalars(select(OrderLine.id).where(OrderLine.order_id == stop.order_id)).all()
+    cancelled = session.scalar(select(Order.status).where(Order.id == stop.order_id)) == "cancelled"
+    extra = {"to": "stock", "cause": "order cancelled"} if cancelled else {}
+    if cancelled:
+        reason = "; ".join(filter(None, [reason, "order cancelled: back to stock"]))
     events = [make_event("returned", at, actor, node_id=node_id, order_id=ev.order_id, line_id=ev.line_id,
                          product_id=ev.product_id, lot_id=ev.lot_id, lot=ev.lot, qty=ev.qty, route_id=route.id,
                          stop_id=stop.id, reason=reason,
-                         data={"from_vehicle": ev.vehicle_id, "from_compartment": ev.compartment})
+                         data={"from_vehicle": ev.vehicle_id, "from_compartment": ev.compartment, **extra})
               for _key, ev in sorted(_last(session, line_ids).items()) if ev.type in _ABOARD]
     return record(session, events)
 

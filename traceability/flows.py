@@ -46,7 +46,7 @@ from fulfillment.models import Order, OrderLine, Reservation
 from fulfillment.picklists import pick_lists
 from fulfillment.scenario import load_scenario as _load_scenario
 from routing.replan import Event, depot_of, replan
-from routing.service import plan_depot
+from routing.service import drop_open_stops, plan_depot
 from traceability.custody import make_event, now_or, received_event, record, record_bulk, record_returned_to_stock
 from traceability.models import CustodyEvent
 from traceability.service import sync_vans, van_positions
@@ -63,9 +63,12 @@ def tell_the_rules() -> int:
 def cancel_order(session: Session, order: Order, actor: str, reason: str | None = None,
                  at: datetime | None = None) -> Order:
     """Cancel an order (fulfillment: its reservations released, the order event) and give back to stock,
-    in custody, what was picked for it and not yet loaded; the API, the CLI and re-planning all cancel
+    in custody, what was picked for it and not yet loaded; its stops still to visit leave the current
+    routes (routing.service.drop_open_stops; goods still aboard after a failed attempt come back with
+    that van when its route ends, custody.record_returned); the API, the CLI and re-planning all cancel
     through here. Refused (Conflict) for an order out for delivery, as fulfillment refuses it."""
     fulfillment.cancel_order(session, order, actor, reason=reason)
+    drop_open_stops(session, order, actor, reason=reason)
     record_returned_to_stock(session, order, now_or(at), actor, reason=reason)
     return order
 

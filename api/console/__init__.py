@@ -1,7 +1,8 @@
 """The browser consoles under /console: server-rendered pages for dispatchers and quality staff.
 
 Pages are Jinja2 templates with a little plain JavaScript; Leaflet comes from the PyPI package
-xstatic-leaflet and is served from that package's folder, so nothing is fetched at run time.
+xstatic-leaflet and is served from that package's folder, so nothing is fetched at run time. The day's
+map is drawn by routing's script (routing/static/daymap.js, served from there: the demo's page uses it too).
 A login is a signed session cookie (Starlette's SessionMiddleware, itsdangerous); every POST
 carries a CSRF token bound to that session. Errors on console paths are plain HTML pages.
 """
@@ -16,6 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.middleware.sessions import SessionMiddleware
 
 from core.settings import get_settings
+from routing import daymap
 
 HERE = Path(__file__).resolve().parent
 PREFIX = "/console"
@@ -40,6 +42,7 @@ def install(app: FastAPI) -> None:
         https_only=settings.console_secure_cookie,
     )
     app.mount(f"{PREFIX}/static/leaflet", StaticFiles(directory=xleaflet.BASE_DIR), name="console-leaflet")
+    app.mount(f"{PREFIX}/static/daymap", StaticFiles(directory=daymap.STATIC), name="console-daymap")
     app.mount(f"{PREFIX}/static/own", StaticFiles(directory=HERE / "static"), name="console-static")
     for router in (pages.router, dispatch.router, quality.router):
         app.include_router(router, prefix=PREFIX, include_in_schema=False)

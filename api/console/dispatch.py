@@ -3,7 +3,7 @@
 The buttons call what the API's dispatcher routes call: the same router functions (api.routers
 orders, plans, jobs) with the signed-in user as the caller, so the rules (what may be planned,
 what a re-plan needs, the upload limits) live once. This module adds the page, the map's data in
-one round trip, and a server-sent event stream (alerts, van positions, plan changes).
+one round trip (routing.daymap), and a server-sent event stream (alerts, van positions, plan changes).
 """
 
 from __future__ import annotations
@@ -41,13 +41,10 @@ from core.db import session_scope
 from core.errors import Invalid
 from core.settings import get_settings
 from core.timeutil import local_datetime, local_tomorrow, parse_hhmm, to_local, utcnow
-from fulfillment.models import Order
-from fulfillment.service import day_allocations
+from routing.daymap import day_map
 from routing.models import Plan
-from routing.service import day_routes
 from telemetry.service import alert_view, alerts_query
 from traceability.service import cargo_aboard, day_positions
-from warehouses.models import Node
 
 router = APIRouter()
 Dispatcher = Annotated[ConsoleUser, console_user("dispatcher")]
@@ -97,54 +94,11 @@ class MapData(DayPlan):
     unserved_at: list[Placed]
 
 
-def _rings(wkt_text: str | None) -> list[list[list[float]]] | None:
-    if not wkt_text:
-        return None
-    from shapely import wkt
-
-    shape = wkt.loads(wkt_text)
-    polygons = getattr(shape, "geoms", [shape])
-    return [[[round(y, 6), round(x, 6)] for x, y in poly.exterior.coords] for poly in polygons]
-
-
-def map_data(session: SessionDep, day: date) -> dict:
-    """Everything the map draws for ``day``, in a fixed number of statements whatever the size of the day
-    (tests/console/test_dispatch_speed.py counts them)."""
-    radius = get_settings().default_service_radius_km
-    nodes = session.execute(select(Node).order_by(Node.kind, Node.code)).scalars().all()
-    codes = {n.id: n.code for n in nodes}
-    plan = {**day_allocations(session, day), **day_routes(session, day)}
-    refs = {u["order_ref"] for u in plan["unallocated"]} | {u["order_ref"] for u in plan["unserved"]}
-    where = {
-        ref: (lat, lon, customer)
-        for ref, lat, lon, customer in session.execute(
-            select(Order.ref, Order.lat, Order.lon, Order.customer).where(Order.ref.in_(sorted(refs)))
-        )
-    }
-
-    def placed(item: dict) -> dict:
-        lat, lon, customer = where.get(item["order_ref"], (None, None, None))
-        return {**item, "lat": lat, "lon": lon, "customer": customer}
-
-    return {
-        "date": day.isoformat(),
-        **plan,
-        "held": [],
-        "nodes": [
-            {"code": n.code, "kind": n.kind, "name": n.name, "lat": n.lat, "lon": n.lon,
-             "parent": codes.get(n.parent_id), "area": _rings(n.service_area_wkt),
-             "radius_km": None if n.service_area_wkt else radius}
-            for n in nodes
-        ],
-        "unallocated_at": [placed(u) for u in plan["unallocated"]],
-        "unserved_at": [placed(u) for u in plan["unserved"]],
-    }  # fmt: skip
-
-
 @router.get("/dispatch/data", response_model=MapData)
 def dispatch_data(session: SessionDep, _user: Dispatcher, day: Day = None) -> dict:
-    """The day's nodes, service areas, routes with their stops and ETAs, and the orders left out with why."""
-    return map_data(session, day or local_tomorrow())
+    """The day's nodes, service areas, routes with their stops and ETAs, and the orders left out with why
+    (routing.daymap.day_map: the builder the demo's map shares; its script draws both)."""
+    return day_map(session, day or local_tomorrow())
 
 
 class VanPosition(BaseModel):

@@ -11,7 +11,6 @@ Screenshots land in var/test-artefacts/console/ (gitignored): look at them.
 
 from __future__ import annotations
 
-import os
 import re
 import uuid
 from collections.abc import Iterator
@@ -19,44 +18,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.browser import CHROMIUM, CHROMIUM_ARGS  # noqa: F401 - the browser fixture is in tests/conftest.py
 from tests.stack import Stack
 from tests.support import DAY, ROOT, sample_city
 
-CHROMIUM = Path(os.environ.get("COLDCHAIN_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 ARTEFACTS = ROOT / "var" / "test-artefacts" / "console"
 PASSWORD = "a-long-enough-password"
 PHONE = {"width": 390, "height": 844}
 DESKTOP = {"width": 1366, "height": 860}
-
-
-@pytest.fixture(scope="session")
-def browser() -> Iterator:
-    """One headless chromium for the run (the system's; skipped with the reason when there is none)."""
-    if not CHROMIUM.exists():
-        pytest.skip(
-            f"no chromium at {CHROMIUM} (apt-get install chromium, or set COLDCHAIN_CHROMIUM): "
-            "the console browser tests did not run"
-        )
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip(
-            "Playwright for Python is not installed (pip install -e '.[test]'): the console browser tests did not run"
-        )
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture

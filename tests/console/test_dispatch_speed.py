@@ -151,8 +151,9 @@ class Statements:
 
 
 def test_the_map_and_alert_data_take_the_same_statements_for_5_or_50_routes(session) -> None:  # noqa: ANN001
-    from api.console.dispatch import map_data, open_alerts
+    from api.console.dispatch import open_alerts
     from core.timeutil import utcnow
+    from routing.daymap import day_map
     from telemetry.rules import AlertEvent
     from telemetry.service import apply_alert_events
     from warehouses.models import Vehicle
@@ -180,7 +181,7 @@ def test_the_map_and_alert_data_take_the_same_statements_for_5_or_50_routes(sess
         apply_alert_events(session, events, {v.code: v.id for v in vans}, utcnow())
         session.expire_all()
         with Statements(session) as seen:
-            data = map_data(session, day)
+            data = day_map(session, day)
         assert len(data["routes"]) == built["routes"] and len(data["unserved_at"]) == built["depots"]
         assert sum(len(r["stops"]) for r in data["routes"]) == built["stops"]
         assert all(u["lat"] is not None for u in data["unallocated_at"] + data["unserved_at"])

@@ -21,8 +21,8 @@ from core.errors import Conflict
 from delivery.schemas import RouteStartIn, StopEventIn
 from delivery.service import driver_ref, start_route, stop_event
 from fulfillment.models import Order, Reservation
+from routing.replan import breakdown, replan
 from routing.replan import cancel_order as cancel_event
-from routing.replan import replan
 from tests.delivery.helpers import build_day, routes_by_van
 from tests.support import same
 from traceability import flows
@@ -156,3 +156,123 @@ def test_once_loaded_the_cancel_is_refused_and_after_a_failed_attempt_the_goods_
         sorted((e.line_id, e.lot_id, e.qty) for e in loaded)
     assert all(e.data["from_vehicle"] == route.vehicle_id for e in back)
     assert order.ref not in {a["order_ref"] for a in lot_trace(session, lot_code)["remainder"]["aboard"]}
+
+
+def _stops_of(session: Session, day, ref: str) -> list[tuple[str, str, str]]:  # noqa: ANN001
+    """(van, stop id, status) of every stop of ``ref`` on the day's current plans."""
+    return sorted((van, s.stop_id, s.status) for van, r in routes_by_van(session, day).items() for s in r.stops
+                  if s.order.ref == ref)
+
+
+@pytest.mark.parametrize("onto", ["any van", "VAN-01 again"])
+@pytest.mark.parametrize("how", ["replan", "api"])
+def test_a_failed_order_moved_by_a_replan_then_cancelled_comes_back_once_with_the_first_van(
+        session: Session, day, how: str, onto: str) -> None:  # noqa: ANN001
+    """Issue 11's named gap: the order failed at its stop (goods still aboard VAN-01), a re-plan gives it a new
+    stop (on any van, or, VAN-03 broken down, on VAN-01's own later trip), then it is cancelled (through a
+    re-plan's cancel event, or the API's cancel): its goods come back to their lot at the depot once, with
+    VAN-01, audited; nothing is loaded anywhere else; VAN-01's route still finishes; the lot's reservation
+    and free stock are as before the order took them."""
+    route = routes_by_van(session, day)["VAN-01"]
+    stops = sorted(route.stops, key=lambda s: s.seq)
+    driver = driver_ref(session, "driver01")
+    leave = route.start_at
+    flows.issue_pick_lists(session, day, actor="picker", at=leave - timedelta(hours=1))
+    first, *rest = stops
+    order = first.order
+    ref, first_id = order.ref, first.stop_id
+    lots = {e.lot_id: e.lot for e in _custody(session, ref) if e.type == "picked"}
+    assert lots
+    before = {lot_id: (session.get(StockLot, lot_id).qty, session.get(StockLot, lot_id).reserved)
+              for lot_id in lots}
+    held = _reserved(session, ref)
+    trace_before = {code: lot_trace(session, code)["remainder"]["totals"] for code in lots.values()}
+    start_route(session, driver, RouteStartIn(date=day, at=leave), now=leave)
+    at = leave + timedelta(minutes=20)
+    stop_event(session, driver, first_id, StopEventIn(type="failed", at=at, reason="not_home"), now=at)
+    session.refresh(order)
+    assert order.status == "reattempt"
+
+    # the re-plan gives the re-attempt a new stop; the failed one stays on VAN-01
+    moved_at = at + timedelta(minutes=5)
+    event = None if onto == "any van" else breakdown("VAN-03", moved_at)
+    out = replan(day, "FS-01", event, time_limit=1, actor="dispatcher", now=moved_at, sessions=same(session),
+                 cancel=flows.cancel_order)
+    placed = _stops_of(session, day, ref)
+    assert ("VAN-01", first_id, "failed") in placed, placed
+    new = [p for p in placed if p[2] == "planned"]
+    assert len(new) == 1 and new[0][1] != first_id, (placed, out)
+    if onto == "VAN-01 again":
+        assert new[0][0] == "VAN-01", placed
+    session.refresh(order)
+    assert order.status == "planned"
+    audit.flush(session)
+    appended = session.scalar(select(func.max(AuditLog.id))) or 0
+
+    cancelled_at = at + timedelta(minutes=10)
+    if how == "replan":
+        replan(day, "FS-01", cancel_event(ref, "客户取消"), time_limit=1, actor="dispatcher", now=cancelled_at,
+               sessions=same(session), cancel=flows.cancel_order)
+    else:
+        flows.cancel_order(session, order, "dispatcher", "客户取消", at=cancelled_at)
+    session.flush()
+    session.refresh(order)
+    assert order.status == "cancelled"
+    assert _reserved(session, ref) == {}
+    # no stop left to visit for it (the failed one stays, as history), and nothing back while still aboard
+    assert [p for p in _stops_of(session, day, ref) if p[2] != "failed"] == []
+    assert [e.type for e in _custody(session, ref)][-1] == "failed"
+
+    if how == "api":  # the re-plan's cancel drops the stop from its new version; the API's says so in the log
+        audit.flush(session)
+        dropped = session.scalars(select(AuditLog).where(AuditLog.id > appended,
+                                                         AuditLog.action == "plan.stop_dropped")).all()
+        assert [a.entity_id for a in dropped] == [new[0][1]]
+    # the van the new stop was on starts its day: nothing of the cancelled order goes aboard it
+    new_van = new[0][0]
+    other = routes_by_van(session, day).get(new_van)
+    if new_van != "VAN-01" and other is not None and other.stops:  # (a re-plan may leave it no route at all)
+        assert other.status == "planned"
+        start_route(session, driver_ref(session, {"VAN-02": "driver02", "VAN-03": "driver03"}[new_van]),
+                    RouteStartIn(date=day, at=cancelled_at), now=cancelled_at)
+    aboard_vans = {e.vehicle_id for e in _custody(session, ref) if e.type == "loaded"}
+    assert aboard_vans == {route.vehicle_id}
+
+    # VAN-01 finishes its route: the goods come off at the depot, once
+    session.expire_all()
+    left = sorted((s for s in routes_by_van(session, day)["VAN-01"].stops if s.status == "planned"),
+                  key=lambda s: s.seq)
+    assert left and ref not in {s.order.ref for s in left}
+    for i, stop in enumerate(left, start=1):
+        t = cancelled_at + timedelta(minutes=10 * i)
+        stop_event(session, driver, stop.stop_id, StopEventIn(type="arrived", at=t - timedelta(minutes=2)), now=t)
+        stop_event(session, driver, stop.stop_id, StopEventIn(type="delivered", at=t, recipient="本人"), now=t)
+    session.expire_all()
+    assert routes_by_van(session, day)["VAN-01"].status == "done"
+    audit.flush(session)
+    custody = _custody(session, ref)
+    back = [e for e in custody if e.type == "returned"]
+    loaded = [e for e in custody if e.type == "loaded"]
+    assert back and sorted((e.line_id, e.lot_id, e.qty) for e in back) == \
+        sorted((e.line_id, e.lot_id, e.qty) for e in loaded)
+    depot = session.get(StockLot, back[0].lot_id).node_id
+    assert all(e.node_id == session.get(StockLot, e.lot_id).node_id == depot for e in back)
+    assert all(e.data["from_vehicle"] == route.vehicle_id and e.data.get("to") == "stock" for e in back), \
+        [e.data for e in back]
+    audited = session.scalars(select(AuditLog).where(AuditLog.id > appended, AuditLog.action == "custody.returned"))
+    assert sorted(a.entity_id for a in audited) == sorted(str(e.id) for e in back)
+
+    # the stock: received unchanged, the order's reservation gone, free again; the lot's trace agrees
+    for lot_id, code in lots.items():
+        lot = session.get(StockLot, lot_id)
+        qty = sum(e.qty for e in back if e.lot_id == lot_id)
+        assert (lot.qty, lot.reserved) == (before[lot_id][0], before[lot_id][1] - held[lot_id])
+        trace = lot_trace(session, code)
+        totals = trace["remainder"]["totals"]
+        assert ref not in {a["order_ref"] for a in trace["remainder"]["aboard"]}
+        # every unit counted once: on hand, aboard, delivered or disposed
+        assert totals["on_hand"] + totals["aboard"] + totals["delivered"] + totals["disposed"] == \
+            totals["received"] == trace_before[code]["received"]
+        assert totals["reserved"] <= trace_before[code]["reserved"] - qty
+        mine = [o for o in trace["orders"] if o["order_ref"] == ref]
+        assert mine and {ln["state"] for ln in mine[0]["lines"]} == {"returned"}  # a recall still finds it

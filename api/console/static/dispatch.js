@@ -1,46 +1,23 @@
-// The dispatcher's page: the day's map (Leaflet, served from the xstatic-leaflet package) and the day's work.
+// The dispatcher's page: the day's map (routing/static/daymap.js over Leaflet from the xstatic-leaflet package)
+// and the day's work: the panels, the buttons, the live stream.
 "use strict";
 (() => {
-  const { post, get, el, escape } = window.Console;
+  const { post, get, el } = window.Console;
   const root = document.getElementById("dispatch");
   const day = root.dataset.day;
   const base = root.dataset.base;
-  const COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324",
-                   "#469990", "#800000", "#808000", "#000075", "#bfef45", "#fabed4", "#dcbeff", "#ffd8b1"];
-  const colourOf = {};
-  const colour = (van) => colourOf[van] || (colourOf[van] = COLOURS[Object.keys(colourOf).length % COLOURS.length]);
-
-  const map = L.map("map", { zoomControl: true, preferCanvas: false });
-  if (root.dataset.tileUrl) {
-    L.tileLayer(root.dataset.tileUrl, { maxZoom: 19, attribution: root.dataset.tileAttribution || "" }).addTo(map);
-  }
-  map.setView([30.66, 104.06], 11);
-  const layers = { areas: L.layerGroup().addTo(map), nodes: L.layerGroup().addTo(map),
-                   routes: L.layerGroup().addTo(map), left: L.layerGroup().addTo(map),
-                   vans: L.layerGroup().addTo(map) };
-  L.control.layers(null, { "Service areas": layers.areas, "Depots": layers.nodes, "Routes": layers.routes,
-                           "Not on a route": layers.left, "Vans": layers.vans }, { collapsed: true }).addTo(map);
-  let fitted = false;
+  // the map is routing/static/daymap.js (shared with the demo's page); this page adds its panels
+  const dayMap = window.DayMap.create("map", { tileUrl: root.dataset.tileUrl,
+                                               tileAttribution: root.dataset.tileAttribution });
 
   function draw(data) {
-    for (const layer of Object.values(layers)) if (layer !== layers.vans) layer.clearLayers();
-    const bounds = [];
+    const drawn = dayMap.draw(data);
     const depotSelect = document.getElementById("plan-depot");
     const chosen = depotSelect.value;
     depotSelect.replaceChildren(el("option", { value: "" }, "every depot"));
     const nodeList = document.getElementById("nodes");
     nodeList.replaceChildren();
     for (const n of data.nodes) {
-      const flagship = n.kind === "flagship";
-      const style = { color: flagship ? "#12263f" : "#0b6bcb", weight: 1, fillOpacity: 0.05, className: "area" };
-      if (n.area) n.area.forEach((ring) => L.polygon(ring, style).addTo(layers.areas));
-      else if (n.radius_km) L.circle([n.lat, n.lon], { ...style, radius: n.radius_km * 1000 }).addTo(layers.areas);
-      L.circleMarker([n.lat, n.lon], { radius: flagship ? 9 : 6, color: "#12263f", weight: 2, fillColor: flagship ?
-        "#12263f" : "#fff", fillOpacity: 1, className: `node node-${n.kind}` })
-        .bindPopup(`<b>${escape(n.name)}</b><br>${escape(n.code)} · ${flagship ? "flagship" : "hub"}` +
-                   (n.parent ? `<br>supplied from ${escape(n.parent)}` : ""))
-        .bindTooltip(escape(n.name)).addTo(layers.nodes);
-      bounds.push([n.lat, n.lon]);
       depotSelect.append(el("option", { value: n.code }, `${n.code} ${n.name}`));
       nodeList.append(el("li", { class: "node-name" }, el("b", {}, n.name), " ", el("span", { class: "muted" },
         `${n.code} · ${n.kind}`)));
@@ -49,26 +26,8 @@
 
     const tbody = document.querySelector("#routes tbody");
     tbody.replaceChildren();
-    const vans = new Set();
-    let stops = 0;
     for (const r of data.routes) {
-      const c = colour(r.vehicle);
-      vans.add(r.vehicle);
-      const depot = data.nodes.find((n) => n.code === r.depot);
-      const line = (depot ? [[depot.lat, depot.lon]] : []).concat(r.stops.map((s) => [s.lat, s.lon]));
-      if (depot) line.push([depot.lat, depot.lon]);
-      L.polyline(line, { color: c, weight: 3, opacity: 0.85, className: "route-line" })
-        .bindPopup(`<b>${escape(r.vehicle)}</b> trip ${r.trip} from ${escape(r.depot)}<br>${r.start}–${r.end} · ` +
-                   `${r.stops.length} stops · ${r.distance_km} km`).addTo(layers.routes);
-      r.stops.forEach((s, i) => {
-        stops += 1;
-        const icon = L.divIcon({ className: "", html: `<div class="stop-num" style="color:${c}">${i + 1}</div>`,
-                                 iconSize: [22, 22], iconAnchor: [11, 11] });
-        L.marker([s.lat, s.lon], { icon, keyboard: false })
-          .bindPopup(`<b>${escape(s.order_ref)}</b> · stop ${i + 1} of ${escape(r.vehicle)}<br>` +
-                     `ETA ${s.arrive} (leaves ${s.depart})<br>${escape(s.status)}`).addTo(layers.routes);
-        bounds.push([s.lat, s.lon]);
-      });
+      const c = dayMap.colour(r.vehicle);
       const sheet = `${base}/routes/${encodeURIComponent(r.vehicle)}/sheet.pdf?date=${day}`;
       tbody.append(el("tr", {}, el("td", {}, el("span", { class: "badge", style: `background:${c};color:#fff` },
         r.vehicle), r.trip > 1 ? ` trip ${r.trip}` : ""), el("td", {}, r.depot), el("td", {}, r.stops.length),
@@ -78,27 +37,19 @@
 
     const left = document.querySelector("#left tbody");
     left.replaceChildren();
-    const outs = data.unallocated_at.map((u) => ({ ...u, what: "unallocated" }))
-      .concat(data.unserved_at.map((u) => ({ ...u, what: "unserved" })));
-    for (const u of outs) {
-      if (u.lat !== null && u.lon !== null) {
-        L.circleMarker([u.lat, u.lon], { radius: 5, color: u.what === "unallocated" ? "#b42318" : "#b54708",
-          weight: 2, fillOpacity: 0.6, className: `left left-${u.what}` })
-          .bindPopup(`<b>${escape(u.order_ref)}</b> ${u.what}<br>${escape(u.reason)}`).addTo(layers.left);
-      }
+    for (const u of drawn.left) {
       left.append(el("tr", { class: `left-${u.what}` }, el("td", {}, u.order_ref, el("br"),
         el("span", { class: `badge ${u.what === "unallocated" ? "bad" : "warn"}` }, u.what)), el("td", {}, u.reason)));
     }
-    document.getElementById("left-count").textContent = outs.length;
+    document.getElementById("left-count").textContent = drawn.left.length;
 
     const vanSelect = document.getElementById("replan-van");
     const keep = vanSelect.value;
-    vanSelect.replaceChildren(...[...vans].sort().map((v) => el("option", { value: v }, v)));
+    vanSelect.replaceChildren(...drawn.vans.map((v) => el("option", { value: v }, v)));
     if (keep) vanSelect.value = keep;
     document.getElementById("summary").textContent =
-      `${data.date}: ${data.nodes.length} depots · ${data.routes.length} routes · ${stops} stops · ` +
+      `${data.date}: ${data.nodes.length} depots · ${data.routes.length} routes · ${drawn.stops} stops · ` +
       `${data.unallocated.length} unallocated · ${data.unserved.length} unserved`;
-    if (!fitted && bounds.length) { map.fitBounds(bounds, { padding: [20, 20] }); fitted = true; }
     root.dataset.loaded = String(Date.now());
   }
 
@@ -113,21 +64,7 @@
     root.dataset.sinceNavigationMs = String(Math.round(performance.now()));
   }
 
-  const vanMarkers = {};
-  function showPositions(list) {
-    const seen = new Set();
-    for (const p of list) {
-      seen.add(p.vehicle);
-      const icon = L.divIcon({ className: "", html: `<div class="van-pos" title="${escape(p.vehicle)}">${escape(p.vehicle)}</div>`,
-                               iconSize: null, iconAnchor: [0, 0] });
-      const text = `<b>${escape(p.vehicle)}</b><br>last fix ${new Date(p.ts).toLocaleTimeString()}`;
-      if (vanMarkers[p.vehicle]) vanMarkers[p.vehicle].setLatLng([p.lat, p.lon]).setPopupContent(text);
-      else vanMarkers[p.vehicle] = L.marker([p.lat, p.lon], { icon, zIndexOffset: 1000 }).bindPopup(text).addTo(layers.vans);
-    }
-    for (const [code, marker] of Object.entries(vanMarkers)) {
-      if (!seen.has(code)) { layers.vans.removeLayer(marker); delete vanMarkers[code]; }
-    }
-  }
+  const showPositions = (list) => dayMap.showPositions(list);
 
   function showAlerts(list) {
     const ul = document.getElementById("alerts");
