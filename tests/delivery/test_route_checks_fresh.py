@@ -213,3 +213,16 @@ def test_a_route_not_started_is_not_assessed_again_while_nothing_changes(session
     done = trace.assessments
     assert done >= len(first["stops"]) and all(s["check"] is None for s in first["stops"])
     assert route_of(session, driver, day) == first and trace.assessments == done
+
+
+def test_the_routes_json_is_what_the_model_would_send(session, tmp_path: Path) -> None:  # noqa: ANN001
+    from api.routers.driver import route_json
+    from delivery.schemas import RouteOut
+
+    day = build_day(session, tmp_path, depots=("FS-01",))
+    driver = driver_ref(session, "driver01")
+    now = utcnow()
+    start_route(session, driver, RouteStartIn(date=day, at=now - timedelta(minutes=20, microseconds=1234)), now=now)
+    route = route_of(session, driver, day)  # started (with a fraction of a second), every stop "watch": no readings
+    assert route["started_at"].microsecond and all(s["check"] for s in route["stops"])
+    assert route_json(route) == RouteOut.model_validate(route).model_dump_json().encode()
