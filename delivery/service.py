@@ -42,7 +42,7 @@ from telemetry.models import DriverPosition
 from traceability import custody
 from traceability.risk import LEVELS
 from traceability.service import sync_van
-from traceability.trace import order_risks
+from traceability.trace import custody_summary, order_risks
 from warehouses.models import Compartment, Driver, Node, Product, User, Vehicle
 
 NO_SUCH_STOP = "no such stop on your routes"
@@ -197,10 +197,11 @@ def route_of(session: Session, driver: DriverRef, day: date) -> dict:
     """The driver's route that day in the contract's shape, stops in order.
 
     A fixed number of statements whatever the number of stops (tests/delivery/test_route_statements.py):
-    the trips with the van's compartments; the stops' statuses; the risk checks' inputs (two aggregates,
-    traceability.trace.order_risks). What changes only with a re-plan (the stops, their orders and items) is
-    kept per process by plan and trips, and each order's risk while its inputs hold; either is read again
-    (one statement; the risk checks' own, one per kind of thing) when it does not.
+    the trips with the van's compartments; the stops' statuses with the per-order part of the risk checks'
+    inputs; the rest of these inputs (one aggregate, traceability.trace.order_risks). What changes only
+    with a re-plan (the stops, their orders and items) is kept per process by plan and trips, and each
+    order's risk while its inputs hold; either is read again (one statement; the risk checks' own, one
+    per kind of thing) when it does not.
     """
     if not driver.vehicle_id:
         raise _no_route(driver, day)
@@ -218,13 +219,21 @@ def route_of(session: Session, driver: DriverRef, day: date) -> dict:
         compartments[tclass] = compartments.get(tclass, 0.0) + float(litres)  # two of a class: their sum
     current = _trip_to_start(trips)
     trip_ids = [r.id for r in trips]
-    status = dict(session.execute(select(RouteStop.id, RouteStop.status).where(RouteStop.route_id.in_(trip_ids))).all())
+    on_trips = select(RouteStop.order_id).where(RouteStop.route_id.in_(trip_ids))
+    custody = custody_summary(on_trips)
+    status: dict[int, str] = {}
+    kept: dict[int, tuple] = {}  # the risk checks' inputs per order (traceability.trace.order_risks)
+    for pk, stop_status, order_id, n, newest, first in session.execute(
+            select(RouteStop.id, RouteStop.status, RouteStop.order_id, custody.c.n, custody.c.newest, custody.c.first)
+            .outerjoin(custody, custody.c.order_id == RouteStop.order_id).where(RouteStop.route_id.in_(trip_ids))):
+        status[pk] = stop_status
+        if n:
+            kept[order_id] = (n, newest, first)
     stops = _static_stops(session, (route.plan_id, created), trip_ids)
     if set(status) != {s.pk for s in stops}:  # cannot happen within one plan version; read afresh if it does
         forget_routes()
         stops = _static_stops(session, (route.plan_id, created), trip_ids)
-    checks = stop_checks(session, list(dict.fromkeys(s.order_id for s in stops)),
-                         select(RouteStop.order_id).where(RouteStop.route_id.in_(trip_ids)))
+    checks = stop_checks(session, list(dict.fromkeys(s.order_id for s in stops)), on_trips, kept)
     return {
         "date": plan_day, "vehicle": driver.vehicle_code, "depot": depot, "status": route_state(current.status),
         "start": _local(route.start_at), "end": _local(trips[-1].end_at),
@@ -234,12 +243,14 @@ def route_of(session: Session, driver: DriverRef, day: date) -> dict:
     }
 
 
-def stop_checks(session: Session, order_ids: list[int], id_query: Select | None = None) -> dict[int, dict]:
+def stop_checks(session: Session, order_ids: list[int], id_query: Select | None = None,
+                custody: dict[int, tuple] | None = None) -> dict[int, dict]:
     """"Check on delivery" per order whose spoilage or breakage risk is not ok (the same test as quality
     staff's at-risk list): the worse level, both levels, and the reasons of the risks not ok. ``id_query``:
-    a statement selecting exactly these orders (traceability.trace.order_risks)."""
+    a statement selecting exactly these orders, ``custody`` their custody summary if already read
+    (traceability.trace.order_risks)."""
     out: dict[int, dict] = {}
-    for order_id, (spoil, brk) in order_risks(session, order_ids, id_query).items():
+    for order_id, (spoil, brk) in order_risks(session, order_ids, id_query, custody).items():
         if spoil["level"] == "ok" and brk["level"] == "ok":
             continue
         level = max(spoil["level"], brk["level"], key=LEVELS.index)

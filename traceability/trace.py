@@ -52,7 +52,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
-from sqlalchemy import Select, func, or_, select
+from sqlalchemy import Select, Subquery, func, or_, select
 from sqlalchemy.orm import Session
 
 from core.audit import utc_text
@@ -399,9 +399,20 @@ _KEPT_MAX = 50_000  # orders (a few kB each); the least recently used go first
 assessments = 0  # orders assessed by :func:`order_risks` because their kept assessment did not hold (tests read it)
 
 
-def _inputs(session: Session, ids: Sequence[int], margin: timedelta,
-            id_query: Select | None = None) -> dict[int, tuple]:
-    """What the orders' risk depends on that changes during a day, in two aggregate statements on indexes:
+def custody_summary(order_ids: Select | Sequence[int]) -> Subquery:
+    """Per order of ``order_ids`` with custody rows: (order_id, n, newest, first): their count, newest id and
+    first time. The part of :func:`order_risks`' inputs that is per order; a caller that reads the orders
+    anyway may join it in (``custody=`` of :func:`order_risks`) and save a statement."""
+    c = CustodyEvent
+    return (select(c.order_id, func.count(c.id).label("n"), func.max(c.id).label("newest"),
+                   func.min(c.at).label("first"))
+            .where(c.order_id.in_(order_ids)).group_by(c.order_id).subquery("custody_summary"))
+
+
+def _inputs(session: Session, ids: Sequence[int], margin: timedelta, id_query: Select | None = None,
+            own: dict[int, tuple] | None = None) -> dict[int, tuple]:
+    """What the orders' risk depends on that changes during a day, in two aggregate statements on indexes
+    (one when ``own``, the first, was read by the caller):
 
     * per order, its custody rows (count, newest id, first time): a loading, delivery, failure, return;
     * for all of them, the newest damage report of theirs or of any order on a route they were loaded
@@ -414,9 +425,9 @@ def _inputs(session: Session, ids: Sequence[int], margin: timedelta,
     """
     c, r, oe = CustodyEvent, TelemetryReading, OrderEvent
     wanted = id_query if id_query is not None else list(ids)  # a subquery: a few parameters instead of many
-    own = {order_id: (n, newest, first) for order_id, n, newest, first in session.execute(
-        select(c.order_id, func.count(c.id), func.max(c.id), func.min(c.at))
-        .where(c.order_id.in_(wanted)).group_by(c.order_id))}
+    if own is None:
+        summary = custody_summary(wanted)
+        own = {order_id: (n, newest, first) for order_id, n, newest, first in session.execute(select(summary))}
     firsts = [first for _n, _newest, first in own.values() if first is not None]
     routes = select(c.route_id).where(c.order_id.in_(wanted), c.route_id.is_not(None))
     damaged = (select(func.max(oe.id)).where(oe.type == "damaged", or_(
@@ -433,10 +444,12 @@ def _inputs(session: Session, ids: Sequence[int], margin: timedelta,
     return {order_id: (*own.get(order_id, (0, None, None)), *shared) for order_id in ids}
 
 
-def order_risks(session: Session, ids: Sequence[int], id_query: Select | None = None) -> dict[int, tuple[dict, dict]]:
+def order_risks(session: Session, ids: Sequence[int], id_query: Select | None = None,
+                custody: dict[int, tuple] | None = None) -> dict[int, tuple[dict, dict]]:
     """(spoilage_risk, breakage_risk) of each order, as :func:`assess_orders` answers them now, reusing this
     process's earlier assessment of an order while what it depends on holds. ``id_query``: a statement
-    selecting exactly these order ids (a route's stops), used in SQL in place of the list.
+    selecting exactly these order ids (a route's stops), used in SQL in place of the list; ``custody``:
+    :func:`custody_summary`'s rows of these orders, (n, newest, first) by order id, when already read.
 
     Every call reads the orders' inputs from the database (:func:`_inputs`: two statements), so a
     loading, delivery, damage report or reading stored by any process (another API worker, the ingestor)
@@ -450,7 +463,7 @@ def order_risks(session: Session, ids: Sequence[int], id_query: Select | None = 
     spoilage, _breakage = _rules()
     ttl = get_settings().risk_open_ttl_s
     url = str(session.get_bind().engine.url)
-    inputs = _inputs(session, ids, spoilage.max_hold, id_query)
+    inputs = _inputs(session, ids, spoilage.max_hold, id_query, custody)
     clock = time.monotonic()
     out: dict[int, tuple[dict, dict]] = {}
     with _kept_lock:
