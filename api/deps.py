@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from core.db import session_scope
 from core.errors import Forbidden, Unauthorized
@@ -19,13 +20,27 @@ from warehouses.models import User
 oauth2 = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/token", refreshUrl="/api/v1/auth/refresh", auto_error=False)
 
 
-def get_session(request: Request) -> Iterator[Session]:
+_READS = frozenset(("GET", "HEAD", "OPTIONS"))
+
+
+async def get_session(request: Request) -> AsyncIterator[Session]:
     """The request is the unit of work; reads run deferred, a request that may write takes SQLite's
     write lock up front. It commits when the route function returns, before the answer is sent
     (scope="function"): a client that is told 202 finds the job's row, and a failed commit is the
-    answer, not a log line after a success was already sent."""
-    with session_scope(write=request.method not in ("GET", "HEAD", "OPTIONS")) as session:
+    answer, not a log line after a success was already sent.
+
+    Async, so that a read's session is made on the event loop (that does no I/O: the connection is taken
+    at its first statement) instead of in a hop to the thread pool; taking SQLite's write lock, the
+    commit or rollback and the close do I/O, and run in the pool."""
+    scope = session_scope(write=request.method not in _READS)
+    session = scope.__enter__() if request.method in _READS else await run_in_threadpool(scope.__enter__)
+    try:
         yield session
+    except BaseException as exc:
+        if not await run_in_threadpool(scope.__exit__, type(exc), exc, exc.__traceback__):
+            raise
+    else:
+        await run_in_threadpool(scope.__exit__, None, None, None)
 
 
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]

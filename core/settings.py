@@ -51,6 +51,10 @@ class Settings(BaseSettings):
                                        description="requests allowed per authenticated user, as N/minute")
     rate_limit_per_address: str = Field(default="120/minute",
                                         description="unauthenticated requests allowed per client address, as N/minute")
+    risk_open_ttl_s: float = Field(default=60.0, ge=0, le=3600, description=(
+        "seconds a risk assessment of goods still aboard is reused while nothing it depends on was stored "
+        "(time alone moves it: a reading holds up to 15 min, unmonitored time grows); the driver's check on "
+        "delivery and the quality at-risk list both"))
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024,
                                 description="largest request body in bytes, unless api.limits.BODY_LIMITS allows more")
     upload_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1024,

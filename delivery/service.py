@@ -20,6 +20,9 @@ What a report moves:
 from __future__ import annotations
 
 import hashlib
+import threading
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
@@ -39,7 +42,7 @@ from telemetry.models import DriverPosition
 from traceability import custody
 from traceability.risk import LEVELS
 from traceability.service import sync_van
-from traceability.trace import assess_orders
+from traceability.trace import custody_summary, order_risks
 from warehouses.models import Compartment, Driver, Node, Product, User, Vehicle
 
 NO_SUCH_STOP = "no such stop on your routes"
@@ -128,73 +131,130 @@ def _no_route(driver: DriverRef, day: date) -> NotFound:
     return NotFound(f"you have no route on {day.isoformat()}")
 
 
+@dataclass(frozen=True)
+class _StaticStop:
+    """What a stop shows that changes only with a re-plan (a new plan version, with new routes)."""
+
+    pk: int
+    order_id: int
+    view: dict  # the contract's stop fields but status and check
+
+
+_static: OrderedDict[tuple, tuple[float, list[_StaticStop]]] = OrderedDict()
+_static_lock = threading.Lock()
+_STATIC_KEPT = 2048  # routes (one van's day each); the least recently used go first
+_STATIC_MAX_AGE_S = 600.0  # order data is not edited once planned; this bounds it anyway
+
+
+def _static_stops(session: Session, plan: tuple, trip_ids: list[int]) -> list[_StaticStop]:
+    """The stops of these trips in order with their orders and items, kept per process by the plan's identity
+    (id and creation time: a re-plan writes a new plan with new routes) and its trips."""
+    key = (str(session.get_bind().engine.url), *plan, tuple(trip_ids))
+    clock = time.monotonic()
+    with _static_lock:
+        got = _static.get(key)
+        if got is not None and clock - got[0] < _STATIC_MAX_AGE_S:
+            _static.move_to_end(key)
+            return got[1]
+    stops: list[_StaticStop] = []
+    seen: dict[int, _StaticStop] = {}
+    for row in session.execute(
+            select(RouteStop.id, RouteStop.stop_id, RouteStop.seq, RouteStop.arrive_at, Order.id.label("order_id"),
+                   Order.ref, Order.lat, Order.lon, Order.window_start, Order.window_end, Order.address,
+                   Order.customer, Order.phone, Order.note,
+                   Product.sku, Product.name, OrderLine.qty, Product.temp_class, Product.fragile)
+            .join(Order, Order.id == RouteStop.order_id).join(Route, Route.id == RouteStop.route_id)
+            .outerjoin(OrderLine, OrderLine.order_id == Order.id)
+            .outerjoin(Product, Product.id == OrderLine.product_id)
+            .where(RouteStop.route_id.in_(trip_ids))
+            .order_by(Route.trip, RouteStop.seq, RouteStop.id, OrderLine.line_no)):
+        stop = seen.get(row.id)
+        if stop is None:
+            stop = seen[row.id] = _StaticStop(row.id, row.order_id, {
+                "stop_id": row.stop_id, "seq": row.seq, "order_ref": row.ref, "eta": _local(row.arrive_at),
+                "lat": row.lat, "lon": row.lon, "window": (f"{row.window_start:%H:%M}", f"{row.window_end:%H:%M}"),
+                "address": row.address, "contact": " ".join(p for p in (row.customer, row.phone) if p) or None,
+                "note": row.note, "items": []})
+            stops.append(stop)
+        if row.sku is not None:
+            stop.view["items"].append({"sku": row.sku, "name": row.name, "qty": row.qty,
+                                       "temp_class": row.temp_class, "fragile": bool(row.fragile)})
+    with _static_lock:
+        _static[key] = (clock, stops)
+        _static.move_to_end(key)
+        while len(_static) > _STATIC_KEPT:
+            _static.popitem(last=False)
+    return stops
+
+
+def forget_routes() -> None:
+    """Drop every kept route (tests that rebuild data in a rolled-back transaction, benchmarks)."""
+    with _static_lock:
+        _static.clear()
+
+
 def route_of(session: Session, driver: DriverRef, day: date) -> dict:
     """The driver's route that day in the contract's shape, stops in order.
 
     A fixed number of statements whatever the number of stops (tests/delivery/test_route_statements.py):
-    the trips with the van's compartments, the stops with their orders and items in one query, and the
-    risk checks' own (traceability.trace.assess_orders: one per kind of thing, not per order).
+    the trips with the van's compartments; the stops' statuses with the per-order part of the risk checks'
+    inputs; the rest of these inputs (one aggregate, traceability.trace.order_risks). What changes only
+    with a re-plan (the stops, their orders and items) is kept per process by plan and trips, and each
+    order's risk while its inputs hold; either is read again (one statement; the risk checks' own, one
+    per kind of thing) when it does not.
     """
     if not driver.vehicle_id:
         raise _no_route(driver, day)
     query = (_route_query(driver, day)
-             .add_columns(Compartment.id, Compartment.temp_class, Compartment.capacity_l)
+             .add_columns(Plan.created_at, Compartment.id, Compartment.temp_class, Compartment.capacity_l)
              .outerjoin(Compartment, Compartment.vehicle_id == Route.vehicle_id)
              .order_by(Compartment.id))
     rows = _trips(session, query)
     if not rows:
         raise _no_route(driver, day)
-    route, plan_day, depot = rows[0][:3]
+    route, plan_day, depot, created = rows[0][:4]
     trips = list({r[0].id: r[0] for r in rows}.values())
     compartments: dict[str, float] = {}
-    for _cid, tclass, litres in sorted({r[3:] for r in rows if r[0].id == route.id and r[3] is not None}):
-        compartments[tclass] = compartments.get(tclass, 0.0) + litres  # two of a class: their sum
+    for _cid, tclass, litres in sorted({r[4:] for r in rows if r[0].id == route.id and r[4] is not None}):
+        compartments[tclass] = compartments.get(tclass, 0.0) + float(litres)  # two of a class: their sum
     current = _trip_to_start(trips)
-    stops: list = []
-    items: dict[int, list[dict]] = {}
-    seen: set[int] = set()
-    for row in session.execute(
-            select(RouteStop.id, RouteStop.stop_id, RouteStop.seq, RouteStop.arrive_at, RouteStop.status, Order,
-                   Product.sku, Product.name, OrderLine.qty, Product.temp_class, Product.fragile)
-            .join(Order, Order.id == RouteStop.order_id).join(Route, Route.id == RouteStop.route_id)
-            .outerjoin(OrderLine, OrderLine.order_id == Order.id)
-            .outerjoin(Product, Product.id == OrderLine.product_id)
-            .where(RouteStop.route_id.in_([r.id for r in trips]))
-            .order_by(Route.trip, RouteStop.seq, RouteStop.id, OrderLine.line_no)):
-        if row.id not in seen:
-            seen.add(row.id)
-            stops.append(row)
-        if row.sku is not None:
-            items.setdefault(row.Order.id, []).append({"sku": row.sku, "name": row.name, "qty": row.qty,
-                                                       "temp_class": row.temp_class, "fragile": bool(row.fragile)})
-    checks = stop_checks(session, [s.Order for s in stops])
+    trip_ids = [r.id for r in trips]
+    on_trips = select(RouteStop.order_id).where(RouteStop.route_id.in_(trip_ids))
+    custody = custody_summary(on_trips)
+    status: dict[int, str] = {}
+    kept: dict[int, tuple] = {}  # the risk checks' inputs per order (traceability.trace.order_risks)
+    for pk, stop_status, order_id, n, newest, first in session.execute(
+            select(RouteStop.id, RouteStop.status, RouteStop.order_id, custody.c.n, custody.c.newest, custody.c.first)
+            .outerjoin(custody, custody.c.order_id == RouteStop.order_id).where(RouteStop.route_id.in_(trip_ids))):
+        status[pk] = stop_status
+        if n:
+            kept[order_id] = (n, newest, first)
+    stops = _static_stops(session, (route.plan_id, created), trip_ids)
+    if set(status) != {s.pk for s in stops}:  # cannot happen within one plan version; read afresh if it does
+        forget_routes()
+        stops = _static_stops(session, (route.plan_id, created), trip_ids)
+    checks = stop_checks(session, list(dict.fromkeys(s.order_id for s in stops)), on_trips, kept)
     return {
         "date": plan_day, "vehicle": driver.vehicle_code, "depot": depot, "status": route_state(current.status),
         "start": _local(route.start_at), "end": _local(trips[-1].end_at),
         "started_at": to_local(current.started_at) if current.started_at else None,
         "compartments": compartments,
-        "stops": [{
-            "stop_id": s.stop_id, "seq": s.seq, "order_ref": s.Order.ref, "eta": _local(s.arrive_at),
-            "lat": s.Order.lat, "lon": s.Order.lon,
-            "window": (f"{s.Order.window_start:%H:%M}", f"{s.Order.window_end:%H:%M}"),
-            "address": s.Order.address,
-            "contact": " ".join(p for p in (s.Order.customer, s.Order.phone) if p) or None,
-            "note": s.Order.note, "items": items.get(s.Order.id, []), "status": s.status,
-            "check": checks.get(s.Order.id),
-        } for s in stops],
+        "stops": [{**s.view, "status": status.get(s.pk), "check": checks.get(s.order_id)} for s in stops],
     }
 
 
-def stop_checks(session: Session, orders: list[Order]) -> dict[int, dict]:
+def stop_checks(session: Session, order_ids: list[int], id_query: Select | None = None,
+                custody: dict[int, tuple] | None = None) -> dict[int, dict]:
     """"Check on delivery" per order whose spoilage or breakage risk is not ok (the same test as quality
-    staff's at-risk list): the worse level, both levels, and the reasons of the risks not ok."""
+    staff's at-risk list): the worse level, both levels, and the reasons of the risks not ok. ``id_query``:
+    a statement selecting exactly these orders, ``custody`` their custody summary if already read
+    (traceability.trace.order_risks)."""
     out: dict[int, dict] = {}
-    for order, assessed in zip(orders, assess_orders(session, orders), strict=True):
-        spoil, brk = assessed["spoilage_risk"], assessed["breakage_risk"]
+    for order_id, (spoil, brk) in order_risks(session, order_ids, id_query, custody).items():
         if spoil["level"] == "ok" and brk["level"] == "ok":
             continue
         level = max(spoil["level"], brk["level"], key=LEVELS.index)
-        out[order.id] = {"level": level, "spoilage": spoil["level"], "breakage": brk["level"],
+        out[order_id] = {"level": level, "spoilage": spoil["level"], "breakage": brk["level"],
                          "reasons": [r for risk in (spoil, brk) if risk["level"] != "ok" for r in risk["reasons"]]}
     return out
 

@@ -106,8 +106,14 @@ def session(engine) -> Iterator[Session]:  # noqa: ANN001
     """A session inside a transaction that is rolled back at the end of the test.
 
     Code under test may commit: with join_transaction_mode="create_savepoint" its
-    commits release savepoints and the outer transaction still rolls back.
+    commits release savepoints and the outer transaction still rolls back. What the process keeps of
+    earlier tests' rolled-back rows (routes, risk assessments: SQLite hands out their ids again) is dropped.
     """
+    from delivery.service import forget_routes
+    from traceability.trace import forget_day_risks
+
+    forget_routes()
+    forget_day_risks()
     conn = engine.connect()
     outer = conn.begin()
     sess = Session(bind=conn, join_transaction_mode="create_savepoint", expire_on_commit=False)

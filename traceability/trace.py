@@ -52,7 +52,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import Select, Subquery, func, or_, select
 from sqlalchemy.orm import Session
 
 from core.audit import utc_text
@@ -362,6 +362,12 @@ def assess_orders(session: Session, orders: Sequence[Order], now: datetime | Non
     ids = [o.id for o in orders]
     events = session.scalars(select(CustodyEvent).where(CustodyEvent.order_id.in_(ids))
                              .order_by(CustodyEvent.id)).all()
+    return _assess_orders(session, orders, events, now, readings)
+
+
+def _assess_orders(session: Session, orders: Sequence[Order], events: Sequence[CustodyEvent],
+                   now: datetime | None, readings: Readings | None) -> list[dict]:
+    ids = [o.id for o in orders]
     by_order: dict[int, list[CustodyEvent]] = defaultdict(list)
     for ev in events:
         by_order[ev.order_id].append(ev)
@@ -371,6 +377,132 @@ def assess_orders(session: Session, orders: Sequence[Order], now: datetime | Non
         readings = Readings(session, day_spans(events, now, spoilage.max_hold))
     ctx = _context(session, events, ids)
     return [_assess(o, by_order.get(o.id, []), ctx, readings, now, False, spoilage, breakage) for o in orders]
+
+
+# ----------------------------------------------------------------------------- kept assessments
+
+
+@dataclass(frozen=True)
+class _Kept:
+    """One order's assessed risks, what they were computed from, and when."""
+
+    inputs: tuple  # the order's custody and its van's damage and readings, as :func:`_inputs` reads them
+    spoilage: dict
+    breakage: dict
+    aboard: bool  # a leg still open: its end is "now", so time alone moves the risk
+    born: float  # time.monotonic()
+
+
+_kept: OrderedDict[tuple[str, int], _Kept] = OrderedDict()
+_kept_lock = threading.Lock()
+_KEPT_MAX = 50_000  # orders (a few kB each); the least recently used go first
+assessments = 0  # orders assessed by :func:`order_risks` because their kept assessment did not hold (tests read it)
+
+
+def custody_summary(order_ids: Select | Sequence[int]) -> Subquery:
+    """Per order of ``order_ids`` with custody rows: (order_id, n, newest, first): their count, newest id and
+    first time. The part of :func:`order_risks`' inputs that is per order; a caller that reads the orders
+    anyway may join it in (``custody=`` of :func:`order_risks`) and save a statement."""
+    c = CustodyEvent
+    return (select(c.order_id, func.count(c.id).label("n"), func.max(c.id).label("newest"),
+                   func.min(c.at).label("first"))
+            .where(c.order_id.in_(order_ids)).group_by(c.order_id).subquery("custody_summary"))
+
+
+def _inputs(session: Session, ids: Sequence[int], margin: timedelta, id_query: Select | None = None,
+            own: dict[int, tuple] | None = None) -> dict[int, tuple]:
+    """What the orders' risk depends on that changes during a day, in two aggregate statements on indexes
+    (one when ``own``, the first, was read by the caller):
+
+    * per order, its custody rows (count, newest id, first time): a loading, delivery, failure, return;
+    * for all of them, the newest damage report of theirs or of any order on a route they were loaded
+      on (the van's damage counts for every order aboard), and the count and newest time of the
+      temperature and shock readings of the vans they were loaded on, from ``margin`` before the first
+      loading on (a reading stored late, for a time already past, changes the count).
+
+    Products' limits, lots' expiry dates and order lines do not change during a day (a scenario reload
+    makes a new plan); :data:`_MAX_AGE_S` bounds them anyway.
+    """
+    c, r, oe = CustodyEvent, TelemetryReading, OrderEvent
+    wanted = id_query if id_query is not None else list(ids)  # a subquery: a few parameters instead of many
+    if own is None:
+        summary = custody_summary(wanted)
+        own = {order_id: (n, newest, first) for order_id, n, newest, first in session.execute(select(summary))}
+    firsts = [first for _n, _newest, first in own.values() if first is not None]
+    routes = select(c.route_id).where(c.order_id.in_(wanted), c.route_id.is_not(None))
+    damaged = (select(func.max(oe.id)).where(oe.type == "damaged", or_(
+        oe.order_id.in_(wanted), oe.order_id.in_(select(RouteStop.order_id).where(RouteStop.route_id.in_(routes)))))
+        .scalar_subquery())
+    if firsts:
+        vans = select(c.vehicle_id).where(c.order_id.in_(wanted), c.vehicle_id.is_not(None))
+        shared = tuple(session.execute(
+            select(func.count(), func.max(r.ts), damaged)
+            .where(r.vehicle_id.in_(vans), r.kind.in_(("temperature", "shock")),
+                   r.compartment.in_(READING_COMPARTMENTS), r.ts >= min(firsts) - margin)).one())
+    else:
+        shared = (0, None, session.scalar(select(damaged)))
+    return {order_id: (*own.get(order_id, (0, None, None)), *shared) for order_id in ids}
+
+
+def order_risks(session: Session, ids: Sequence[int], id_query: Select | None = None,
+                custody: dict[int, tuple] | None = None) -> dict[int, tuple[dict, dict]]:
+    """(spoilage_risk, breakage_risk) of each order, as :func:`assess_orders` answers them now, reusing this
+    process's earlier assessment of an order while what it depends on holds. ``id_query``: a statement
+    selecting exactly these order ids (a route's stops), used in SQL in place of the list; ``custody``:
+    :func:`custody_summary`'s rows of these orders, (n, newest, first) by order id, when already read.
+
+    Every call reads the orders' inputs from the database (:func:`_inputs`: two statements), so a
+    loading, delivery, damage report or reading stored by any process (another API worker, the ingestor)
+    shows in the very next answer. An order with goods still aboard is also re-assessed once its
+    assessment is COLDCHAIN_RISK_OPEN_TTL_S old (its open leg ends "now": a held reading or a gap in
+    readings grows with time alone); any order at least every :data:`_MAX_AGE_S`.
+    """
+    global assessments
+    if not ids:
+        return {}
+    spoilage, _breakage = _rules()
+    ttl = get_settings().risk_open_ttl_s
+    url = str(session.get_bind().engine.url)
+    inputs = _inputs(session, ids, spoilage.max_hold, id_query, custody)
+    clock = time.monotonic()
+    out: dict[int, tuple[dict, dict]] = {}
+    with _kept_lock:
+        for order_id in ids:
+            got = _kept.get((url, order_id))
+            if (got is not None and got.inputs == inputs[order_id] and clock - got.born < _MAX_AGE_S
+                    and not (got.aboard and clock - got.born >= ttl)):
+                _kept.move_to_end((url, order_id))
+                out[order_id] = (got.spoilage, got.breakage)
+    missing = [order_id for order_id in ids if order_id not in out]
+    if not missing:
+        return out
+    assessments += len(missing)
+    orders = session.scalars(select(Order).where(Order.id.in_(missing)).order_by(Order.id)).all()
+    events = session.scalars(select(CustodyEvent).where(CustodyEvent.order_id.in_(missing))
+                             .order_by(CustodyEvent.id)).all()
+    by_order: dict[int, list[CustodyEvent]] = defaultdict(list)
+    for ev in events:
+        by_order[ev.order_id].append(ev)
+    aboard = {order_id for order_id, evs in by_order.items() if any(leg.end is None for leg in _intervals(evs))}
+    now = utcnow()
+    readings = Readings(session, day_spans(events, now, spoilage.max_hold))
+    born = time.monotonic()
+    with _kept_lock:
+        for order, assessed in zip(orders, _assess_orders(session, orders, events, now, readings), strict=True):
+            kept = _Kept(inputs[order.id], assessed["spoilage_risk"], assessed["breakage_risk"], order.id in aboard,
+                         born)
+            _kept[(url, order.id)] = kept
+            _kept.move_to_end((url, order.id))
+            out[order.id] = (kept.spoilage, kept.breakage)
+        while len(_kept) > _KEPT_MAX:
+            _kept.popitem(last=False)
+    return out
+
+
+def forget_assessments() -> None:
+    """Drop every kept order assessment (tests that rebuild data in a rolled-back transaction, benchmarks)."""
+    with _kept_lock:
+        _kept.clear()
 
 
 def day_spans(events: Iterable[CustodyEvent], now: datetime,
@@ -395,8 +527,7 @@ def day_events(session: Session, day: date) -> list[CustodyEvent]:
 
 
 _CURSOR = re.compile(r"([0-3])([0-3])([0-3])-(\d{1,12})")
-_OPEN_TTL_S = 60.0  # goods still aboard keep warming: a day with open legs is re-assessed at most this often
-_MAX_AGE_S = 600.0  # and any day at least this often: the fingerprint is aggregates, not the rows themselves
+_MAX_AGE_S = 600.0  # any day (and any kept order) at least this often: fingerprints are aggregates, not rows
 _DAYS_KEPT = 8
 
 
@@ -485,7 +616,7 @@ def _day_risk(session: Session, day: date, now: datetime | None, batch: int) -> 
             return got.ranked
     ranked, still_aboard = _compute_day(session, day, now or utcnow(), batch)
     with _day_risks_lock:
-        ttl = _OPEN_TTL_S if still_aboard and now is None else _MAX_AGE_S
+        ttl = get_settings().risk_open_ttl_s if still_aboard and now is None else _MAX_AGE_S
         _day_risks[key] = _DayRisk(fingerprint, time.monotonic() + ttl, ranked)
         _day_risks.move_to_end(key)
         while len(_day_risks) > _DAYS_KEPT:
@@ -497,6 +628,7 @@ def forget_day_risks() -> None:
     """Drop every kept day (tests that rebuild the same day in a rolled-back transaction, benchmarks)."""
     with _day_risks_lock:
         _day_risks.clear()
+    forget_assessments()
 
 
 def parse_cursor(after: str | None) -> tuple[int, int, int, int] | None:
@@ -517,8 +649,9 @@ def at_risk(session: Session, day: date, limit: int = 100, after: str | None = N
 
     The day is assessed once and kept (per process) while its fingerprint holds: no new custody row,
     damage report, order or cancel, no new reading in the vans' time aboard; for at most ten minutes, and
-    while goods are still aboard (their risk grows by the minute) for at most one. Paging is by keyset on (rank, order),
-    so a page never repeats an order of an earlier one even when the list was re-assessed in between.
+    while goods are still aboard (their risk grows by the minute) for at most COLDCHAIN_RISK_OPEN_TTL_S.
+    Paging is by keyset on (rank, order), so a page never repeats an order of an earlier one even when the
+    list was re-assessed in between.
     """
     start = parse_cursor(after)
     ranked = _day_risk(session, day, now, batch)

@@ -292,6 +292,8 @@ def test_a_replan_moves_a_stop_to_another_van_and_its_driver(driver_api, token, 
     old = {s.order.ref: s.stop_id for s in before["VAN-01"].stops}
     kept = {s.order.ref: s.stop_id for s in before["VAN-03"].stops}
     one, three = token("driver", "driver01"), token("driver", "driver03")
+    earlier = api.get(ROUTE, params={"date": day.isoformat()}, headers=three).json()  # kept by the server
+    assert set(old).isdisjoint(s["order_ref"] for s in earlier["stops"])
     at = datetime.combine(day, datetime.min.time(), tzinfo=get_settings().tz).replace(hour=7, minute=40)
     out = replan(day, "FS-01", breakdown("VAN-01", at), time_limit=2, now=at, sessions=committing(session))
     moved = {m["order_ref"]: m["stop_id"] for m in out["moved"]}

@@ -1,6 +1,8 @@
 """A driver's GET /driver/route runs a fixed number of SQL statements, however many stops the route has
-(no statement per stop, order or line), before and after the route starts. Over real HTTP (the live
-uvicorn), counted with an event listener on the engine the API uses."""
+(no statement per stop, order or line), before and after the route starts, both when the process has
+nothing kept (the stops and the risk checks are read and assessed) and when it has (only the statuses and
+the risk checks' inputs are read). Over real HTTP (the live uvicorn), counted with an event listener on the
+engine the API uses."""
 
 from __future__ import annotations
 
@@ -12,7 +14,9 @@ from sqlalchemy import event
 
 from core.db import get_engine, get_quick_commit_engine
 from core.timeutil import local_tomorrow
+from delivery.service import forget_routes
 from tests.delivery.helpers import keep_keys_in, many_stops
+from traceability.trace import forget_assessments
 
 ROUTE = "/api/v1/driver/route"
 
@@ -47,12 +51,18 @@ def test_the_drivers_route_takes_the_same_statements_for_5_and_40_stops(api, ses
         assert resp.status_code == 200, resp.text
         return len(seen), resp.json()
 
-    api.get(ROUTE, params=params, headers=small)  # the first request of a process warms caches
-    counts = {}
+    api.get(ROUTE, params=params, headers=small)  # the first request of a process warms its own caches
+    counts, kept = {}, {}
     for phase in ("planned", "started", "a stop delivered"):
+        if phase != "a stop delivered":  # after the delivery: one order's risk is assessed again, the rest kept
+            forget_routes()
+            forget_assessments()
         (n5, r5), (n40, r40) = count(small), count(large)
         assert (len(r5["stops"]), len(r40["stops"])) == (5, 40)
         counts[phase] = (n5, n40)
+        (k5, again5), (k40, again40) = count(small), count(large)
+        assert (again5, again40) == (r5, r40)
+        kept[phase] = (k5, k40)
         if phase == "planned":
             for who in (small, large):
                 started = api.post("/api/v1/driver/route/start", params=None, json=params,
@@ -68,3 +78,7 @@ def test_the_drivers_route_takes_the_same_statements_for_5_and_40_stops(api, ses
     for phase, (n5, n40) in counts.items():
         assert n5 == n40, f"{phase}: {n5} statements for 5 stops, {n40} for 40"
         assert n5 <= 16, f"{phase}: {n5} statements for one route"
+    for phase, (k5, k40) in kept.items():
+        assert k5 == k40, f"{phase}, kept: {k5} statements for 5 stops, {k40} for 40"
+        assert k5 <= 4, f"{phase}, kept: {k5} statements for one route"
+        assert k5 < counts["planned"][0], f"{phase}: nothing kept ({k5} statements)"

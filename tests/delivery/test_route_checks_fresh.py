@@ -1,0 +1,228 @@
+"""The "check on delivery" on GET /driver/route is kept per API process (traceability.trace.order_risks), but
+never shows less than what is stored: a reading stored late by another process, a damage report handled by
+the other worker, shows in the very next answer of either worker. And an assessment of goods still aboard
+is reused for at most COLDCHAIN_RISK_OPEN_TTL_S when nothing was stored (time alone moves it).
+
+The first test runs `coldchain serve --workers 2` as a subprocess on a database of its own; every GET is
+sent on a new connection, so the answers come from both workers.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from core import migrate
+from core.db import make_engine
+from core.settings import get_settings
+from core.timeutil import utcnow
+from delivery.schemas import RouteStartIn
+from delivery.service import driver_ref, route_of, start_route
+from fulfillment.models import Order
+from routing.models import Plan, Route, RouteStop
+from tests.conftest import coldchain_cmd, free_port
+from tests.delivery.helpers import build_day
+from tests.support import zulu
+from tests.traceability.helpers import store_readings
+from traceability import trace
+from warehouses.models import Vehicle
+from warehouses.service import upsert_user
+
+PASSWORD = "correct horse battery"
+ROUTE = "/api/v1/driver/route"
+
+
+def samples(start: datetime, end: datetime, chilled: float, first_seq: int) -> list[dict]:
+    """VAN-01's telemetry every minute in [start, end): chilled at ``chilled`` °C, frozen -19 °C, 0.3 g."""
+    out, t, seq = [], start, first_seq
+    while t < end:
+        out.append({"device": "TL-0001", "seq": seq, "ts": zulu(t), "temp_c": {"chilled": chilled, "frozen": -19.0},
+                    "door": {"chilled": "closed", "frozen": "closed"}, "shock_g": 0.3})
+        t += timedelta(minutes=1)
+        seq += 1
+    return out
+
+
+def egg_refs(engine: Engine, day: date) -> list[str]:
+    """VAN-01's orders of eggs only (chilled, 0-8 °C) on the current plan, in stop order."""
+    with Session(engine) as s:
+        return [ref for (ref,) in s.execute(
+            select(Order.ref).join(RouteStop, RouteStop.order_id == Order.id)
+            .join(Route, Route.id == RouteStop.route_id).join(Plan, Plan.id == Route.plan_id)
+            .join(Vehicle, Vehicle.id == Route.vehicle_id)
+            .where(Plan.status == "current", Plan.day == day, Vehicle.code == "VAN-01", Order.ref.like("B%"))
+            .order_by(RouteStop.seq))]
+
+
+@dataclass
+class Served:
+    url: str
+    engine: Engine
+    day: date
+    token: dict[str, str]
+    left: datetime
+    scope: Callable[[], AbstractContextManager[Session]]
+
+    def checks(self) -> list[dict]:
+        """Eight answers, each on a new connection (so from both workers): each stop's check, by order."""
+        answers = []
+        for _ in range(8):
+            resp = httpx.get(f"{self.url}{ROUTE}", params={"date": self.day.isoformat()}, headers=self.token,
+                             timeout=30)
+            assert resp.status_code == 200, resp.text
+            answers.append({s["order_ref"]: s["check"] for s in resp.json()["stops"]})
+        return answers
+
+
+@pytest.fixture(scope="module")
+def served(databases, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:  # noqa: ANN001
+    url = databases.new("checks")
+    engine = make_engine(url)
+    migrate.upgrade(engine)
+    made = sessionmaker(bind=engine, expire_on_commit=False)
+    tmp = tmp_path_factory.mktemp("checks")
+
+    @contextmanager
+    def scope() -> Iterator[Session]:
+        with made() as s, s.begin():
+            yield s
+
+    with made() as session, session.begin():
+        day = build_day(session, tmp, depots=(), sessions=scope)
+        upsert_user(session, "driver01", "driver", PASSWORD)
+    from routing.service import plan_depot
+
+    plan_depot(day, "FS-01", time_limit=1, sessions=scope)
+    left = utcnow().replace(microsecond=0) - timedelta(hours=3)  # the van left three hours ago
+    with scope() as session:
+        start_route(session, driver_ref(session, "driver01"), RouteStartIn(date=day, at=left))
+        store_readings(session, samples(left - timedelta(minutes=30), utcnow(), 4.0, 1), utcnow())
+    port = free_port()
+    env = {**os.environ, "COLDCHAIN_DATABASE_URL": url, "COLDCHAIN_DATA_DIR": str(tmp / "data"),
+           "COLDCHAIN_RISK_OPEN_TTL_S": "3600"}  # whatever changes below changes because something was stored
+    log = (tmp / "serve.log").open("wb")
+    proc = subprocess.Popen([*coldchain_cmd(), "serve", "--port", str(port), "--workers", "2"], env=env,
+                            stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{base}/api/v1/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("coldchain serve did not come up: " + (tmp / "serve.log").read_text()[-2000:])
+            time.sleep(0.2)
+        resp = httpx.post(f"{base}/api/v1/auth/token", data={"username": "driver01", "password": PASSWORD})
+        token = {"Authorization": f"Bearer {resp.json()['access_token']}"}
+        yield Served(base, engine, day, token, left, scope)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+        engine.dispose()
+
+
+def test_a_late_reading_and_a_damage_show_in_the_next_answer_of_either_worker(served: Served) -> None:
+    eggs = egg_refs(served.engine, served.day)
+    assert len(eggs) >= 2, eggs
+    before = served.checks()
+    assert all(answer == before[0] for answer in before), before
+    assert all(before[0][ref] is None for ref in eggs), before[0]  # kept at 4 °C all along
+
+    # the ingestor (here: this process) stores an hour at 12 °C that the van sent late, for a time already past
+    warm_from = served.left + timedelta(minutes=30)
+    with served.scope() as session:
+        store_readings(session, samples(warm_from, warm_from + timedelta(minutes=60), 12.0, 100_000), utcnow())
+    warm = served.checks()
+    for answer in warm:
+        for ref in eggs:
+            check = answer[ref]
+            assert check is not None and check["spoilage"] in ("at_risk", "reject"), (ref, answer)
+            assert any("above 8 °C" in r for r in check["reasons"]), check
+
+    # one worker handles a damage report; both answer with it next
+    with Session(served.engine) as s:
+        stop_id = s.scalar(select(RouteStop.stop_id).join(Order, Order.id == RouteStop.order_id)
+                           .where(Order.ref == eggs[0]))
+    damaged = httpx.post(f"{served.url}/api/v1/driver/stops/{stop_id}/events",
+                         json={"type": "damaged", "items": [{"sku": "EGG-30", "qty": 1}], "note": "蛋碎了"},
+                         headers={**served.token, "Idempotency-Key": uuid.uuid4().hex}, timeout=30)
+    assert damaged.status_code == 200, damaged.text
+    for answer in served.checks():
+        assert answer[eggs[0]]["breakage"] == "reject" and any("蛋碎了" in r for r in answer[eggs[0]]["reasons"])
+        other = answer[eggs[1]]
+        assert other["breakage"] == "watch" and any("same van" in r for r in other["reasons"]), other
+
+
+def test_goods_aboard_are_assessed_again_after_the_ttl_when_nothing_was_stored(session, tmp_path: Path,  # noqa: ANN001
+                                                                               monkeypatch) -> None:  # noqa: ANN001
+    day = build_day(session, tmp_path, depots=("FS-01",))
+    now = utcnow().replace(microsecond=0)
+    left = now - timedelta(hours=1)
+    driver = driver_ref(session, "driver01")
+    start_route(session, driver, RouteStartIn(date=day, at=left), now=now)
+    store_readings(session, samples(left - timedelta(minutes=30), now, 4.0, 1), now)
+    trace.forget_assessments()
+    monkeypatch.setattr(get_settings(), "risk_open_ttl_s", 3600.0)
+
+    def checks() -> dict[str, dict | None]:
+        return {s["order_ref"]: s["check"] for s in route_of(session, driver, day)["stops"]}
+
+    first = checks()
+    eggs = [ref for ref in first if ref.startswith("B")]
+    assert eggs and all(first[ref] is None for ref in eggs), first
+    done = trace.assessments
+    assert checks() == first and trace.assessments == done  # nothing stored, within the TTL: kept
+
+    # 40 minutes later, and no reading since: 25 minutes no reading covers (each holds 15)
+    monkeypatch.setattr(trace, "utcnow", lambda: now + timedelta(minutes=40))
+    assert checks() == first and trace.assessments == done  # the TTL has not passed: still the kept answer
+    monkeypatch.setattr(get_settings(), "risk_open_ttl_s", 0.0)
+    later = checks()
+    assert trace.assessments > done
+    for ref in eggs:
+        assert later[ref] is not None and later[ref]["spoilage"] == "watch", later
+        assert any(re.search(r"no temperature reading for 2\d min", r) for r in later[ref]["reasons"]), later[ref]
+
+
+def test_a_route_not_started_is_not_assessed_again_while_nothing_changes(session, tmp_path: Path) -> None:  # noqa: ANN001
+    day = build_day(session, tmp_path, depots=("FS-01",))
+    driver = driver_ref(session, "driver01")
+    trace.forget_assessments()
+    first = route_of(session, driver, day)
+    done = trace.assessments
+    assert done >= len(first["stops"]) and all(s["check"] is None for s in first["stops"])
+    assert route_of(session, driver, day) == first and trace.assessments == done
+
+
+def test_the_routes_json_is_what_the_model_would_send(session, tmp_path: Path) -> None:  # noqa: ANN001
+    from api.routers.driver import route_json
+    from delivery.schemas import RouteOut
+
+    day = build_day(session, tmp_path, depots=("FS-01",))
+    driver = driver_ref(session, "driver01")
+    now = utcnow()
+    start_route(session, driver, RouteStartIn(date=day, at=now - timedelta(minutes=20, microseconds=1234)), now=now)
+    route = route_of(session, driver, day)  # started (with a fraction of a second), every stop "watch": no readings
+    assert route["started_at"].microsecond and all(s["check"] for s in route["stops"])
+    assert route_json(route) == RouteOut.model_validate(route).model_dump_json().encode()
