@@ -344,9 +344,25 @@ def _auth_only(sessions: Callable[[], AbstractContextManager[Session]], authoriz
 def _auth_and_claim(sessions: Callable[[], AbstractContextManager[Session]], request: Request,
                     driver: DriverRef | None, key: str, fp: str) -> tuple[DriverRef, idempotency.Claim]:
     with sessions() as session:  # committed when this block ends, before the work starts
+        if driver is None and idempotency.can_claim_with_caller(session):
+            return _claim_as_caller(session, request, key, fp)
         if driver is None:
             driver = _authenticate(session, request.headers.get("authorization"))
         return driver, idempotency.claim(session, driver.id, key, fp, request.method, _target(request), utcnow())
+
+
+def _claim_as_caller(session: Session, request: Request, key: str, fp: str) -> tuple[DriverRef, idempotency.Claim]:
+    """PostgreSQL: the caller's check and the claim in one statement (delivery.idempotency.claim_as); the same
+    refusals as :func:`_authenticate`, and a refused caller claims nothing."""
+    username = str(_token_claims(request.headers.get("authorization"))["sub"])
+    caller, claim = idempotency.claim_as(session, username, key, fp, request.method, _target(request), utcnow())
+    if caller is None or not caller.active:
+        raise Unauthorized("unknown or disabled user")
+    if caller.role not in ("driver", "admin"):
+        raise Forbidden(f"this needs the role driver; you are {caller.role}")
+    if caller.driver_id is None or claim is None:
+        raise Forbidden(f"user {username} is not a driver of drivers.csv")
+    return DriverRef(caller.driver_id, username, caller.vehicle_id, caller.vehicle_code), claim
 
 
 def _store(request: Request, sessions: Callable[[], AbstractContextManager[Session]], key_id: int,
