@@ -115,7 +115,10 @@ def test_stop_events_take_a_few_statements(api, session, live_app, token) -> Non
     assert resp.headers.get("idempotent-replayed") == "true"
     # in this harness the key's claim is a savepoint of the test's transaction (2 more) and nothing commits,
     # so the audit log's 3 statements at commit are not among these
-    claim = 3 if postgres else 5
+    # PostgreSQL: the locked read, then the event, the order's moves and the stop's status in one statement (and
+    # this harness's savepoint for the request's session);
+    # delivered adds the custody lines' read and their INSERT. SQLite: one statement per table written.
+    claim, arrived, delivered = (3, 3, 5) if postgres else (5, 5, 8)
     assert counts["replayed"] <= claim, counts
-    assert counts["arrived"] <= claim + 7, counts
-    assert counts["delivered"] <= claim + 9, counts
+    assert counts["arrived"] <= claim + arrived, counts
+    assert counts["delivered"] <= claim + delivered, counts
