@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from functools import lru_cache
 
-from sqlalchemy import Select, bindparam, func, select, update
+from sqlalchemy import Select, bindparam, func, literal_column, select, update
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.util import identity_key
@@ -207,7 +207,8 @@ def stop_checks(session: Session, orders: list[Order]) -> dict[int, dict]:
 _RS, _RT, _PL, _OR = RouteStop.__table__, Route.__table__, Plan.__table__, Order.__table__
 _OPEN = _RS.alias("open_stops")
 # the stop with its route and order, locked with its route, and how many of the route's stops are still open
-# (the route is locked, so that count holds until this transaction ends): one statement
+# (SQLite's; on PostgreSQL a read that waited for the route's lock would count in its snapshot from before the
+# wait, so the count that decides whether the route finishes comes with the writes, :func:`_pg_writes`)
 _STOP_ROW = (
     select(_RS.c.id, _RS.c.stop_id, _RS.c.status, _RS.c.order_id, _RT.c.id.label("route_id"),
            _RT.c.status.label("route_status"), _RT.c.vehicle_id, _OR.c.ref, _OR.c.status.label("order_status"),
@@ -387,12 +388,14 @@ def stop_event(session: Session, driver: DriverRef, stop_id: str, body: StopEven
              "recipient": body.recipient, "reason": body.reason, "note": body.note, "from_status": row.status,
              "to_status": target}
     if conn.dialect.name == "postgresql":  # the event, the order's moves and the stop's status: one statement
-        event_id = conn.exec_driver_sql(_pg_writes(conn.dialect, len(moves.rows), moves.status != row.order_status),
-                                        _pg_params(event, moves, row.id, target)).scalar_one()
-    else:
+        event_id, open_others = conn.exec_driver_sql(
+            _pg_writes(conn.dialect, len(moves.rows), moves.status != row.order_status),
+            _pg_params(event, moves, row.id, target)).one()
+    else:  # SQLite: the writing transaction holds the database's lock from BEGIN, so the first read's count holds
         event_id = conn.execute(_EVENT_INSERT, event).scalar_one()
         write_order_moves(session, row.order_status, moves)
         conn.execute(_STOP_STATUS, {"stop_pk": row.id, "new_status": target})
+        open_others = row.open_stops - (0 if row.status in lifecycle.STOP_DONE else 1)
     audit.append_many(session, moves.entries[:1])  # the audit log in the order the ORM path writes it
     if body.type != "arrived":
         door = custody.Door(row.id, row.stop_id, row.order_id, row.ref, row.route_id, row.vehicle_id,
@@ -401,7 +404,7 @@ def stop_event(session: Session, driver: DriverRef, stop_id: str, body: StopEven
                                recipient=body.recipient, note=body.note,
                                reason=body.reason if body.type == "failed" else None)
     audit.append_many(session, moves.entries[1:])
-    if target in lifecycle.STOP_DONE and row.status not in lifecycle.STOP_DONE and row.open_stops <= 1:
+    if target in lifecycle.STOP_DONE and row.status not in lifecycle.STOP_DONE and open_others == 0:
         route_status = "finished"
         _finish_route(session, driver, row.route_id, row.vehicle_id, at, now)
     _expire_written(session, (RouteStop, row.id), (Order, row.order_id), (Route, row.route_id))
@@ -417,11 +420,19 @@ _OE_COLUMNS = ("order_id", "at", "actor", "type", "from_status", "to_status", "d
 @lru_cache(maxsize=8)
 def _pg_writes(dialect: Dialect, order_events: int, order_moves: bool) -> str:
     """PostgreSQL: a stop event's writes in one statement (data-modifying CTEs): the order's events (and its
-    new status), the stop's new status, and the delivery event, whose id it returns. Compiled once per shape
-    and sent as it is (with its 30-odd parameters, SQLAlchemy's per-execution cache key walk cost more than
-    the round trips it saves); :func:`_pg_params` gives the parameters as the driver takes them."""
+    new status), the stop's new status, and the delivery event, whose id it returns with how many other stops
+    of the route are still open (in this statement's snapshot, taken after the route's lock was granted).
+    Compiled once per shape and sent as it is (with its 30-odd parameters, SQLAlchemy's per-execution cache key
+    walk cost more than the round trips it saves); :func:`_pg_params` gives the parameters as the driver takes
+    them."""
     de, oe = DeliveryEvent.__table__, OrderEvent.__table__
-    stmt = de.insert().values({c: bindparam(f"de_{c}", type_=de.c[c].type) for c in _DE_COLUMNS}).returning(de.c.id)
+    others = _RS.alias("other_open_stops")  # read in this statement's snapshot, taken with the route locked
+    open_others = (select(func.count()).where(others.c.route_id == bindparam("cnt_route"),
+                                              others.c.status.not_in(  # literals: the SQL is sent as compiled
+                                                  [literal_column(f"'{v}'") for v in sorted(lifecycle.STOP_DONE)]),
+                                              others.c.id != bindparam("cnt_stop")).scalar_subquery())
+    stmt = (de.insert().values({c: bindparam(f"de_{c}", type_=de.c[c].type) for c in _DE_COLUMNS})
+            .returning(de.c.id, open_others))
     rows = [{c: bindparam(f"oe{i}_{c}", type_=oe.c[c].type) for c in _OE_COLUMNS} for i in range(order_events)]
     stmt = stmt.add_cte(oe.insert().values(rows).cte("order_events_written"))
     stmt = stmt.add_cte(update(_RS).where(_RS.c.id == bindparam("rs_pk"))
@@ -437,7 +448,8 @@ def _pg_params(event: dict, moves: OrderMoves, stop_pk: int, target: str) -> dic
     for i, row in enumerate(moves.rows):
         params.update({f"oe{i}_{c}": row[c] for c in _OE_COLUMNS})
         params[f"oe{i}_data"] = json.dumps(row["data"])  # the JSON column's text (what its type would send)
-    params.update(rs_pk=stop_pk, rs_status=target, or_pk=moves.rows[0]["order_id"], or_status=moves.status)
+    params.update(rs_pk=stop_pk, rs_status=target, or_pk=moves.rows[0]["order_id"], or_status=moves.status,
+                  cnt_route=event["route_id"], cnt_stop=stop_pk)
     return params
 
 
