@@ -10,10 +10,12 @@
 4. the key is claimed in a short transaction of its own, committed before the work starts
    (delivery/idempotency.py): a finished repeat gets the stored answer byte for byte, a repeat
    with another request 422, a repeat while the first runs 409;
-5. the route runs with the request's session (``DriverSession``) inside a savepoint; its answer
-   is stored with the key in that same transaction, so the work and its answer commit together.
-   A 4xx (validation or a domain error) rolls the savepoint back and stores the answer; a 5xx or a
-   crash rolls back and forgets the key, and so does a failed commit, so a retry starts afresh.
+5. the route runs with the request's session (``DriverSession``); its answer is stored with the key in that
+   same transaction, so the work and its answer commit together. A 4xx (validation or a domain error) stores
+   the answer: the driver services refuse before they write, and the one path that writes before it may
+   refuse (damage, delivery/service.py) undoes itself in a savepoint of its own, so no savepoint is taken
+   per request (two statements each). A 5xx or a crash forgets the key and rolls the whole transaction
+   back, and so does a failed commit, so a retry starts afresh.
 
 api/deps.py is left to the lead's transaction work: this module only asks it for the session
 (`get_session`, with scope="function" so the commit happens before the answer is sent).
@@ -88,8 +90,7 @@ def _authenticate(session: Session, authorization: str | None) -> DriverRef:
 
 async def driver_session(request: Request,
                          session: Annotated[Session, Depends(get_session, scope="function")]) -> Session:
-    """The request's session (async: no I/O here, so no hop to the thread pool; the savepoint is begun by
-    :func:`current_driver`, which every driver route takes and which runs in the pool)."""
+    """The request's session (async: no I/O here, so no hop to the thread pool)."""
     request.state.work_session = session
     return session
 
@@ -99,14 +100,8 @@ DriverSession = Annotated[Session, Depends(driver_session)]
 
 def current_driver(request: Request, session: DriverSession,
                    _token: Annotated[str | None, Depends(oauth2)]) -> DriverRef:
-    """The calling driver (already known for a POST, which had to be checked before its key was claimed).
-
-    A POST's work runs in a savepoint of the request's session, begun here before the route's work, so that
-    a refusal can be stored with the key in the same transaction while what the refused request did is undone.
-    """
+    """The calling driver (already known for a POST, which had to be checked before its key was claimed)."""
     known = getattr(request.state, "driver", None)
-    if request.method == "POST" and getattr(request.state, "key_id", None) is not None:
-        request.state.savepoint = session.begin_nested()
     if known is not None:
         return known
     return _authenticate(session, request.headers.get("authorization"))
@@ -311,8 +306,12 @@ class DriverRoute(APIRoute):
                 response = await original(request)
             except Exception as exc:  # noqa: BLE001 - every failure is answered, stored or released
                 response = await _render(request, exc)
+                if response.status_code >= 500:  # forget the key, and let the request's session roll back
+                    await run_in_threadpool(_release, sessions, claim.key_id)
+                    released["done"] = True
+                    raise
             if response.status_code >= 500:
-                await run_in_threadpool(_abandon, request, sessions, claim.key_id)
+                await run_in_threadpool(_release, sessions, claim.key_id)
                 released["done"] = True
                 return response
             await run_in_threadpool(_store, request, sessions, claim.key_id, response)
@@ -344,39 +343,38 @@ def _auth_only(sessions: Callable[[], AbstractContextManager[Session]], authoriz
 def _auth_and_claim(sessions: Callable[[], AbstractContextManager[Session]], request: Request,
                     driver: DriverRef | None, key: str, fp: str) -> tuple[DriverRef, idempotency.Claim]:
     with sessions() as session:  # committed when this block ends, before the work starts
+        if driver is None and idempotency.can_claim_with_caller(session):
+            return _claim_as_caller(session, request, key, fp)
         if driver is None:
             driver = _authenticate(session, request.headers.get("authorization"))
         return driver, idempotency.claim(session, driver.id, key, fp, request.method, _target(request), utcnow())
 
 
+def _claim_as_caller(session: Session, request: Request, key: str, fp: str) -> tuple[DriverRef, idempotency.Claim]:
+    """PostgreSQL: the caller's check and the claim in one statement (delivery.idempotency.claim_as); the same
+    refusals as :func:`_authenticate`, and a refused caller claims nothing."""
+    username = str(_token_claims(request.headers.get("authorization"))["sub"])
+    caller, claim = idempotency.claim_as(session, username, key, fp, request.method, _target(request), utcnow())
+    if caller is None or not caller.active:
+        raise Unauthorized("unknown or disabled user")
+    if caller.role not in ("driver", "admin"):
+        raise Forbidden(f"this needs the role driver; you are {caller.role}")
+    if caller.driver_id is None or claim is None:
+        raise Forbidden(f"user {username} is not a driver of drivers.csv")
+    return DriverRef(caller.driver_id, username, caller.vehicle_id, caller.vehicle_code), claim
+
+
 def _store(request: Request, sessions: Callable[[], AbstractContextManager[Session]], key_id: int,
            response: Response) -> None:
-    """Keep the answer with the key: in the work's transaction when there is one (a refusal first undoes what
-    the refused request did), else in a short transaction of its own."""
+    """Keep the answer with the key: in the work's transaction when there is one, else in a short transaction of
+    its own."""
     body = bytes(getattr(response, "body", b"") or b"")
     work: Session | None = getattr(request.state, "work_session", None)
     if work is None:
         with sessions() as session:
             idempotency.complete(session, key_id, response.status_code, _kept_headers(response), body, utcnow())
         return
-    savepoint = getattr(request.state, "savepoint", None)
-    if response.status_code >= 400 and savepoint is not None and savepoint.is_active:
-        savepoint.rollback()
     idempotency.complete(work, key_id, response.status_code, _kept_headers(response), body, utcnow())
-    work.flush()
-
-
-def _abandon(request: Request, sessions: Callable[[], AbstractContextManager[Session]], key_id: int) -> None:
-    """A 5xx: undo the work and forget the key (in the work's transaction, which then commits only that)."""
-    work: Session | None = getattr(request.state, "work_session", None)
-    if work is None:
-        _release(sessions, key_id)
-        return
-    savepoint = getattr(request.state, "savepoint", None)
-    if savepoint is not None and savepoint.is_active:
-        savepoint.rollback()
-    idempotency.release(work, key_id)
-    work.flush()
 
 
 def _release(sessions: Callable[[], AbstractContextManager[Session]], key_id: int) -> None:

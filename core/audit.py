@@ -48,6 +48,7 @@ from typing import Any
 from uuid import UUID
 
 from sqlalchemy import JSON, BigInteger, Column, Index, MetaData, String, Table, Text, event, select, text
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Mapped, Session, SessionTransaction, mapped_column
 
 from core.db import Base, UTCDateTime
@@ -223,12 +224,12 @@ def flush(session: Session) -> list[dict]:
     conn = session.connection()
     if not state.locked:
         if conn.dialect.name == "postgresql":
-            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LOCK_KEY})
+            conn.execute(_PG_LOCK, {"key": LOCK_KEY})
         else:  # a write statement takes SQLite's write lock (a no-op for writer sessions, which hold it)
-            conn.execute(text("UPDATE audit_log SET id = id WHERE id < 0"))
+            conn.execute(_SQLITE_LOCK)
         state.locked = True
     if state.head is None:
-        last = conn.execute(select(AuditLog.id, AuditLog.hash).order_by(AuditLog.id.desc()).limit(1)).first()
+        last = conn.execute(_HEAD).first()
         state.head = (last[0], last[1]) if last else (0, GENESIS)
     last_id, last_hash = state.head
     rows = [r for _tag, r in state.pending]
@@ -239,31 +240,35 @@ def flush(session: Session) -> list[dict]:
         body = canonical_text(last_id, row.pop("_at"), row["actor"], row["action"], row["entity"],
                               row["entity_id"], row["data"], row["why"], last_hash)
         row["hash"] = last_hash = sha256(body.encode("utf-8")).hexdigest()
-    _insert(session, rows)
+    _insert(session, rows, conn)
     state.head = (last_id, last_hash)
     state.pending.clear()
     return rows
 
 
+_PG_LOCK = text("SELECT pg_advisory_xact_lock(:key)")
+_SQLITE_LOCK = text("UPDATE audit_log SET id = id WHERE id < 0")
+_HEAD = select(AuditLog.__table__.c.id, AuditLog.__table__.c.hash).order_by(AuditLog.__table__.c.id.desc()).limit(1)
 _COLUMNS = ("id", "at", "actor", "action", "entity", "entity_id", "data", "why", "prev_hash", "hash")
 _FEW = 20
 _PG_INSERT = text(f"INSERT INTO audit_log ({', '.join(_COLUMNS)}) VALUES "
                   f"({', '.join('CAST(:data AS json)' if c == 'data' else ':' + c for c in _COLUMNS)})")
 
 
-def _insert(session: Session, rows: list[dict]) -> None:
+def _insert(session: Session, rows: list[dict], conn: Connection) -> None:
     """PostgreSQL: one COPY, ``data`` going in as the canonical text already made (a json column keeps
-    text as given). SQLite: executemany, in process."""
-    if session.get_bind().dialect.name == "postgresql":
+    text as given). SQLite: executemany, in process. (Statements on the connection itself: a request's few
+    records skip the ORM session's execute path.)"""
+    if conn.dialect.name == "postgresql":
         if len(rows) <= _FEW:  # one INSERT is one round trip; COPY takes three
-            session.execute(_PG_INSERT, [{c: row[c] for c in _COLUMNS} for row in rows])
+            conn.execute(_PG_INSERT, [{c: row[c] for c in _COLUMNS} for row in rows])
             return
-        raw = session.connection().connection.driver_connection
+        raw = conn.connection.driver_connection
         with raw.cursor() as cur, cur.copy(f"COPY audit_log ({', '.join(_COLUMNS)}) FROM STDIN") as copy:
             for row in rows:
                 copy.write_row([row[c] for c in _COLUMNS])
         return
-    session.execute(_TEXT_TABLE.insert(), rows)
+    conn.execute(_TEXT_TABLE.insert(), rows)
 
 
 # audit_log as SQLite is written to: ``data`` bound as the canonical text itself (no decode and re-encode)

@@ -20,23 +20,28 @@ What a report moves:
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from functools import lru_cache
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, bindparam, func, literal_column, select, update
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.util import identity_key
 
+from core import audit
 from core.errors import Conflict, Invalid, NotFound, PayloadTooLarge, UnsupportedMedia
 from core.timeutil import to_local, utcnow
 from delivery import lifecycle, proofs
 from delivery.lifecycle import IllegalMove, route_state, route_stored
 from delivery.models import DeliveryEvent, DeliveryProof, StopDamage
 from delivery.schemas import PositionIn, RouteStartIn, StopEventIn
-from fulfillment.models import Order, OrderLine
-from fulfillment.service import record_event
+from fulfillment.models import Order, OrderEvent, OrderLine
+from fulfillment.service import OrderMoves, order_moves, record_event, write_order_moves
 from routing.models import Plan, Route, RouteStop
 from telemetry.models import DriverPosition
 from traceability import custody
@@ -259,6 +264,27 @@ def stop_checks(session: Session, order_ids: list[int], id_query: Select | None 
     return out
 
 
+_RS, _RT, _PL, _OR = RouteStop.__table__, Route.__table__, Plan.__table__, Order.__table__
+_OPEN = _RS.alias("open_stops")
+# the stop with its route and order, locked with its route, and how many of the route's stops are still open
+# (SQLite's; on PostgreSQL a read that waited for the route's lock would count in its snapshot from before the
+# wait, so the count that decides whether the route finishes comes with the writes, :func:`_pg_writes`)
+_STOP_ROW = (
+    select(_RS.c.id, _RS.c.stop_id, _RS.c.status, _RS.c.order_id, _RT.c.id.label("route_id"),
+           _RT.c.status.label("route_status"), _RT.c.vehicle_id, _OR.c.ref, _OR.c.status.label("order_status"),
+           select(func.count()).where(_OPEN.c.route_id == _RT.c.id, _OPEN.c.status.not_in(lifecycle.STOP_DONE))
+           .scalar_subquery().label("open_stops"))
+    .select_from(_RS.join(_RT, _RT.c.id == _RS.c.route_id).join(_PL, _PL.c.id == _RT.c.plan_id)
+                 .join(_OR, _OR.c.id == _RS.c.order_id))
+    .where(_RS.c.stop_id == bindparam("stop_id"), _RT.c.vehicle_id == bindparam("vehicle_id"),
+           _PL.c.status == "current")
+    .with_for_update(of=[_RT, _RS]))
+_ORDER_EVENTS_INSERT = OrderEvent.__table__.insert()
+_EVENT_INSERT = DeliveryEvent.__table__.insert().returning(DeliveryEvent.__table__.c.id)
+_STOP_STATUS = (update(_RS).where(_RS.c.id == bindparam("stop_pk")).values(status=bindparam("new_status")))
+_ROUTE_DONE = (update(_RT).where(_RT.c.id == bindparam("route_pk")).values(status=route_stored("finished")))
+
+
 def _load_out(session: Session, order: Order, actor: str, at: datetime, data: dict) -> bool:
     """The order is in the van: planned (or a re-attempt) becomes out_for_delivery."""
     if order.status in ("planned", "reattempt"):
@@ -268,7 +294,12 @@ def _load_out(session: Session, order: Order, actor: str, at: datetime, data: di
 
 
 def start_route(session: Session, driver: DriverRef, body: RouteStartIn, now: datetime | None = None) -> dict:
-    """The van is loaded and leaves: the route starts, its orders go out for delivery, the van is watched."""
+    """The van is loaded and leaves: the route starts, its orders go out for delivery, the van is watched.
+
+    A fixed number of statements whatever the number of stops (tests/delivery/test_route_statements.py): the
+    orders' moves in one INSERT of their events and one UPDATE of their status, custody "loaded" in one
+    INSERT (traceability.custody.record_loaded).
+    """
     now = now or utcnow()
     at = body.at or now
     rows = _trips(session, _route_query(driver, body.date).with_for_update(of=Route)) if driver.vehicle_id else []
@@ -280,23 +311,38 @@ def start_route(session: Session, driver: DriverRef, body: RouteStartIn, now: da
     except IllegalMove as exc:
         raise _conflict(exc) from None
     route.status, route.started_at = route_stored("started"), at
-    stops = session.execute(select(RouteStop, Order).join(Order, Order.id == RouteStop.order_id)
+    stops = session.execute(select(RouteStop, _OR.c.id, _OR.c.ref, _OR.c.status)
+                            .join(_OR, _OR.c.id == RouteStop.order_id)
                             .where(RouteStop.route_id == route.id).order_by(RouteStop.seq)).all()
-    out = 0
-    for stop, order in stops:
-        if stop.status == "planned":
-            out += _load_out(session, order, driver.username, at,
-                             {"vehicle": driver.vehicle_code, "stop_id": stop.stop_id, "route": route.id})
-    session.add(DeliveryEvent(route_id=route.id, driver_id=driver.id, vehicle_id=route.vehicle_id, type="started",
-                              at=at, received_at=now, from_status="planned", to_status="started"))
+    planned = [stop for stop, *_order in stops if stop.status == "planned"]
+    events: list[dict] = []
+    entries: list[audit.Entry] = []
+    out_ids: list[int] = []
+    for stop, order_id, ref, status in stops:
+        if stop.status != "planned" or status not in ("planned", "reattempt"):  # _load_out's rule
+            continue
+        moves = order_moves(order_id, ref, status, [("loaded", "out_for_delivery", {
+            "vehicle": driver.vehicle_code, "stop_id": stop.stop_id, "route": route.id})], driver.username, at)
+        events += moves.rows
+        entries += moves.entries
+        out_ids.append(order_id)
+    conn = session.connection()
+    if events:
+        conn.execute(_ORDER_EVENTS_INSERT, events)
+        conn.execute(update(_OR).where(_OR.c.id.in_(out_ids)).values(status="out_for_delivery"))
+        audit.append_many(session, entries)
+    conn.execute(_EVENT_INSERT, {
+        "route_id": route.id, "stop_pk": None, "stop_id": None, "driver_id": driver.id,
+        "vehicle_id": route.vehicle_id, "type": "started", "at": at, "received_at": now, "lat": None, "lon": None,
+        "recipient": None, "reason": None, "note": None, "from_status": "planned", "to_status": "started"})
     session.flush()
-    custody.record_loaded(session, route, at, driver.username,
-                          stops=[stop for stop, _order in stops if stop.status == "planned"])
+    custody.record_loaded(session, route, at, driver.username, stops=planned)
+    _expire_written(session, *((Order, order_id) for order_id in out_ids))
     # this van's cargo, and watched for silence: it is out, whatever day its route is planned for (the other
     # vans' watch is Celery beat's, every minute)
     sync_van(session, driver.vehicle_code, now, active=True)
     return {"date": body.date, "vehicle": driver.vehicle_code, "status": "started", "started_at": at,
-            "stops": len(stops), "orders_out_for_delivery": out}
+            "stops": len(stops), "orders_out_for_delivery": len(out_ids)}
 
 
 # ----------------------------------------------------------------------------------- stops
@@ -362,7 +408,151 @@ def _damage(session: Session, stop: RouteStop, order: Order, items: list, event:
 
 def stop_event(session: Session, driver: DriverRef, stop_id: str, body: StopEventIn,
                now: datetime | None = None) -> dict:
-    """Apply one stop event (see the module docstring for what it moves)."""
+    """Apply one stop event (see the module docstring for what it moves).
+
+    arrived, delivered and failed of an order already out for delivery (every stop but those of a later trip's
+    first event) take Core statements with no ORM objects: the stop, route, order and the route's open stops
+    in one locked read, then one INSERT or UPDATE per table written (tests/delivery/test_route_statements.py
+    counts them). Damage and a later trip's load go through :func:`_stop_event_orm`.
+    """
+    now = now or utcnow()
+    at = body.at or now
+    if driver.vehicle_id is None or len(stop_id) > 32:
+        raise NotFound(NO_SUCH_STOP)
+    conn = session.connection()
+    row = conn.execute(_STOP_ROW, {"stop_id": stop_id, "vehicle_id": driver.vehicle_id}).first()
+    if row is None:
+        raise NotFound(NO_SUCH_STOP)
+    if body.type == "damaged" or row.order_status in ("planned", "reattempt"):
+        return _stop_event_orm(session, driver, stop_id, body, now)
+    route_status = route_state(row.route_status)
+    try:
+        target = lifecycle.stop_target(body.type, row.status, route_status)
+    except IllegalMove as exc:
+        raise _conflict(exc) from None
+    data = {"stop_id": row.stop_id, "vehicle": driver.vehicle_code, "driver": driver.username,
+            "position": list(body.position) if body.position else None}
+    if body.type == "arrived":
+        steps = [("arrived", None, data)]
+    elif body.type == "delivered":
+        steps = [("delivered", "delivered", {**data, "recipient": body.recipient, "note": body.note})]
+    else:
+        steps = [("failed", "failed", {**data, "reason": body.reason, "note": body.note}),
+                 ("reattempt", "reattempt",
+                  {"reason": f"delivery failed ({body.reason}): back to the dispatcher for a re-attempt",
+                   "stop_id": row.stop_id})]
+    moves = order_moves(row.order_id, row.ref, row.order_status, steps, driver.username, at)  # 409 before writing
+    lat, lon = body.position if body.position else (None, None)
+    event = {"route_id": row.route_id, "stop_pk": row.id, "stop_id": row.stop_id, "driver_id": driver.id,
+             "vehicle_id": row.vehicle_id, "type": body.type, "at": at, "received_at": now, "lat": lat, "lon": lon,
+             "recipient": body.recipient, "reason": body.reason, "note": body.note, "from_status": row.status,
+             "to_status": target}
+    if conn.dialect.name == "postgresql":  # the event, the order's moves and the stop's status: one statement
+        event_id, open_others = conn.exec_driver_sql(
+            _pg_writes(conn.dialect, len(moves.rows), moves.status != row.order_status),
+            _pg_params(event, moves, row.id, target)).one()
+    else:  # SQLite: the writing transaction holds the database's lock from BEGIN, so the first read's count holds
+        event_id = conn.execute(_EVENT_INSERT, event).scalar_one()
+        write_order_moves(session, row.order_status, moves)
+        conn.execute(_STOP_STATUS, {"stop_pk": row.id, "new_status": target})
+        open_others = row.open_stops - (0 if row.status in lifecycle.STOP_DONE else 1)
+    audit.append_many(session, moves.entries[:1])  # the audit log in the order the ORM path writes it
+    if body.type != "arrived":
+        door = custody.Door(row.id, row.stop_id, row.order_id, row.ref, row.route_id, row.vehicle_id,
+                            driver.vehicle_code or "")
+        custody.record_at_door(session, door, body.type, at, driver.username, position=body.position,
+                               recipient=body.recipient, note=body.note,
+                               reason=body.reason if body.type == "failed" else None)
+    audit.append_many(session, moves.entries[1:])
+    if target in lifecycle.STOP_DONE and row.status not in lifecycle.STOP_DONE and open_others == 0:
+        route_status = "finished"
+        _finish_route(session, driver, row.route_id, row.vehicle_id, at, now)
+    _expire_written(session, (RouteStop, row.id), (Order, row.order_id), (Route, row.route_id))
+    return {"event_id": event_id, "stop_id": row.stop_id, "order_ref": row.ref, "type": body.type, "at": at,
+            "status": target, "route_status": route_status, "order_status": moves.status, "damaged": []}
+
+
+_DE_COLUMNS = ("route_id", "stop_pk", "stop_id", "driver_id", "vehicle_id", "type", "at", "received_at", "lat",
+               "lon", "recipient", "reason", "note", "from_status", "to_status")
+_OE_COLUMNS = ("order_id", "at", "actor", "type", "from_status", "to_status", "data")
+
+
+@lru_cache(maxsize=8)
+def _pg_writes(dialect: Dialect, order_events: int, order_moves: bool) -> str:
+    """PostgreSQL: a stop event's writes in one statement (data-modifying CTEs): the order's events (and its
+    new status), the stop's new status, and the delivery event, whose id it returns with how many other stops
+    of the route are still open (in this statement's snapshot, taken after the route's lock was granted).
+    Compiled once per shape and sent as it is (with its 30-odd parameters, SQLAlchemy's per-execution cache key
+    walk cost more than the round trips it saves); :func:`_pg_params` gives the parameters as the driver takes
+    them."""
+    de, oe = DeliveryEvent.__table__, OrderEvent.__table__
+    others = _RS.alias("other_open_stops")  # read in this statement's snapshot, taken with the route locked
+    open_others = (select(func.count()).where(others.c.route_id == bindparam("cnt_route"),
+                                              others.c.status.not_in(  # literals: the SQL is sent as compiled
+                                                  [literal_column(f"'{v}'") for v in sorted(lifecycle.STOP_DONE)]),
+                                              others.c.id != bindparam("cnt_stop")).scalar_subquery())
+    stmt = (de.insert().values({c: bindparam(f"de_{c}", type_=de.c[c].type) for c in _DE_COLUMNS})
+            .returning(de.c.id, open_others))
+    rows = [{c: bindparam(f"oe{i}_{c}", type_=oe.c[c].type) for c in _OE_COLUMNS} for i in range(order_events)]
+    stmt = stmt.add_cte(oe.insert().values(rows).cte("order_events_written"))
+    stmt = stmt.add_cte(update(_RS).where(_RS.c.id == bindparam("rs_pk"))
+                        .values(status=bindparam("rs_status", type_=_RS.c.status.type)).cte("stop_written"))
+    if order_moves:
+        stmt = stmt.add_cte(update(_OR).where(_OR.c.id == bindparam("or_pk"))
+                            .values(status=bindparam("or_status", type_=_OR.c.status.type)).cte("order_written"))
+    return str(stmt.compile(dialect=dialect))
+
+
+def _pg_params(event: dict, moves: OrderMoves, stop_pk: int, target: str) -> dict:
+    params = {f"de_{c}": event[c] for c in _DE_COLUMNS}
+    for i, row in enumerate(moves.rows):
+        params.update({f"oe{i}_{c}": row[c] for c in _OE_COLUMNS})
+        params[f"oe{i}_data"] = json.dumps(row["data"])  # the JSON column's text (what its type would send)
+    params.update(rs_pk=stop_pk, rs_status=target, or_pk=moves.rows[0]["order_id"], or_status=moves.status,
+                  cnt_route=event["route_id"], cnt_stop=stop_pk)
+    return params
+
+
+def _expire_written(session: Session, *written: tuple[type, int]) -> None:
+    """Core statements do not touch ORM objects the session already holds: expire those written here (a session
+    that lives across requests, as in tests, or a caller that loaded them) so that they are read again."""
+    if not session.identity_map:
+        return
+    for model, pk in written:
+        obj = session.identity_map.get(identity_key(model, pk))
+        if obj is not None:
+            session.expire(obj)
+
+
+def _finish_route(session: Session, driver: DriverRef, route_id: int, vehicle_id: int, at: datetime,
+                  now: datetime) -> None:
+    """The route's last stop is done: the route finishes, the goods of its failed stops go back to the depot,
+    and the van is no longer watched for silence."""
+    conn = session.connection()
+    conn.execute(_ROUTE_DONE, {"route_pk": route_id})
+    conn.execute(_EVENT_INSERT, {
+        "route_id": route_id, "stop_pk": None, "stop_id": None, "driver_id": driver.id, "vehicle_id": vehicle_id,
+        "type": "finished", "at": at, "received_at": now, "lat": None, "lon": None, "recipient": None,
+        "reason": None, "note": None, "from_status": "started", "to_status": "finished"})
+    for failed in session.scalars(select(RouteStop).where(RouteStop.route_id == route_id,
+                                                          RouteStop.status == "failed")):
+        custody.record_returned(session, failed, at, driver.username,
+                                reason="back at the depot after a failed delivery")
+    sync_van(session, driver.vehicle_code, now, active=False)
+
+
+def _stop_event_orm(session: Session, driver: DriverRef, stop_id: str, body: StopEventIn,
+                    now: datetime | None = None) -> dict:
+    """A stop event through the ORM, for what the hot path (:func:`stop_event`) leaves to it: damage, and an
+    order loaded on a later trip (custody "loaded" first). It writes before it may refuse (an unknown SKU or too
+    many damaged, an order move the lifecycle forbids), so it runs in a savepoint that a refusal rolls back:
+    the API stores the refusal with the key and commits nothing else."""
+    with session.begin_nested():
+        return _stop_event_orm_work(session, driver, stop_id, body, now)
+
+
+def _stop_event_orm_work(session: Session, driver: DriverRef, stop_id: str, body: StopEventIn,
+                         now: datetime | None) -> dict:
     now = now or utcnow()
     at = body.at or now
     stop, route, order = _driver_stop(session, driver, stop_id, lock=True, with_order=True)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from core import audit
@@ -46,6 +46,54 @@ def record_event(session: Session, order: Order, type_: str, actor: str, to_stat
     if to_status:
         order.status = to_status
     return event
+
+
+@dataclass(frozen=True, slots=True)
+class OrderMoves:
+    """What :func:`order_moves` worked out: the order's status after the moves, its event rows and their audit
+    records (in the moves' order)."""
+
+    status: str
+    rows: list[dict]
+    entries: list[audit.Entry]
+
+
+def order_moves(order_id: int, ref: str, status: str, moves: list[tuple[str, str | None, dict | None]],
+                actor: str, at: datetime) -> OrderMoves:
+    """:func:`record_event` for an order known by its id, ref and status (no ORM object), for hot paths (a
+    driver's stop event): each ``(type, to_status, data)`` checked along the lifecycle in turn (Conflict
+    naming both states otherwise), nothing written yet; :func:`write_order_moves` writes them."""
+    rows: list[dict] = []
+    entries: list[audit.Entry] = []
+    for type_, to_status, data in moves:
+        if to_status and status and to_status != status:
+            try:
+                check_move(ref, status, to_status)
+            except ValueError as exc:
+                raise Conflict(str(exc)) from exc
+        row = {"order_id": order_id, "at": at, "actor": actor, "type": type_, "from_status": status,
+               "to_status": to_status or status, "data": data}
+        rows.append(row)
+        entries.append(audit.Entry(actor, f"order.{type_}", "order", ref, _audit_data(row), why=_why(data), at=at))
+        if to_status:
+            status = to_status
+    return OrderMoves(status, rows, entries)
+
+
+_ORDER_EVENTS_INSERT = OrderEvent.__table__.insert()
+_ORDER_STATUS = (update(Order.__table__).where(Order.__table__.c.id == bindparam("order_id"))
+                 .values(status=bindparam("new_status")))
+
+
+def write_order_moves(session: Session, before: str, moves: OrderMoves) -> None:
+    """The event rows of :func:`order_moves` in one INSERT and the order's new status in one UPDATE (none when
+    it stays); the audit records are the caller's to queue (audit.append_many), in the order it wants them."""
+    if not moves.rows:
+        return
+    conn = session.connection()
+    conn.execute(_ORDER_EVENTS_INSERT, moves.rows)
+    if moves.status != before:
+        conn.execute(_ORDER_STATUS, {"order_id": moves.rows[0]["order_id"], "new_status": moves.status})
 
 
 def _audit_data(event: OrderEvent | dict) -> dict:

@@ -33,7 +33,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import String, cast, func, literal, select, union_all
+from sqlalchemy import String, bindparam, cast, func, literal, select, union_all
 from sqlalchemy.orm import Session
 
 from core import audit
@@ -46,6 +46,7 @@ from warehouses.models import Node, Product, StockLot, Vehicle
 
 Position = tuple[float, float]
 _ABOARD = ("loaded", "failed")  # after these the goods are still in the van
+_CE = CustodyEvent.__table__
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,7 +216,39 @@ def record_loaded(session: Session, route: Route, at: datetime, actor: str,
                                      reason="no pick list was issued: picked when loaded", data={"implied": True}))
         events.append(make_event("loaded", at, actor, h, node_id=depot, vehicle_id=route.vehicle_id,
                                  compartment=h.temp_class, route_id=route.id, stop_id=stop_of[h.order_id].id))
-    return record(session, events)
+    return _record_core(session, events)
+
+
+_CE_WRITTEN = tuple(c.name for c in CustodyEvent.__table__.columns if c.name != "id")
+_CE_LAST_ID = select(func.coalesce(func.max(_CE.c.id), 0))
+
+
+def _insert_rows(session: Session, rows: list[dict]) -> list[int]:
+    """Custody rows in one INSERT, their ids in the rows' order. PostgreSQL: RETURNING, ordered by parameter.
+    SQLite cannot order a multi-row RETURNING (SQLAlchemy then sends a statement a row): the ids follow the
+    highest one instead, which is safe because a writing SQLite transaction holds the database's write lock."""
+    conn = session.connection()
+    if conn.dialect.name == "postgresql" or len(rows) == 1:
+        return list(conn.execute(_CE_INSERT, rows).scalars().all())
+    last = int(conn.execute(_CE_LAST_ID).scalar_one())
+    ids = list(range(last + 1, last + 1 + len(rows)))
+    conn.execute(_CE.insert(), [{"id": id_, **row} for id_, row in zip(ids, rows, strict=True)])
+    return ids
+
+
+def _record_core(session: Session, events: Sequence[CustodyEvent]) -> list[CustodyEvent]:
+    """:func:`record` in one INSERT however many rows (a route start's every line, where the ORM's flush wrote
+    one statement a row): the same rows and audit records; the events stay outside the session, ``id`` filled
+    in."""
+    if not events:
+        return []
+    ids = _insert_rows(session, [{c: getattr(ev, c) for c in _CE_WRITTEN} for ev in events])
+    for ev, id_ in zip(events, ids, strict=True):
+        ev.id = id_
+    views = event_views(session, events)
+    audit.append_many(session, [audit.Entry(ev.actor, f"custody.{ev.type}", "custody", ev.id, view, why=ev.reason,
+                                            at=ev.at) for ev, view in zip(events, views, strict=True)])
+    return list(events)
 
 
 def _at_stop(session: Session, stop: RouteStop) -> tuple[Route, list[_Held], dict[tuple[int, int], CustodyEvent]]:
@@ -253,6 +286,83 @@ def record_failed(session: Session, stop: RouteStop, at: datetime, actor: str, r
         events.append(make_event("failed", at, actor, h, vehicle_id=route.vehicle_id, compartment=h.temp_class,
                                  route_id=route.id, stop_id=stop.id, reason=reason, **_where(position, h)))
     return record(session, events)
+
+
+@dataclass(frozen=True, slots=True)
+class Door:
+    """A stop as the delivery room's hot path holds it (plain values, no ORM objects): what
+    :func:`record_at_door` needs to know without reading it again."""
+
+    stop_pk: int
+    stop_code: str
+    order_id: int
+    order_ref: str
+    route_id: int
+    vehicle_id: int
+    vehicle_code: str
+
+
+def _last_of(col: str) -> object:
+    """The newest custody row's ``col`` for the held line and lot (by the order recorded, as :func:`_last`)."""
+    return (select(_CE.c[col]).where(_CE.c.line_id == OrderLine.id, _CE.c.lot_id == StockLot.id)
+            .order_by(_CE.c.id.desc()).limit(1).scalar_subquery())
+
+
+# one order's held lines and lots (:func:`_held`) with where each is now (:func:`_last`), in one statement
+_HELD_AND_LAST = (
+    select(OrderLine.id, OrderLine.line_no, Product.id, Product.sku, Product.temp_class, StockLot.id, StockLot.lot,
+           func.sum(Reservation.qty), Order.lat, Order.lon, _last_of("type").label("last_type"),
+           _last_of("stop_id").label("last_stop"))
+    .select_from(Order)
+    .join(OrderLine, OrderLine.order_id == Order.id)
+    .join(Reservation, Reservation.line_id == OrderLine.id)
+    .join(StockLot, StockLot.id == Reservation.lot_id)
+    .join(Product, Product.id == OrderLine.product_id)
+    .where(Order.id == bindparam("order_id"))
+    .group_by(Order.id, OrderLine.id, OrderLine.line_no, Product.id, Product.sku, Product.temp_class,
+              StockLot.id, StockLot.lot, Order.lat, Order.lon)
+    .order_by(OrderLine.line_no, StockLot.lot))
+_CE_INSERT = _CE.insert().returning(_CE.c.id, sort_by_parameter_order=True)
+_CE_COLUMNS = ("type", "at", "actor", "node_id", "lat", "lon", "vehicle_id", "compartment", "route_id", "stop_id",
+               "order_id", "line_id", "product_id", "lot_id", "lot", "qty", "reason", "data")
+
+
+def record_at_door(session: Session, door: Door, kind: str, at: datetime, actor: str,
+                   position: Position | None = None, recipient: str | None = None, note: str | None = None,
+                   reason: str | None = None) -> int:
+    """:func:`record_delivered` (``kind`` "delivered") or :func:`record_failed` ("failed") for a stop the
+    caller holds as plain values: the same rows and audit records, in three statements' worth of work less
+    (one read of the lines with their last custody row, one INSERT of the rows, and the views the audit log
+    keeps built from what is known here instead of read back). Returns how many rows were written."""
+    if at.tzinfo is None:
+        raise ValueError("naive datetime given where an aware one is required")
+    if kind not in ("delivered", "failed"):
+        raise ValueError(f"record_at_door records delivered or failed, not {kind}")
+    data = {k: v for k, v in (("recipient", recipient), ("note", note)) if v} or None if kind == "delivered" else None
+    rows: list[dict] = []
+    names: list[tuple[str, int]] = []
+    for (line_id, line_no, product_id, sku, temp_class, lot_id, lot, qty, lat, lon, last_type,
+         last_stop) in session.connection().execute(_HELD_AND_LAST, {"order_id": door.order_id}):
+        if last_type == "delivered" or (kind == "failed" and last_type == "failed" and last_stop == door.stop_pk):
+            continue
+        where_lat, where_lon = position if position is not None else (lat, lon)
+        rows.append({"type": kind, "at": at, "actor": actor, "node_id": None, "lat": float(where_lat),
+                     "lon": float(where_lon), "vehicle_id": door.vehicle_id, "compartment": temp_class,
+                     "route_id": door.route_id, "stop_id": door.stop_pk, "order_id": door.order_id,
+                     "line_id": line_id, "product_id": product_id, "lot_id": lot_id, "lot": lot, "qty": int(qty),
+                     "reason": reason if kind == "failed" else None, "data": data})
+        names.append((sku, line_no))
+    if not rows:
+        return 0
+    ids = _insert_rows(session, rows)
+    audit.append_many(session, [
+        audit.Entry(actor, f"custody.{kind}", "custody", id_, {
+            "type": kind, "at": audit.utc_text(at), "vehicle": door.vehicle_code, "compartment": row["compartment"],
+            "sku": sku, "lot": row["lot"], "qty": row["qty"], "node": None, "position": [row["lat"], row["lon"]],
+            "order_ref": door.order_ref, "line_no": line_no, "stop_id": door.stop_code, "actor": actor,
+            "reason": row["reason"], "data": data}, why=row["reason"], at=at)
+        for id_, row, (sku, line_no) in zip(ids, rows, names, strict=True)])
+    return len(rows)
 
 
 def record_returned(session: Session, stop: RouteStop, at: datetime, actor: str, node: Node | None = None,
