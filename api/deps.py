@@ -40,7 +40,9 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
         if not await run_in_threadpool(scope.__exit__, type(exc), exc, exc.__traceback__):
             raise
     else:
-        await run_in_threadpool(scope.__exit__, None, None, None)
+        failed = getattr(request.state, "failed", None)  # answered as a 500 by api.idempotency: undo, not commit
+        exc_info = (type(failed), failed, failed.__traceback__) if failed is not None else (None, None, None)
+        await run_in_threadpool(scope.__exit__, *exc_info)
 
 
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]

@@ -306,10 +306,14 @@ class DriverRoute(APIRoute):
                 response = await original(request)
             except Exception as exc:  # noqa: BLE001 - every failure is answered, stored or released
                 response = await _render(request, exc)
-                if response.status_code >= 500:  # forget the key, and let the request's session roll back
+                if response.status_code >= 500:
+                    # the request's session rolls back what the crashed request wrote (api.deps.get_session
+                    # reads request.state.failed), the key is forgotten, and the 500 is answered: re-raising
+                    # would make uvicorn drop the connection under the answer
+                    request.state.failed = exc
                     await run_in_threadpool(_release, sessions, claim.key_id)
                     released["done"] = True
-                    raise
+                    return response
             if response.status_code >= 500:
                 await run_in_threadpool(_release, sessions, claim.key_id)
                 released["done"] = True
