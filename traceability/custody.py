@@ -120,16 +120,21 @@ def make_event(type_: str, at: datetime, actor: str, held: _Held | None = None, 
     return CustodyEvent(type=type_, at=at, actor=actor, **values)
 
 
+def _audited(session: Session, events: Sequence[CustodyEvent]) -> list[CustodyEvent]:
+    """Append each written custody row (its ``id`` known) to the audit log, in one append_many."""
+    views = event_views(session, events)
+    audit.append_many(session, [audit.Entry(ev.actor, f"custody.{ev.type}", "custody", ev.id, view, why=ev.reason,
+                                            at=ev.at) for ev, view in zip(events, views, strict=True)])
+    return list(events)
+
+
 def record(session: Session, events: Sequence[CustodyEvent]) -> list[CustodyEvent]:
     """Write custody rows and append each to the audit log (one flush, one append_many)."""
     if not events:
         return []
     session.add_all(events)
     session.flush()
-    views = event_views(session, events)
-    audit.append_many(session, [audit.Entry(ev.actor, f"custody.{ev.type}", "custody", ev.id, view, why=ev.reason,
-                                            at=ev.at) for ev, view in zip(events, views, strict=True)])
-    return list(events)
+    return _audited(session, events)
 
 
 def record_bulk(session: Session, events: Sequence[CustodyEvent]) -> list[CustodyEvent]:
@@ -142,10 +147,7 @@ def record_bulk(session: Session, events: Sequence[CustodyEvent]) -> list[Custod
     ids = insert_with_ids(session, CustodyEvent.__table__, [{c: getattr(ev, c) for c in columns} for ev in events])
     for ev, id_ in zip(events, ids, strict=True):
         ev.id = id_
-    views = event_views(session, events)
-    audit.append_many(session, [audit.Entry(ev.actor, f"custody.{ev.type}", "custody", ev.id, view, why=ev.reason,
-                                            at=ev.at) for ev, view in zip(events, views, strict=True)])
-    return list(events)
+    return _audited(session, events)
 
 
 # ----------------------------------------------------------------------------- at a node
@@ -245,10 +247,7 @@ def _record_core(session: Session, events: Sequence[CustodyEvent]) -> list[Custo
     ids = _insert_rows(session, [{c: getattr(ev, c) for c in _CE_WRITTEN} for ev in events])
     for ev, id_ in zip(events, ids, strict=True):
         ev.id = id_
-    views = event_views(session, events)
-    audit.append_many(session, [audit.Entry(ev.actor, f"custody.{ev.type}", "custody", ev.id, view, why=ev.reason,
-                                            at=ev.at) for ev, view in zip(events, views, strict=True)])
-    return list(events)
+    return _audited(session, events)
 
 
 def _at_stop(session: Session, stop: RouteStop) -> tuple[Route, list[_Held], dict[tuple[int, int], CustodyEvent]]:
