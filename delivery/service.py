@@ -23,11 +23,11 @@ import hashlib
 import json
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from functools import lru_cache
 
+from cachetools import LRUCache
 from sqlalchemy import Select, bindparam, func, literal_column, select, update
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session
@@ -145,9 +145,9 @@ class _StaticStop:
     view: dict  # the contract's stop fields but status and check
 
 
-_static: OrderedDict[tuple, tuple[float, list[_StaticStop]]] = OrderedDict()
-_static_lock = threading.Lock()
 _STATIC_KEPT = 2048  # routes (one van's day each); the least recently used go first
+_static: LRUCache[tuple, tuple[float, list[_StaticStop]]] = LRUCache(_STATIC_KEPT)
+_static_lock = threading.Lock()
 _STATIC_MAX_AGE_S = 600.0  # order data is not edited once planned; this bounds it anyway
 
 
@@ -157,9 +157,8 @@ def _static_stops(session: Session, plan: tuple, trip_ids: list[int]) -> list[_S
     key = (str(session.get_bind().engine.url), *plan, tuple(trip_ids))
     clock = time.monotonic()
     with _static_lock:
-        got = _static.get(key)
+        got = _static.get(key)  # a use: it becomes the most recently used
         if got is not None and clock - got[0] < _STATIC_MAX_AGE_S:
-            _static.move_to_end(key)
             return got[1]
     stops: list[_StaticStop] = []
     seen: dict[int, _StaticStop] = {}
@@ -185,10 +184,7 @@ def _static_stops(session: Session, plan: tuple, trip_ids: list[int]) -> list[_S
             stop.view["items"].append({"sku": row.sku, "name": row.name, "qty": row.qty,
                                        "temp_class": row.temp_class, "fragile": bool(row.fragile)})
     with _static_lock:
-        _static[key] = (clock, stops)
-        _static.move_to_end(key)
-        while len(_static) > _STATIC_KEPT:
-            _static.popitem(last=False)
+        _static[key] = (clock, stops)  # the least recently used route goes when full
     return stops
 
 

@@ -47,11 +47,12 @@ import re
 import threading
 import time
 from bisect import bisect_left, bisect_right
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
+from cachetools import LRUCache
 from sqlalchemy import Select, Subquery, func, or_, select
 from sqlalchemy.orm import Session
 
@@ -393,9 +394,9 @@ class _Kept:
     born: float  # time.monotonic()
 
 
-_kept: OrderedDict[tuple[str, int], _Kept] = OrderedDict()
-_kept_lock = threading.Lock()
 _KEPT_MAX = 50_000  # orders (a few kB each); the least recently used go first
+_kept: LRUCache[tuple[str, int], _Kept] = LRUCache(_KEPT_MAX)
+_kept_lock = threading.Lock()
 assessments = 0  # orders assessed by :func:`order_risks` because their kept assessment did not hold (tests read it)
 
 
@@ -471,7 +472,6 @@ def order_risks(session: Session, ids: Sequence[int], id_query: Select | None = 
             got = _kept.get((url, order_id))
             if (got is not None and got.inputs == inputs[order_id] and clock - got.born < _MAX_AGE_S
                     and not (got.aboard and clock - got.born >= ttl)):
-                _kept.move_to_end((url, order_id))
                 out[order_id] = (got.spoilage, got.breakage)
     missing = [order_id for order_id in ids if order_id not in out]
     if not missing:
@@ -491,11 +491,8 @@ def order_risks(session: Session, ids: Sequence[int], id_query: Select | None = 
         for order, assessed in zip(orders, _assess_orders(session, orders, events, now, readings), strict=True):
             kept = _Kept(inputs[order.id], assessed["spoilage_risk"], assessed["breakage_risk"], order.id in aboard,
                          born)
-            _kept[(url, order.id)] = kept
-            _kept.move_to_end((url, order.id))
+            _kept[(url, order.id)] = kept  # the least recently used order goes when full
             out[order.id] = (kept.spoilage, kept.breakage)
-        while len(_kept) > _KEPT_MAX:
-            _kept.popitem(last=False)
     return out
 
 
@@ -540,7 +537,7 @@ class _DayRisk:
     ranked: list[tuple[tuple[int, int, int, int], dict]]  # ((rank..., order id), assessed), ascending
 
 
-_day_risks: OrderedDict[tuple, _DayRisk] = OrderedDict()
+_day_risks: LRUCache[tuple, _DayRisk] = LRUCache(_DAYS_KEPT)
 _day_risks_lock = threading.Lock()
 computations = 0  # how many times a day's risk was computed (benchmarks and tests read it)
 
@@ -612,15 +609,11 @@ def _day_risk(session: Session, day: date, now: datetime | None, batch: int) -> 
     with _day_risks_lock:
         got = _day_risks.get(key)
         if got is not None and got.fingerprint == fingerprint and time.monotonic() < got.expires:
-            _day_risks.move_to_end(key)
             return got.ranked
     ranked, still_aboard = _compute_day(session, day, now or utcnow(), batch)
     with _day_risks_lock:
         ttl = get_settings().risk_open_ttl_s if still_aboard and now is None else _MAX_AGE_S
         _day_risks[key] = _DayRisk(fingerprint, time.monotonic() + ttl, ranked)
-        _day_risks.move_to_end(key)
-        while len(_day_risks) > _DAYS_KEPT:
-            _day_risks.popitem(last=False)
     return ranked
 
 
