@@ -14,8 +14,8 @@ from datetime import date, timedelta
 from datetime import time as dtime
 from pathlib import Path
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session, sessionmaker
 
 from core.timeutil import local_tomorrow
 from fulfillment.scenario import load_scenario
@@ -23,6 +23,8 @@ from fulfillment.service import allocate_day
 from routing.models import Plan, Route
 from routing.service import plan_depot
 from tests import scenario_files
+
+PASSWORD = "correct horse battery"
 
 VANS = ("code,depot,frozen_l,chilled_l,ambient_l,max_kg,shift_start,shift_end,speed_kmh,cost_per_km,fixed_cost,device\n"
         "VAN-01,FS-01,120,100,600,800,07:30,17:30,28,2.5,150,TL-0001\n"
@@ -162,3 +164,79 @@ def many_stops(session: Session, day: date, stops: Sequence[int], prefix: str = 
         out[username] = ids
     session.flush()
     return out
+
+
+@contextmanager
+def planned_database(databases, tmp: Path, name: str,  # noqa: ANN001
+                     drivers: Sequence[str]) -> Iterator[tuple[str, Engine, date, Callable]]:
+    """A database of its own at head with the sample day planned for FS-01 and these drivers' logins (password
+    :data:`PASSWORD`): (url, engine, day, a session scope that commits), for tests that run `coldchain serve`."""
+    from core import migrate
+    from core.db import make_engine
+    from warehouses.service import upsert_user
+
+    url = databases.new(name)
+    engine = make_engine(url)
+    migrate.upgrade(engine)
+    made = sessionmaker(bind=engine, expire_on_commit=False)
+
+    @contextmanager
+    def scope() -> Iterator[Session]:
+        with made() as s, s.begin():
+            yield s
+
+    with made() as session, session.begin():
+        day = build_day(session, tmp, depots=(), sessions=scope)
+        for username in drivers:
+            upsert_user(session, username, "driver", PASSWORD)
+    plan_depot(day, "FS-01", time_limit=1, sessions=scope)
+    try:
+        yield url, engine, day, scope
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def serving(env: dict[str, str], tmp: Path, workers: int = 2) -> Iterator[str]:
+    """`coldchain serve --workers N` on a free port with this environment, up (health answers) until the block
+    ends: its base URL."""
+    import subprocess
+    import time
+
+    import httpx
+
+    from tests.conftest import coldchain_cmd, free_port
+
+    port = free_port()
+    log = (tmp / "serve.log").open("wb")
+    proc = subprocess.Popen([*coldchain_cmd(), "serve", "--port", str(port), "--workers", str(workers)], env=env,
+                            stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{base}/api/v1/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("coldchain serve did not come up: " + (tmp / "serve.log").read_text()[-2000:])
+            time.sleep(0.2)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def login(base: str, username: str, password: str = PASSWORD) -> dict[str, str]:
+    """The bearer header of a login through the real token route."""
+    import httpx
+
+    resp = httpx.post(f"{base}/api/v1/auth/token", data={"username": username, "password": password})
+    return {"Authorization": f"Bearer {resp.json()['access_token']}"}

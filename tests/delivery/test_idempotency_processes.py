@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
 from urllib.parse import urlparse
@@ -22,19 +20,13 @@ from urllib.parse import urlparse
 import httpx
 import pytest
 from sqlalchemy import Engine, func, select, text
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
-from core import migrate
-from core.db import make_engine
 from delivery.models import DeliveryEvent, IdempotencyKey, StopDamage
 from fulfillment.models import Order
 from routing.models import Plan, Route, RouteStop
-from tests.conftest import coldchain_cmd, free_port
-from tests.delivery.helpers import build_day
+from tests.delivery.helpers import login, planned_database, serving
 from warehouses.models import Vehicle
-from warehouses.service import upsert_user
-
-PASSWORD = "correct horse battery"
 
 
 @dataclass
@@ -62,59 +54,16 @@ class Served:
 
 @pytest.fixture(scope="module")
 def served(databases, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:  # noqa: ANN001
-    url = databases.new("serve")
-    engine = make_engine(url)
-    migrate.upgrade(engine)
-    made = sessionmaker(bind=engine, expire_on_commit=False)
     tmp = tmp_path_factory.mktemp("served")
-
-    @contextmanager
-    def scope() -> Iterator[Session]:
-        with made() as s, s.begin():
-            yield s
-
-    with made() as session, session.begin():
-        day = build_day(session, tmp, depots=(), sessions=scope)
-        for name in ("driver01", "driver02", "driver03"):
-            upsert_user(session, name, "driver", PASSWORD)
-    from routing.service import plan_depot
-
-    plan_depot(day, "FS-01", time_limit=1, sessions=scope)
-    port = free_port()
-    env = {**os.environ, "COLDCHAIN_DATABASE_URL": url, "COLDCHAIN_DATA_DIR": str(tmp / "data")}
-    log = (tmp / "serve.log").open("wb")
-    proc = subprocess.Popen([*coldchain_cmd(), "serve", "--port", str(port), "--workers", "2"], env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/api/v1/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("coldchain serve did not come up: " + (tmp / "serve.log").read_text()[-2000:])
-            time.sleep(0.2)
-        tokens = {}
-        for name in ("driver01", "driver03"):
-            resp = httpx.post(f"{base}/api/v1/auth/token", data={"username": name, "password": PASSWORD})
-            tokens[name] = {"Authorization": f"Bearer {resp.json()['access_token']}"}
-        for name, token in tokens.items():
-            start = httpx.post(f"{base}/api/v1/driver/route/start", json={"date": day.isoformat()},
-                               headers={**token, "Idempotency-Key": f"start-{name}"})
-            assert start.status_code == 200, start.text
-        yield Served(base, engine, day, tokens, engine.dialect.name == "postgresql")
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-        engine.dispose()
+    with planned_database(databases, tmp, "serve", ["driver01", "driver02", "driver03"]) as (url, engine, day, _s):
+        env = {**os.environ, "COLDCHAIN_DATABASE_URL": url, "COLDCHAIN_DATA_DIR": str(tmp / "data")}
+        with serving(env, tmp) as base:
+            tokens = {name: login(base, name) for name in ("driver01", "driver03")}
+            for name, token in tokens.items():
+                start = httpx.post(f"{base}/api/v1/driver/route/start", json={"date": day.isoformat()},
+                                   headers={**token, "Idempotency-Key": f"start-{name}"})
+                assert start.status_code == 200, start.text
+            yield Served(base, engine, day, tokens, engine.dialect.name == "postgresql")
 
 
 def parallel(n: int, call: Callable[[httpx.Client], httpx.Response]) -> list[httpx.Response]:

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -23,25 +21,20 @@ from pathlib import Path
 import httpx
 import pytest
 from sqlalchemy import Engine, select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
-from core import migrate
-from core.db import make_engine
 from core.settings import get_settings
 from core.timeutil import utcnow
 from delivery.schemas import RouteStartIn
 from delivery.service import driver_ref, route_of, start_route
 from fulfillment.models import Order
 from routing.models import Plan, Route, RouteStop
-from tests.conftest import coldchain_cmd, free_port
-from tests.delivery.helpers import build_day
+from tests.delivery.helpers import build_day, login, planned_database, serving
 from tests.support import zulu
 from tests.traceability.helpers import store_readings
 from traceability import trace
 from warehouses.models import Vehicle
-from warehouses.service import upsert_user
 
-PASSWORD = "correct horse battery"
 ROUTE = "/api/v1/driver/route"
 
 
@@ -89,57 +82,16 @@ class Served:
 
 @pytest.fixture(scope="module")
 def served(databases, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:  # noqa: ANN001
-    url = databases.new("checks")
-    engine = make_engine(url)
-    migrate.upgrade(engine)
-    made = sessionmaker(bind=engine, expire_on_commit=False)
     tmp = tmp_path_factory.mktemp("checks")
-
-    @contextmanager
-    def scope() -> Iterator[Session]:
-        with made() as s, s.begin():
-            yield s
-
-    with made() as session, session.begin():
-        day = build_day(session, tmp, depots=(), sessions=scope)
-        upsert_user(session, "driver01", "driver", PASSWORD)
-    from routing.service import plan_depot
-
-    plan_depot(day, "FS-01", time_limit=1, sessions=scope)
-    left = utcnow().replace(microsecond=0) - timedelta(hours=3)  # the van left three hours ago
-    with scope() as session:
-        start_route(session, driver_ref(session, "driver01"), RouteStartIn(date=day, at=left))
-        store_readings(session, samples(left - timedelta(minutes=30), utcnow(), 4.0, 1), utcnow())
-    port = free_port()
-    env = {**os.environ, "COLDCHAIN_DATABASE_URL": url, "COLDCHAIN_DATA_DIR": str(tmp / "data"),
-           "COLDCHAIN_RISK_OPEN_TTL_S": "3600"}  # whatever changes below changes because something was stored
-    log = (tmp / "serve.log").open("wb")
-    proc = subprocess.Popen([*coldchain_cmd(), "serve", "--port", str(port), "--workers", "2"], env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/api/v1/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("coldchain serve did not come up: " + (tmp / "serve.log").read_text()[-2000:])
-            time.sleep(0.2)
-        resp = httpx.post(f"{base}/api/v1/auth/token", data={"username": "driver01", "password": PASSWORD})
-        token = {"Authorization": f"Bearer {resp.json()['access_token']}"}
-        yield Served(base, engine, day, token, left, scope)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-        engine.dispose()
+    with planned_database(databases, tmp, "checks", ["driver01"]) as (url, engine, day, scope):
+        left = utcnow().replace(microsecond=0) - timedelta(hours=3)  # the van left three hours ago
+        with scope() as session:
+            start_route(session, driver_ref(session, "driver01"), RouteStartIn(date=day, at=left))
+            store_readings(session, samples(left - timedelta(minutes=30), utcnow(), 4.0, 1), utcnow())
+        env = {**os.environ, "COLDCHAIN_DATABASE_URL": url, "COLDCHAIN_DATA_DIR": str(tmp / "data"),
+               "COLDCHAIN_RISK_OPEN_TTL_S": "3600"}  # whatever changes below changes because something was stored
+        with serving(env, tmp) as base:
+            yield Served(base, engine, day, login(base, "driver01"), left, scope)
 
 
 def test_a_late_reading_and_a_damage_show_in_the_next_answer_of_either_worker(served: Served) -> None:
