@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from core.db import session_scope
+from core.db import get_engine, session_scope
 from core.errors import Forbidden, Unauthorized
 from core.security import read_token
 from warehouses.models import User
@@ -29,11 +29,15 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
     (scope="function"): a client that is told 202 finds the job's row, and a failed commit is the
     answer, not a log line after a success was already sent.
 
-    Async, so that a read's session is made on the event loop (that does no I/O: the connection is taken
-    at its first statement) instead of in a hop to the thread pool; taking SQLite's write lock, the
-    commit or rollback and the close do I/O, and run in the pool."""
-    scope = session_scope(write=request.method not in _READS)
-    session = scope.__enter__() if request.method in _READS else await run_in_threadpool(scope.__enter__)
+    Async, so that a session is made on the event loop (that does no I/O: the connection is taken at its
+    first statement) instead of in a hop to the thread pool; taking SQLite's write lock, the commit or
+    rollback and the close do I/O, and run in the pool. ``request.state.before_commit`` (a function of the
+    session), when set, runs in that same hop just before the commit: api/idempotency.py stores the key's
+    answer there, so the work, its answer and the commit cost one hop."""
+    write = request.method not in _READS
+    scope = session_scope(write=write)
+    locks = write and get_engine().dialect.name == "sqlite"  # only SQLite's BEGIN IMMEDIATE does I/O up front
+    session = await run_in_threadpool(scope.__enter__) if locks else scope.__enter__()
     try:
         yield session
     except BaseException as exc:
@@ -42,7 +46,28 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
     else:
         failed = getattr(request.state, "failed", None)  # answered as a 500 by api.idempotency: undo, not commit
         exc_info = (type(failed), failed, failed.__traceback__) if failed is not None else (None, None, None)
-        await run_in_threadpool(scope.__exit__, *exc_info)
+
+        def _end() -> bool | None:
+            if failed is None:
+                try:
+                    before_commit(request, session)
+                except BaseException as exc:  # noqa: BLE001 - rolled back like the route's own failure
+                    if not scope.__exit__(type(exc), exc, exc.__traceback__):
+                        raise
+                    return None
+            return scope.__exit__(*exc_info)
+
+        await run_in_threadpool(_end)
+
+
+def before_commit(request: Request, session: Session) -> None:
+    """What the request left to write into its own transaction just before the commit
+    (``request.state.before_commit``, a function of the session: the Idempotency-Key's answer). Whatever
+    provides a request's session calls it (tests that share their transaction with the app too)."""
+    hook = getattr(request.state, "before_commit", None)
+    if hook is not None:
+        request.state.before_commit = None
+        hook(session)
 
 
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]

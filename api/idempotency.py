@@ -98,13 +98,14 @@ async def driver_session(request: Request,
 DriverSession = Annotated[Session, Depends(driver_session)]
 
 
-def current_driver(request: Request, session: DriverSession,
-                   _token: Annotated[str | None, Depends(oauth2)]) -> DriverRef:
-    """The calling driver (already known for a POST, which had to be checked before its key was claimed)."""
+async def current_driver(request: Request, session: DriverSession,
+                         _token: Annotated[str | None, Depends(oauth2)]) -> DriverRef:
+    """The calling driver (already known for a POST, which had to be checked before its key was claimed:
+    async, so that case costs no hop to the thread pool)."""
     known = getattr(request.state, "driver", None)
     if known is not None:
         return known
-    return _authenticate(session, request.headers.get("authorization"))
+    return await run_in_threadpool(_authenticate, session, request.headers.get("authorization"))
 
 
 CurrentDriver = Annotated[DriverRef, Depends(current_driver)]
@@ -318,7 +319,7 @@ class DriverRoute(APIRoute):
                 await run_in_threadpool(_release, sessions, claim.key_id)
                 released["done"] = True
                 return response
-            await run_in_threadpool(_store, request, sessions, claim.key_id, response)
+            _store(request, sessions, claim.key_id, response)
             return response
 
         return handler
@@ -370,15 +371,17 @@ def _claim_as_caller(session: Session, request: Request, key: str, fp: str) -> t
 
 def _store(request: Request, sessions: Callable[[], AbstractContextManager[Session]], key_id: int,
            response: Response) -> None:
-    """Keep the answer with the key: in the work's transaction when there is one, else in a short transaction of
-    its own."""
+    """Keep the answer with the key: in the work's transaction when there is one (api.deps.get_session runs it
+    just before its commit, in the commit's hop), else in a short transaction of its own. The route's handler
+    has returned by then: FastAPI ends a ``scope="function"`` dependency after the handler, before sending."""
     body = bytes(getattr(response, "body", b"") or b"")
+    status, headers, at = response.status_code, _kept_headers(response), utcnow()
     work: Session | None = getattr(request.state, "work_session", None)
     if work is None:
         with sessions() as session:
-            idempotency.complete(session, key_id, response.status_code, _kept_headers(response), body, utcnow())
+            idempotency.complete(session, key_id, status, headers, body, at)
         return
-    idempotency.complete(work, key_id, response.status_code, _kept_headers(response), body, utcnow())
+    request.state.before_commit = lambda session: idempotency.complete(session, key_id, status, headers, body, at)
 
 
 def _release(sessions: Callable[[], AbstractContextManager[Session]], key_id: int) -> None:

@@ -47,7 +47,7 @@ from telemetry.models import DriverPosition
 from traceability import custody
 from traceability.risk import LEVELS
 from traceability.service import sync_van
-from traceability.trace import custody_summary, order_risks
+from traceability.trace import ON_TRIPS, custody_summary, order_risks
 from warehouses.models import Compartment, Driver, Node, Product, User, Vehicle
 
 NO_SUCH_STOP = "no such stop on your routes"
@@ -72,14 +72,17 @@ class Login:
     driver: DriverRef | None
 
 
+_US, _DR, _VH = User.__table__.c, Driver.__table__.c, Vehicle.__table__.c
+_LOGIN = (select(_US.role, _US.active, _DR.id, _DR.vehicle_id, _VH.code)
+          .select_from(User.__table__.outerjoin(Driver.__table__, _DR.username == _US.username)
+                       .outerjoin(Vehicle.__table__, _VH.id == _DR.vehicle_id))
+          .where(_US.username == bindparam("username")))
+
+
 def login_of(session: Session, username: str) -> Login | None:
-    """The user and, when there is one, the driver of the same username (drivers.csv), in one query."""
-    row = session.execute(
-        select(User.role, User.active, Driver.id, Driver.vehicle_id, Vehicle.code)
-        .select_from(User)
-        .outerjoin(Driver, Driver.username == User.username)
-        .outerjoin(Vehicle, Vehicle.id == Driver.vehicle_id)
-        .where(User.username == username)).first()
+    """The user and, when there is one, the driver of the same username (drivers.csv), in one query (built once:
+    every driver request runs it)."""
+    row = session.connection().execute(_LOGIN, {"username": username}).first()
     if row is None:
         return None
     role, active, driver_id, vehicle_id, code = row
@@ -145,6 +148,7 @@ class _StaticStop:
     view: dict  # the contract's stop fields but status and check
 
 
+_RS_ = RouteStop.__table__.c
 _STATIC_KEPT = 2048  # routes (one van's day each); the least recently used go first
 _static: LRUCache[tuple, tuple[float, list[_StaticStop]]] = LRUCache(_STATIC_KEPT)
 _static_lock = threading.Lock()
@@ -194,6 +198,24 @@ def forget_routes() -> None:
         _static.clear()
 
 
+_RTC, _PLC, _NDC, _CPC = Route.__table__.c, Plan.__table__.c, Node.__table__.c, Compartment.__table__.c
+# the van's trips that day (newest current plan first) with the van's compartments, one row per compartment
+_DAY_TRIPS = (
+    select(_RTC.id, _RTC.plan_id, _RTC.status, _RTC.start_at, _RTC.end_at, _RTC.started_at, _PLC.day, _NDC.code,
+           _PLC.created_at, _CPC.id.label("compartment_id"), _CPC.temp_class, _CPC.capacity_l)
+    .select_from(Route.__table__.join(Plan.__table__, _PLC.id == _RTC.plan_id)
+                 .join(Node.__table__, _NDC.id == _PLC.depot_id)
+                 .outerjoin(Compartment.__table__, _CPC.vehicle_id == _RTC.vehicle_id))
+    .where(_PLC.day == bindparam("day"), _PLC.status == "current", _RTC.vehicle_id == bindparam("vehicle_id"))
+    .order_by(_PLC.id.desc(), _RTC.trip, _RTC.id, _CPC.id))
+_TRIPS_CUSTODY = custody_summary(ON_TRIPS)
+# the trips' stops' statuses with the per-order part of the risk checks' inputs
+_TRIP_STATUSES = (
+    select(_RS_.id, _RS_.status, _RS_.order_id, _TRIPS_CUSTODY.c.n, _TRIPS_CUSTODY.c.newest, _TRIPS_CUSTODY.c.first)
+    .select_from(RouteStop.__table__.outerjoin(_TRIPS_CUSTODY, _TRIPS_CUSTODY.c.order_id == _RS_.order_id))
+    .where(_RS_.route_id.in_(bindparam("trip_ids", expanding=True))))
+
+
 def route_of(session: Session, driver: DriverRef, day: date) -> dict:
     """The driver's route that day in the contract's shape, stops in order.
 
@@ -202,56 +224,52 @@ def route_of(session: Session, driver: DriverRef, day: date) -> dict:
     inputs; the rest of these inputs (one aggregate, traceability.trace.order_risks). What changes only
     with a re-plan (the stops, their orders and items) is kept per process by plan and trips, and each
     order's risk while its inputs hold; either is read again (one statement; the risk checks' own, one
-    per kind of thing) when it does not.
+    per kind of thing) when it does not. The statements are built once, on table columns: the most
+    requested answer of the API spent more of its time building SQL than the database spent on it.
     """
     if not driver.vehicle_id:
         raise _no_route(driver, day)
-    query = (_route_query(driver, day)
-             .add_columns(Plan.created_at, Compartment.id, Compartment.temp_class, Compartment.capacity_l)
-             .outerjoin(Compartment, Compartment.vehicle_id == Route.vehicle_id)
-             .order_by(Compartment.id))
-    rows = _trips(session, query)
+    conn = session.connection()
+    rows = conn.execute(_DAY_TRIPS, {"day": day, "vehicle_id": driver.vehicle_id}).all()
     if not rows:
         raise _no_route(driver, day)
-    route, plan_day, depot, created = rows[0][:4]
-    trips = list({r[0].id: r[0] for r in rows}.values())
+    rows = [r for r in rows if r.plan_id == rows[0].plan_id]  # a van has one depot, so one plan a day
+    first = rows[0]
+    trips = list({r.id: r for r in rows}.values())
     compartments: dict[str, float] = {}
-    for _cid, tclass, litres in sorted({r[4:] for r in rows if r[0].id == route.id and r[4] is not None}):
+    for _cid, tclass, litres in sorted({(r.compartment_id, r.temp_class, r.capacity_l) for r in rows
+                                        if r.id == first.id and r.compartment_id is not None}):
         compartments[tclass] = compartments.get(tclass, 0.0) + float(litres)  # two of a class: their sum
     current = _trip_to_start(trips)
     trip_ids = [r.id for r in trips]
-    on_trips = select(RouteStop.order_id).where(RouteStop.route_id.in_(trip_ids))
-    custody = custody_summary(on_trips)
     status: dict[int, str] = {}
     kept: dict[int, tuple] = {}  # the risk checks' inputs per order (traceability.trace.order_risks)
-    for pk, stop_status, order_id, n, newest, first in session.execute(
-            select(RouteStop.id, RouteStop.status, RouteStop.order_id, custody.c.n, custody.c.newest, custody.c.first)
-            .outerjoin(custody, custody.c.order_id == RouteStop.order_id).where(RouteStop.route_id.in_(trip_ids))):
+    for pk, stop_status, order_id, n, newest, first_at in conn.execute(_TRIP_STATUSES, {"trip_ids": trip_ids}):
         status[pk] = stop_status
         if n:
-            kept[order_id] = (n, newest, first)
-    stops = _static_stops(session, (route.plan_id, created), trip_ids)
+            kept[order_id] = (n, newest, first_at)
+    stops = _static_stops(session, (first.plan_id, first.created_at), trip_ids)
     if set(status) != {s.pk for s in stops}:  # cannot happen within one plan version; read afresh if it does
         forget_routes()
-        stops = _static_stops(session, (route.plan_id, created), trip_ids)
-    checks = stop_checks(session, list(dict.fromkeys(s.order_id for s in stops)), on_trips, kept)
+        stops = _static_stops(session, (first.plan_id, first.created_at), trip_ids)
+    checks = stop_checks(session, list(dict.fromkeys(s.order_id for s in stops)), trip_ids, kept)
     return {
-        "date": plan_day, "vehicle": driver.vehicle_code, "depot": depot, "status": route_state(current.status),
-        "start": _local(route.start_at), "end": _local(trips[-1].end_at),
+        "date": first.day, "vehicle": driver.vehicle_code, "depot": first.code,
+        "status": route_state(current.status), "start": _local(first.start_at), "end": _local(trips[-1].end_at),
         "started_at": to_local(current.started_at) if current.started_at else None,
         "compartments": compartments,
         "stops": [{**s.view, "status": status.get(s.pk), "check": checks.get(s.order_id)} for s in stops],
     }
 
 
-def stop_checks(session: Session, order_ids: list[int], id_query: Select | None = None,
+def stop_checks(session: Session, order_ids: list[int], trip_ids: list[int] | None = None,
                 custody: dict[int, tuple] | None = None) -> dict[int, dict]:
     """"Check on delivery" per order whose spoilage or breakage risk is not ok (the same test as quality
-    staff's at-risk list): the worse level, both levels, and the reasons of the risks not ok. ``id_query``:
-    a statement selecting exactly these orders, ``custody`` their custody summary if already read
+    staff's at-risk list): the worse level, both levels, and the reasons of the risks not ok. ``trip_ids``:
+    routes whose orders include these (a van's day), ``custody`` their custody summary if already read
     (traceability.trace.order_risks)."""
     out: dict[int, dict] = {}
-    for order_id, (spoil, brk) in order_risks(session, order_ids, id_query, custody).items():
+    for order_id, (spoil, brk) in order_risks(session, order_ids, trip_ids, custody).items():
         if spoil["level"] == "ok" and brk["level"] == "ok":
             continue
         level = max(spoil["level"], brk["level"], key=LEVELS.index)

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fastapi import Request  # the `api` fixture's session override takes the request (a resolvable name)
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
@@ -166,17 +167,15 @@ def api(live_app, session: Session):  # noqa: ANN001, ANN201
     """An httpx client against the live server, whose requests share this test's transaction."""
     import httpx
 
-    from api.deps import get_session
+    from api.deps import before_commit, get_session
 
     lock = threading.Lock()
 
-    def _session() -> Iterator[Session]:
+    def _session(request: Request) -> Iterator[Session]:
         with lock:
-            try:
-                yield session
-                session.flush()
-            except BaseException:
-                raise
+            yield session
+            before_commit(request, session)
+            session.flush()
 
     live_app.app.dependency_overrides[get_session] = _session
     with httpx.Client(base_url=live_app.url, timeout=30) as client:

@@ -48,12 +48,12 @@ import threading
 import time
 from bisect import bisect_left, bisect_right
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
 from cachetools import LRUCache
-from sqlalchemy import Select, Subquery, func, or_, select
+from sqlalchemy import BindParameter, Select, Subquery, bindparam, func, or_, select
 from sqlalchemy.orm import Session
 
 from core.audit import utc_text
@@ -185,29 +185,67 @@ def _door_openings(rows: Sequence[tuple], end: datetime) -> list[dict]:
 class _Ctx:
     """What a batch of orders needs, read once."""
 
-    products: dict[int, Product]
+    products: dict[int, risk.Product]  # by product id
     vehicles: dict[int, tuple[str, str | None]]
     expires: dict[int, date]
     damage: dict[int, list[tuple[datetime, dict]]]  # order id -> its damaged events
     van_damage: dict[int, list[tuple[datetime, int, str, dict]]]  # route id -> (at, order id, ref, data)
-    lines: dict[int, list[tuple[int, int, int]]]  # order id -> (line id, line no, product id), in line order
+    lines: dict[int, tuple[tuple[int, int, int], ...]]  # order id -> (line id, line no, product id), in line order
 
 
-def _context(session: Session, events: Sequence[CustodyEvent], order_ids: list[int]) -> _Ctx:
+_REFERENCE_MAX = 200_000  # products, vans, lots, orders' lines (small tuples); the least recently used go first
+_reference: LRUCache[tuple, tuple[float, object]] = LRUCache(_REFERENCE_MAX)
+_reference_lock = threading.Lock()
+
+
+def _kept_reference(session: Session, kind: str, ids: Iterable[int],
+                    load: Callable[[list[int]], dict[int, object]], default: object = None) -> dict:
+    """By id, what does not change during a day (products' limits, vans' codes, lots' expiry, orders' lines),
+    kept per process for at most :data:`_MAX_AGE_S`: re-assessing one order after a delivery read five such
+    tables again, more statements than the order's own custody and readings. ``load`` reads the missing
+    ids; an id it does not answer gets ``default`` (kept too: an order with no lines)."""
+    url = str(session.get_bind().engine.url)
+    clock = time.monotonic()
+    out: dict = {}
+    missing: list[int] = []
+    with _reference_lock:
+        for i in ids:
+            got = _reference.get((url, kind, i))
+            if got is not None and clock - got[0] < _MAX_AGE_S:
+                out[i] = got[1]
+            else:
+                missing.append(i)
+    if missing:
+        loaded = load(missing)
+        fresh = {i: loaded.get(i, default) for i in missing}
+        with _reference_lock:
+            for i, value in fresh.items():
+                _reference[(url, kind, i)] = (clock, value)
+        out.update(fresh)
+    return {i: v for i, v in out.items() if v is not None}
+
+
+def _load_lines(session: Session, order_ids: list[int]) -> dict[int, object]:
     lines: dict[int, list[tuple[int, int, int]]] = defaultdict(list)
     for order_id, line_id, line_no, product_id in session.execute(
             select(OrderLine.order_id, OrderLine.id, OrderLine.line_no, OrderLine.product_id)
             .where(OrderLine.order_id.in_(order_ids)).order_by(OrderLine.order_id, OrderLine.line_no)):
         lines[order_id].append((line_id, line_no, product_id))
+    return {order_id: tuple(ls) for order_id, ls in lines.items()}
+
+
+def _context(session: Session, events: Sequence[CustodyEvent], order_ids: list[int]) -> _Ctx:
+    lines = _kept_reference(session, "lines", order_ids, lambda ids: _load_lines(session, ids), default=())
     product_ids = {e.product_id for e in events} | {p for ls in lines.values() for _i, _n, p in ls}
-    products = {p.id: p for p in session.scalars(select(Product).where(Product.id.in_(product_ids)))} \
-        if product_ids else {}
+    products = _kept_reference(session, "product", product_ids, lambda ids: {
+        p.id: _risk_product(p) for p in session.scalars(select(Product).where(Product.id.in_(ids)))})
     vehicle_ids = {e.vehicle_id for e in events if e.vehicle_id is not None}
-    vehicles = {vid: (code, device) for vid, code, device in session.execute(
-        select(Vehicle.id, Vehicle.code, Vehicle.device).where(Vehicle.id.in_(vehicle_ids)))} if vehicle_ids else {}
+    vehicles = _kept_reference(session, "vehicle", vehicle_ids, lambda ids: {
+        vid: (code, device) for vid, code, device in session.execute(
+            select(Vehicle.id, Vehicle.code, Vehicle.device).where(Vehicle.id.in_(ids)))})
     lot_ids = {e.lot_id for e in events if e.lot_id is not None}
-    expires = dict(session.execute(select(StockLot.id, StockLot.expires).where(StockLot.id.in_(lot_ids))).all()) \
-        if lot_ids else {}
+    expires = _kept_reference(session, "lot", lot_ids, lambda ids: dict(
+        session.execute(select(StockLot.id, StockLot.expires).where(StockLot.id.in_(ids))).all()))
     damage: dict[int, list] = defaultdict(list)
     for order_id, at, data in session.execute(
             select(OrderEvent.order_id, OrderEvent.at, OrderEvent.data)
@@ -225,7 +263,9 @@ def _context(session: Session, events: Sequence[CustodyEvent], order_ids: list[i
     return _Ctx(products, vehicles, expires, damage, van_damage, lines)
 
 
-def _risk_product(p: Product) -> risk.Product:
+def _risk_product(p: Product | risk.Product) -> risk.Product:
+    if isinstance(p, risk.Product):
+        return p
     return risk.Product(sku=p.sku, min_c=p.min_c, max_c=p.max_c, shelf_life_days=p.shelf_life_days,
                         fragile=bool(p.fragile), name=p.name)
 
@@ -400,17 +440,42 @@ _kept_lock = threading.Lock()
 assessments = 0  # orders assessed by :func:`order_risks` because their kept assessment did not hold (tests read it)
 
 
-def custody_summary(order_ids: Select | Sequence[int]) -> Subquery:
+def custody_summary(order_ids: Select | Sequence[int] | BindParameter) -> Subquery:
     """Per order of ``order_ids`` with custody rows: (order_id, n, newest, first): their count, newest id and
     first time. The part of :func:`order_risks`' inputs that is per order; a caller that reads the orders
     anyway may join it in (``custody=`` of :func:`order_risks`) and save a statement."""
-    c = CustodyEvent
+    c = CustodyEvent.__table__.c
     return (select(c.order_id, func.count(c.id).label("n"), func.max(c.id).label("newest"),
                    func.min(c.at).label("first"))
             .where(c.order_id.in_(order_ids)).group_by(c.order_id).subquery("custody_summary"))
 
 
-def _inputs(session: Session, ids: Sequence[int], margin: timedelta, id_query: Select | None = None,
+def _shared_inputs(wanted: Select | BindParameter) -> tuple[Select, Select]:
+    """The two forms of :func:`_inputs`' aggregate over the orders ``wanted``: with the vans' readings since
+    ``:since``, and the damage part alone (no loading yet). Built once, on table columns: a statement built per
+    request cost more Python than the database spent answering it."""
+    c, r, oe, rs = (CustodyEvent.__table__.c, TelemetryReading.__table__.c, OrderEvent.__table__.c,
+                    RouteStop.__table__.c)
+    routes = select(c.route_id).where(c.order_id.in_(wanted), c.route_id.is_not(None))
+    damaged = (select(func.max(oe.id)).where(oe.type == "damaged", or_(
+        oe.order_id.in_(wanted), oe.order_id.in_(select(rs.order_id).where(rs.route_id.in_(routes)))))
+        .scalar_subquery())
+    vans = select(c.vehicle_id).where(c.order_id.in_(wanted), c.vehicle_id.is_not(None))
+    readings = (select(func.count(), func.max(r.ts), damaged)
+                .where(r.vehicle_id.in_(vans), r.kind.in_(("temperature", "shock")),
+                       r.compartment.in_(READING_COMPARTMENTS), r.ts >= bindparam("since")))
+    return readings, select(damaged)
+
+
+_RS_C = RouteStop.__table__.c
+# the orders of a van's trips (``trip_ids``: the routes' ids), or a list of order ids (``ids``)
+ON_TRIPS = select(_RS_C.order_id).where(_RS_C.route_id.in_(bindparam("trip_ids", expanding=True)))
+_BY_IDS = bindparam("ids", expanding=True)
+_SHARED = {"trips": _shared_inputs(ON_TRIPS), "ids": _shared_inputs(_BY_IDS)}
+_OWN = select(custody_summary(_BY_IDS))
+
+
+def _inputs(session: Session, ids: Sequence[int], margin: timedelta, trip_ids: Sequence[int] | None = None,
             own: dict[int, tuple] | None = None) -> dict[int, tuple]:
     """What the orders' risk depends on that changes during a day, in two aggregate statements on indexes
     (one when ``own``, the first, was read by the caller):
@@ -421,42 +486,38 @@ def _inputs(session: Session, ids: Sequence[int], margin: timedelta, id_query: S
       temperature and shock readings of the vans they were loaded on, from ``margin`` before the first
       loading on (a reading stored late, for a time already past, changes the count).
 
+    ``trip_ids``: routes whose orders include these (a van's day), named by the routes in SQL; the shared part
+    then covers all their orders, so it changes at least whenever these orders' does.
     Products' limits, lots' expiry dates and order lines do not change during a day (a scenario reload
     makes a new plan); :data:`_MAX_AGE_S` bounds them anyway.
     """
-    c, r, oe = CustodyEvent, TelemetryReading, OrderEvent
-    wanted = id_query if id_query is not None else list(ids)  # a subquery: a few parameters instead of many
+    conn = session.connection()
+    params: dict = {"trip_ids": list(trip_ids)} if trip_ids is not None else {"ids": list(ids)}
+    with_readings, damage_only = _SHARED["trips" if trip_ids is not None else "ids"]
     if own is None:
-        summary = custody_summary(wanted)
-        own = {order_id: (n, newest, first) for order_id, n, newest, first in session.execute(select(summary))}
+        own = {order_id: (n, newest, first) for order_id, n, newest, first in conn.execute(_OWN, {"ids": list(ids)})}
     firsts = [first for _n, _newest, first in own.values() if first is not None]
-    routes = select(c.route_id).where(c.order_id.in_(wanted), c.route_id.is_not(None))
-    damaged = (select(func.max(oe.id)).where(oe.type == "damaged", or_(
-        oe.order_id.in_(wanted), oe.order_id.in_(select(RouteStop.order_id).where(RouteStop.route_id.in_(routes)))))
-        .scalar_subquery())
     if firsts:
-        vans = select(c.vehicle_id).where(c.order_id.in_(wanted), c.vehicle_id.is_not(None))
-        shared = tuple(session.execute(
-            select(func.count(), func.max(r.ts), damaged)
-            .where(r.vehicle_id.in_(vans), r.kind.in_(("temperature", "shock")),
-                   r.compartment.in_(READING_COMPARTMENTS), r.ts >= min(firsts) - margin)).one())
+        shared = tuple(conn.execute(with_readings, {**params, "since": min(firsts) - margin}).one())
     else:
-        shared = (0, None, session.scalar(select(damaged)))
+        shared = (0, None, conn.execute(damage_only, params).scalar())
     return {order_id: (*own.get(order_id, (0, None, None)), *shared) for order_id in ids}
 
 
-def order_risks(session: Session, ids: Sequence[int], id_query: Select | None = None,
+def order_risks(session: Session, ids: Sequence[int], trip_ids: Sequence[int] | None = None,
                 custody: dict[int, tuple] | None = None) -> dict[int, tuple[dict, dict]]:
     """(spoilage_risk, breakage_risk) of each order, as :func:`assess_orders` answers them now, reusing this
-    process's earlier assessment of an order while what it depends on holds. ``id_query``: a statement
-    selecting exactly these order ids (a route's stops), used in SQL in place of the list; ``custody``:
-    :func:`custody_summary`'s rows of these orders, (n, newest, first) by order id, when already read.
+    process's earlier assessment of an order while what it depends on holds. ``trip_ids``: routes whose orders
+    include these (a van's day; named by the routes in SQL in place of the list, see :func:`_inputs`);
+    ``custody``: :func:`custody_summary`'s rows of these orders, (n, newest, first) by order id, when already
+    read.
 
     Every call reads the orders' inputs from the database (:func:`_inputs`: two statements), so a
     loading, delivery, damage report or reading stored by any process (another API worker, the ingestor)
     shows in the very next answer. An order with goods still aboard is also re-assessed once its
     assessment is COLDCHAIN_RISK_OPEN_TTL_S old (its open leg ends "now": a held reading or a gap in
-    readings grows with time alone); any order at least every :data:`_MAX_AGE_S`.
+    readings grows with time alone); any order at least every :data:`_MAX_AGE_S`. The lock guards the map
+    only: assessing runs outside it, so one request's statements never hold up another's.
     """
     global assessments
     if not ids:
@@ -464,7 +525,7 @@ def order_risks(session: Session, ids: Sequence[int], id_query: Select | None = 
     spoilage, _breakage = _rules()
     ttl = get_settings().risk_open_ttl_s
     url = str(session.get_bind().engine.url)
-    inputs = _inputs(session, ids, spoilage.max_hold, id_query, custody)
+    inputs = _inputs(session, ids, spoilage.max_hold, trip_ids, custody)
     clock = time.monotonic()
     out: dict[int, tuple[dict, dict]] = {}
     with _kept_lock:
@@ -487,19 +548,28 @@ def order_risks(session: Session, ids: Sequence[int], id_query: Select | None = 
     now = utcnow()
     readings = Readings(session, day_spans(events, now, spoilage.max_hold))
     born = time.monotonic()
+    fresh = [(order.id, _Kept(inputs[order.id], assessed["spoilage_risk"], assessed["breakage_risk"],
+                              order.id in aboard, born))
+             for order, assessed in zip(orders, _assess_orders(session, orders, events, now, readings), strict=True)]
     with _kept_lock:
-        for order, assessed in zip(orders, _assess_orders(session, orders, events, now, readings), strict=True):
-            kept = _Kept(inputs[order.id], assessed["spoilage_risk"], assessed["breakage_risk"], order.id in aboard,
-                         born)
-            _kept[(url, order.id)] = kept  # the least recently used order goes when full
-            out[order.id] = (kept.spoilage, kept.breakage)
+        for order_id, kept in fresh:
+            _kept[(url, order_id)] = kept  # the least recently used order goes when full
+    for order_id, kept in fresh:
+        out[order_id] = (kept.spoilage, kept.breakage)
     return out
+
+
+def forget_reference() -> None:
+    """Drop what assessing keeps of products, orders' lines, vans and lots (tests that count statements)."""
+    with _reference_lock:
+        _reference.clear()
 
 
 def forget_assessments() -> None:
     """Drop every kept order assessment (tests that rebuild data in a rolled-back transaction, benchmarks)."""
     with _kept_lock:
         _kept.clear()
+    forget_reference()
 
 
 def day_spans(events: Iterable[CustodyEvent], now: datetime,
