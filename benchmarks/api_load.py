@@ -375,7 +375,8 @@ def main(argv: list[str] | None = None) -> int:
             probe = max(stop_ids)
             probe_stops = stop_ids.pop(probe)
             counts = _statement_counts(db_url, day, probe, probe_stops[0])
-            from tests.conftest import free_port  # the same free-port helper the tests use
+            from tests.conftest import free_port  # the same free-port and start-up helpers the tests use
+            from tests.delivery.helpers import wait_serving
 
             port = free_port()
             env = {**os.environ, "COLDCHAIN_DATABASE_URL": db_url, "COLDCHAIN_DATA_DIR": str(work),
@@ -386,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
             server = subprocess.Popen([*cmd, "serve", "--port", str(port), "--workers", str(args.workers),
                                        "--no-access-log"], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=work)
             base = f"http://127.0.0.1:{port}"
-            _wait_up(base, server, work)
+            wait_serving(base, server, work / "serve.log")
             drivers = [Driver(u, s, issue_token(u, "driver", minutes=120)) for u, s in sorted(stop_ids.items())]
             _start_routes(base, day, drivers)
             _analyze(engine)
@@ -419,21 +420,6 @@ def make_url_database(url: str) -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(url).database or ""
-
-
-def _wait_up(base: str, server: subprocess.Popen, work: Path) -> None:
-    import httpx
-
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{base}/api/v1/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if server.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit("coldchain serve did not come up:\n" + (work / "serve.log").read_text()[-3000:])
-        time.sleep(0.2)
 
 
 def _start_routes(base: str, day, drivers: list[Driver]) -> None:  # noqa: ANN001

@@ -196,14 +196,30 @@ def planned_database(databases, tmp: Path, name: str,  # noqa: ANN001
         engine.dispose()
 
 
+def wait_serving(base: str, proc, log: Path, seconds: float = 60) -> None:  # noqa: ANN001
+    """Until `coldchain serve` at ``base`` answers its health route; RuntimeError with the end of its ``log`` when it
+    exits or does not answer in time (the tests' servers and benchmarks/api_load.py's)."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if httpx.get(f"{base}/api/v1/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("coldchain serve did not come up: " + log.read_text()[-3000:])
+        time.sleep(0.2)
+
+
 @contextmanager
 def serving(env: dict[str, str], tmp: Path, workers: int = 2) -> Iterator[str]:
     """`coldchain serve --workers N` on a free port with this environment, up (health answers) until the block
     ends: its base URL."""
     import subprocess
-    import time
-
-    import httpx
 
     from tests.conftest import coldchain_cmd, free_port
 
@@ -213,16 +229,7 @@ def serving(env: dict[str, str], tmp: Path, workers: int = 2) -> Iterator[str]:
                             stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/api/v1/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("coldchain serve did not come up: " + (tmp / "serve.log").read_text()[-2000:])
-            time.sleep(0.2)
+        wait_serving(base, proc, tmp / "serve.log")
         yield base
     finally:
         proc.terminate()
