@@ -14,7 +14,7 @@ from celery.signals import worker_process_init
 from core.settings import get_settings
 
 # Task modules, named by path only: core imports no domain (ARCHITECTURE.md).
-TASK_MODULES = ["telemetry.tasks", "traceability.tasks"]
+TASK_MODULES = ["telemetry.tasks", "traceability.tasks", "delivery.tasks"]
 
 
 def make_celery() -> Celery:

@@ -480,7 +480,8 @@ def stop_event(session: Session, driver: DriverRef, stop_id: str, body: StopEven
     audit.append_many(session, moves.entries[1:])
     if target in lifecycle.STOP_DONE and row.status not in lifecycle.STOP_DONE and open_others == 0:
         route_status = "finished"
-        _finish_route(session, driver, row.route_id, row.vehicle_id, at, now)
+        finish_route(session, row.route_id, row.vehicle_id, driver.vehicle_code, driver.id, driver.username,
+                     at, now)
     _expire_written(session, (RouteStop, row.id), (Order, row.order_id), (Route, row.route_id))
     return {"event_id": event_id, "stop_id": row.stop_id, "order_ref": row.ref, "type": body.type, "at": at,
             "status": target, "route_status": route_status, "order_status": moves.status, "damaged": []}
@@ -538,21 +539,24 @@ def _expire_written(session: Session, *written: tuple[type, int]) -> None:
             session.expire(obj)
 
 
-def _finish_route(session: Session, driver: DriverRef, route_id: int, vehicle_id: int, at: datetime,
-                  now: datetime) -> None:
-    """The route's last stop is done: the route finishes, the goods of its failed stops go back to the depot,
-    and the van is no longer watched for silence."""
+def finish_route(session: Session, route_id: int, vehicle_id: int, vehicle_code: str | None, driver_id: int,
+                 actor: str, at: datetime, now: datetime) -> None:
+    """The route has no stop left to visit: it finishes, the goods of its failed stops go back to the depot,
+    and the van is no longer watched for silence. Its last stop done (:func:`stop_event`), or its last open
+    stop cancelled (delivery.flows.finish_emptied_routes): a route left started would keep the van watched
+    for silence and never record its failed goods back."""
     conn = session.connection()
     conn.execute(_ROUTE_DONE, {"route_pk": route_id})
     conn.execute(_EVENT_INSERT, {
-        "route_id": route_id, "stop_pk": None, "stop_id": None, "driver_id": driver.id, "vehicle_id": vehicle_id,
+        "route_id": route_id, "stop_pk": None, "stop_id": None, "driver_id": driver_id, "vehicle_id": vehicle_id,
         "type": "finished", "at": at, "received_at": now, "lat": None, "lon": None, "recipient": None,
         "reason": None, "note": None, "from_status": "started", "to_status": "finished"})
+    _expire_written(session, (Route, route_id))
     for failed in session.scalars(select(RouteStop).where(RouteStop.route_id == route_id,
                                                           RouteStop.status == "failed")):
-        custody.record_returned(session, failed, at, driver.username,
-                                reason="back at the depot after a failed delivery")
-    sync_van(session, driver.vehicle_code, now, active=False)
+        custody.record_returned(session, failed, at, actor, reason="back at the depot after a failed delivery")
+    if vehicle_code:
+        sync_van(session, vehicle_code, now, active=False)
 
 
 def _stop_event_orm(session: Session, driver: DriverRef, stop_id: str, body: StopEventIn,
@@ -610,17 +614,10 @@ def _stop_event_orm_work(session: Session, driver: DriverRef, stop_id: str, body
     if target in lifecycle.STOP_DONE:
         left = session.scalars(select(RouteStop.status).where(RouteStop.route_id == route.id)).all()
         if lifecycle.route_finishes(list(left)):
-            route.status = route_stored("finished")
             route_status = "finished"
-            session.add(DeliveryEvent(route_id=route.id, driver_id=driver.id, vehicle_id=route.vehicle_id,
-                                      type="finished", at=at, received_at=now, from_status="started",
-                                      to_status="finished"))
             session.flush()
-            for failed in session.scalars(select(RouteStop).where(RouteStop.route_id == route.id,
-                                                                  RouteStop.status == "failed")):
-                custody.record_returned(session, failed, at, driver.username,
-                                        reason="back at the depot after a failed delivery")
-            sync_van(session, driver.vehicle_code, now, active=False)
+            finish_route(session, route.id, route.vehicle_id, driver.vehicle_code, driver.id, driver.username,
+                         at, now)
     session.flush()
     return {"event_id": event.id, "stop_id": stop.stop_id, "order_ref": order.ref, "type": body.type, "at": at,
             "status": target, "route_status": route_status, "order_status": order.status, "damaged": damaged}

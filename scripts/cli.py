@@ -468,7 +468,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="print the diff and summar
 
 def _run_replan(day: datetime, event, time_limit: float, json_out: bool) -> None:  # noqa: ANN001
     from core.errors import DomainError
-    from traceability.flows import replan_flow
+    from delivery.flows import replan_flow
 
     ensure_schema()
     try:

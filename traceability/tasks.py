@@ -4,13 +4,12 @@ received) and Celery beat's periodic sync of what each van carries."""
 from __future__ import annotations
 
 import time
-from datetime import date, datetime
+from datetime import date
 from pathlib import Path
 
 from core.celery_app import celery_app, progress
 from core.db import session_scope
-from routing.replan import event_from_dict
-from traceability.flows import plan_depot_flow, replan_flow
+from traceability.flows import plan_depot_flow
 from traceability.service import sync_vans
 
 
@@ -37,15 +36,6 @@ def plan_depot_task(self, day: str, depot: str, time_limit: float, actor: str = 
     # in a prefork worker the solver runs in-process: daemonic children cannot start pools
     return plan_depot_flow(date.fromisoformat(day), depot, time_limit, actor=actor, workers=1, progress=report,
                            started=started)
-
-
-@celery_app.task(bind=True, name="traceability.replan", acks_late=True)
-def replan_task(self, day: str, depot: str, event: dict | None, time_limit: float, actor: str,  # noqa: ANN001
-                now: str | None = None) -> dict:
-    """Re-plan one depot after an event; the job's result is the new plan's diff."""
-    self.update_state(state="PROGRESS", meta={"depot": depot, "stage": "solving", "time_limit": time_limit})
-    return replan_flow(date.fromisoformat(day), event_from_dict(event), time_limit=time_limit, actor=actor,
-                       now=datetime.fromisoformat(now) if now else None, depot=depot)
 
 
 @celery_app.task(bind=True, name="traceability.load_scenario")

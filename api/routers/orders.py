@@ -30,6 +30,7 @@ from api.schemas import (
 )
 from core.errors import Invalid, NotFound
 from core.settings import get_settings
+from delivery.flows import cancel_order as cancel_with_custody
 from fulfillment.models import Order
 from fulfillment.schemas import OrderIn
 from fulfillment.service import (
@@ -41,7 +42,6 @@ from fulfillment.service import (
     suggest_transfers_for,
 )
 from traceability.flows import accept_transfer_flow
-from traceability.flows import cancel_order as cancel_with_custody
 from warehouses.service import LoadReport
 
 router = APIRouter(tags=["orders"], responses=STAFF)
@@ -127,7 +127,8 @@ class CancelIn(BaseModel):
 @router.post("/orders/{ref}/cancel", response_model=OrderOut, responses=problems(409))
 def cancel(ref: Code, body: CancelIn, session: SessionDep, caller: Dispatcher) -> dict:
     """Cancel an order until its van leaves (409 after): reservations released, and what was already picked
-    for it recorded in custody as returned to stock (traceability.flows.cancel_order)."""
+    for it recorded in custody as returned to stock, and a started route left with nothing to visit finished
+    (delivery.flows.cancel_order)."""
     return order_view(cancel_with_custody(session, _order(session, ref), caller.username, body.reason))
 
 

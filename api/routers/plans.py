@@ -81,7 +81,7 @@ class ReplanIn(BaseModel):
 def replan_day(day: date, body: ReplanIn, request: Request, session: SessionDep, caller: Dispatcher) -> JobLink:
     """Re-plan the depot an event belongs to, as a job: poll its href; the job's result is the new plan's
     diff (moves, ETAs old -> new, unserved). An unknown van or order answers at once."""
-    from traceability.tasks import replan_task
+    from delivery.tasks import replan_task
 
     if body.type == "breakdown":
         if not body.vehicle or body.at is None:
