@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, CheckConstraint, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, Boolean, CheckConstraint, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from core.db import Base, UTCDateTime
@@ -60,3 +60,19 @@ class CustodyEvent(Base):
     line: Mapped[OrderLine | None] = relationship()
     product: Mapped[Product] = relationship()
     stock_lot: Mapped[StockLot | None] = relationship()
+
+
+class KeptRisk(Base):
+    """An order's risk check as last assessed, with what it was assessed from (traceability.trace.order_risks):
+    what one API worker assessed, the others take instead of assessing it again, while its inputs hold. Only
+    a cache: a row whose inputs differ from what is stored now is ignored and written over; no foreign key,
+    so that writing it never waits on the order's own transaction."""
+
+    __tablename__ = "kept_risks"
+
+    order_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    inputs: Mapped[str] = mapped_column(String(400))  # traceability.trace._digest of the inputs
+    spoilage: Mapped[dict] = mapped_column(JSON)  # {"level", "reasons"}
+    breakage: Mapped[dict] = mapped_column(JSON)
+    aboard: Mapped[bool] = mapped_column(Boolean)
+    assessed_at: Mapped[datetime] = mapped_column(UTCDateTime)

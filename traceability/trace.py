@@ -43,6 +43,7 @@ driver's note): traceability sits below delivery and may not import it (ARCHITEC
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -54,6 +55,7 @@ from datetime import date, datetime, timedelta
 
 from cachetools import LRUCache
 from sqlalchemy import BindParameter, Select, Subquery, bindparam, func, or_, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from core.audit import utc_text
@@ -66,7 +68,7 @@ from telemetry.models import TelemetryReading
 from telemetry.service import READING_COMPARTMENTS, readings_query
 from traceability import risk
 from traceability.custody import event_views
-from traceability.models import CustodyEvent
+from traceability.models import CustodyEvent, KeptRisk
 from warehouses.models import LotHold, Node, Product, StockLot, Vehicle
 
 _ENDS = ("delivered", "returned", "disposed")
@@ -504,22 +506,49 @@ def _inputs(session: Session, ids: Sequence[int], margin: timedelta, trip_ids: S
     return {order_id: (*own.get(order_id, (0, None, None)), *shared) for order_id in ids}
 
 
+_KR = KeptRisk.__table__
+_STORED = select(_KR.c.order_id, _KR.c.inputs, _KR.c.spoilage, _KR.c.breakage, _KR.c.aboard, _KR.c.assessed_at) \
+    .where(_KR.c.order_id.in_(_BY_IDS))
+_upsert = pg_insert(_KR)
+_STORE = _upsert.on_conflict_do_update(index_elements=[_KR.c.order_id], set_={
+    name: _upsert.excluded[name] for name in ("inputs", "spoilage", "breakage", "aboard", "assessed_at")})
+stored_hits = 0  # orders taken from kept_risks, assessed by another process (tests read it)
+
+
+def _digest(inputs: tuple) -> str:
+    """The inputs as text that every process writes alike (kept_risks.inputs)."""
+    return json.dumps([v.isoformat() if isinstance(v, datetime) else v for v in inputs], separators=(",", ":"))
+
+
+def _check(assessed: dict) -> dict:
+    """What a risk check shows of an assessed risk (delivery.service.stop_checks): its level and reasons."""
+    return {"level": assessed["level"], "reasons": assessed["reasons"]}
+
+
+def _holds(age: float, aboard: bool, ttl: float) -> bool:
+    """Whether an assessment this old may still be given (its inputs being the same)."""
+    return age < _MAX_AGE_S and not (aboard and age >= ttl)
+
+
 def order_risks(session: Session, ids: Sequence[int], trip_ids: Sequence[int] | None = None,
                 custody: dict[int, tuple] | None = None) -> dict[int, tuple[dict, dict]]:
-    """(spoilage_risk, breakage_risk) of each order, as :func:`assess_orders` answers them now, reusing this
-    process's earlier assessment of an order while what it depends on holds. ``trip_ids``: routes whose orders
-    include these (a van's day; named by the routes in SQL in place of the list, see :func:`_inputs`);
-    ``custody``: :func:`custody_summary`'s rows of these orders, (n, newest, first) by order id, when already
-    read.
+    """(spoilage, breakage) of each order, each its ``level`` and ``reasons`` as :func:`assess_orders` answers
+    them now, reusing an earlier assessment of an order while what it depends on holds. ``trip_ids``: routes
+    whose orders include these (a van's day; named by the routes in SQL in place of the list, see
+    :func:`_inputs`); ``custody``: :func:`custody_summary`'s rows of these orders, (n, newest, first) by order
+    id, when already read.
 
     Every call reads the orders' inputs from the database (:func:`_inputs`: two statements), so a
     loading, delivery, damage report or reading stored by any process (another API worker, the ingestor)
-    shows in the very next answer. An order with goods still aboard is also re-assessed once its
-    assessment is COLDCHAIN_RISK_OPEN_TTL_S old (its open leg ends "now": a held reading or a gap in
-    readings grows with time alone); any order at least every :data:`_MAX_AGE_S`. The lock guards the map
-    only: assessing runs outside it, so one request's statements never hold up another's.
+    shows in the very next answer. An earlier assessment is this process's own, or, on PostgreSQL, one
+    another process stored in kept_risks with the same inputs (one statement, only for orders this process
+    does not hold: with several API workers, an order changed by a delivery, or a driver's first request
+    of the day, is assessed by one worker instead of each). An order with goods still aboard is assessed
+    again once its assessment is COLDCHAIN_RISK_OPEN_TTL_S old (its open leg ends "now": a held reading or
+    a gap in readings grows with time alone); any order at least every :data:`_MAX_AGE_S`. The lock guards
+    the map only: assessing runs outside it, so one request's statements never hold up another's.
     """
-    global assessments
+    global assessments, stored_hits
     if not ids:
         return {}
     spoilage, _breakage = _rules()
@@ -531,12 +560,29 @@ def order_risks(session: Session, ids: Sequence[int], trip_ids: Sequence[int] | 
     with _kept_lock:
         for order_id in ids:
             got = _kept.get((url, order_id))
-            if (got is not None and got.inputs == inputs[order_id] and clock - got.born < _MAX_AGE_S
-                    and not (got.aboard and clock - got.born >= ttl)):
+            if got is not None and got.inputs == inputs[order_id] and _holds(clock - got.born, got.aboard, ttl):
                 out[order_id] = (got.spoilage, got.breakage)
     missing = [order_id for order_id in ids if order_id not in out]
     if not missing:
         return out
+    conn = session.connection()
+    shared = conn.dialect.name == "postgresql"
+    if shared:
+        wall = utcnow()
+        taken = []
+        for order_id, digest, spoil, brk, aboard_, at in conn.execute(_STORED, {"ids": missing}):
+            age = max(0.0, (wall - at).total_seconds())
+            if digest == _digest(inputs[order_id]) and _holds(age, aboard_, ttl):
+                taken.append((order_id, _Kept(inputs[order_id], spoil, brk, aboard_, clock - age)))
+        with _kept_lock:
+            for order_id, kept in taken:
+                _kept[(url, order_id)] = kept
+        for order_id, kept in taken:
+            out[order_id] = (kept.spoilage, kept.breakage)
+        stored_hits += len(taken)
+        missing = [order_id for order_id in missing if order_id not in out]
+        if not missing:
+            return out
     assessments += len(missing)
     orders = session.scalars(select(Order).where(Order.id.in_(missing)).order_by(Order.id)).all()
     events = session.scalars(select(CustodyEvent).where(CustodyEvent.order_id.in_(missing))
@@ -548,7 +594,7 @@ def order_risks(session: Session, ids: Sequence[int], trip_ids: Sequence[int] | 
     now = utcnow()
     readings = Readings(session, day_spans(events, now, spoilage.max_hold))
     born = time.monotonic()
-    fresh = [(order.id, _Kept(inputs[order.id], assessed["spoilage_risk"], assessed["breakage_risk"],
+    fresh = [(order.id, _Kept(inputs[order.id], _check(assessed["spoilage_risk"]), _check(assessed["breakage_risk"]),
                               order.id in aboard, born))
              for order, assessed in zip(orders, _assess_orders(session, orders, events, now, readings), strict=True)]
     with _kept_lock:
@@ -556,6 +602,10 @@ def order_risks(session: Session, ids: Sequence[int], trip_ids: Sequence[int] | 
             _kept[(url, order_id)] = kept  # the least recently used order goes when full
     for order_id, kept in fresh:
         out[order_id] = (kept.spoilage, kept.breakage)
+    if shared and fresh:  # in order of order id: two workers writing the same orders wait, never deadlock
+        conn.execute(_STORE, [{"order_id": order_id, "inputs": _digest(kept.inputs), "spoilage": kept.spoilage,
+                               "breakage": kept.breakage, "aboard": kept.aboard, "assessed_at": now}
+                              for order_id, kept in fresh])
     return out
 
 

@@ -178,3 +178,48 @@ def test_the_routes_json_is_what_the_model_would_send(session, tmp_path: Path) -
     route = route_of(session, driver, day)  # started (with a fraction of a second), every stop "watch": no readings
     assert route["started_at"].microsecond and all(s["check"] for s in route["stops"])
     assert route_json(route) == RouteOut.model_validate(route).model_dump_json().encode()
+
+
+def test_what_one_worker_assessed_the_other_takes_while_its_inputs_hold(session, tmp_path: Path,  # noqa: ANN001
+                                                                        monkeypatch) -> None:  # noqa: ANN001
+    """kept_risks (PostgreSQL): a process that holds nothing of its own (forget_assessments: another worker, or
+    this one restarted) takes the stored assessment instead of assessing again, with the same answer; a
+    reading stored since, or an assessment of goods aboard older than the TTL, is assessed again."""
+    if session.get_bind().dialect.name != "postgresql":
+        pytest.skip("kept_risks is shared through PostgreSQL; on SQLite each process keeps its own (one worker)")
+    day = build_day(session, tmp_path, depots=("FS-01",))
+    now = utcnow().replace(microsecond=0)
+    left = now - timedelta(hours=1)
+    driver = driver_ref(session, "driver01")
+    start_route(session, driver, RouteStartIn(date=day, at=left), now=now)
+    store_readings(session, samples(left - timedelta(minutes=30), now, 4.0, 1), now)
+    monkeypatch.setattr(get_settings(), "risk_open_ttl_s", 600.0)
+    trace.forget_assessments()
+
+    def checks() -> dict[str, dict | None]:
+        return {s["order_ref"]: s["check"] for s in route_of(session, driver, day)["stops"]}
+
+    assessed, hits = trace.assessments, trace.stored_hits
+    first = checks()
+    orders = len(first)
+    assert trace.assessments - assessed == orders and trace.stored_hits == hits  # nobody had: all assessed
+    trace.forget_assessments()  # "the other worker": nothing kept in this process
+    assert checks() == first
+    assert trace.assessments - assessed == orders and trace.stored_hits - hits == orders  # all taken as stored
+
+    # an hour at 12 °C stored late: the eggs' stored inputs no longer hold
+    eggs = [ref for ref in first if ref.startswith("B")]
+    assert eggs and all(first[ref] is None for ref in eggs), first
+    store_readings(session, samples(left + timedelta(minutes=5), left + timedelta(minutes=65), 12.0, 100_000), now)
+    trace.forget_assessments()
+    warm = checks()
+    assert trace.assessments - assessed == 2 * orders  # every order of the van: its readings are theirs too
+    assert all(warm[ref] is not None and warm[ref]["spoilage"] in ("at_risk", "reject") for ref in eggs), warm
+
+    # stored 11 minutes ago, goods aboard, TTL 10 minutes: assessed again, not taken
+    trace.forget_assessments()
+    monkeypatch.setattr(trace, "utcnow", lambda: utcnow() + timedelta(minutes=11))
+    hits = trace.stored_hits
+    later = checks()
+    assert trace.assessments - assessed == 3 * orders and trace.stored_hits == hits
+    assert later != warm  # assessed now, 11 minutes on: longer aboard than the stored answer says
