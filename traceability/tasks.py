@@ -1,5 +1,6 @@
 """Background jobs of the flows that span rooms (planning, re-planning, scenario loads with their stock
-received) and Celery beat's periodic sync of what each van carries."""
+received) and Celery beat's periodic sync of what each van carries (which also prunes kept risk checks too old
+to be taken)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ from core.celery_app import celery_app, progress
 from core.db import session_scope
 from traceability.flows import plan_depot_flow
 from traceability.service import sync_vans
+from traceability.trace import prune_kept_risks
 
 
 @celery_app.task(name="traceability.sync_vans", ignore_result=True)
 def sync_vans_task() -> int:
     with session_scope() as session:
+        prune_kept_risks(session)
         return sync_vans(session)
 
 

@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
 from cachetools import LRUCache
-from sqlalchemy import BindParameter, Select, Subquery, bindparam, func, or_, select
+from sqlalchemy import BindParameter, Select, Subquery, bindparam, delete, func, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -607,6 +607,13 @@ def order_risks(session: Session, ids: Sequence[int], trip_ids: Sequence[int] | 
                                "breakage": kept.breakage, "aboard": kept.aboard, "assessed_at": now}
                               for order_id, kept in fresh])
     return out
+
+
+def prune_kept_risks(session: Session, now: datetime | None = None) -> int:
+    """Delete kept_risks rows too old to be taken (:data:`_MAX_AGE_S`): each is written over while its order
+    is on a route, and is dead weight after (Celery beat's minute tick calls this). Returns the rows deleted."""
+    cutoff = (now or utcnow()) - timedelta(seconds=_MAX_AGE_S)
+    return session.execute(delete(KeptRisk).where(KeptRisk.assessed_at < cutoff)).rowcount
 
 
 def forget_reference() -> None:

@@ -223,3 +223,24 @@ def test_what_one_worker_assessed_the_other_takes_while_its_inputs_hold(session,
     later = checks()
     assert trace.assessments - assessed == 3 * orders and trace.stored_hits == hits
     assert later != warm  # assessed now, 11 minutes on: longer aboard than the stored answer says
+
+
+def test_kept_risks_too_old_to_be_taken_are_pruned(session, tmp_path: Path) -> None:  # noqa: ANN001
+    """Celery beat's minute tick (traceability.tasks.sync_vans_task) deletes kept_risks rows older than any
+    process would take, and only those."""
+    from sqlalchemy import func
+
+    from traceability.models import KeptRisk
+
+    day = build_day(session, tmp_path, depots=("FS-01",))
+    trace.forget_assessments()
+    route_of(session, driver_ref(session, "driver01"), day)
+    stored = session.scalar(select(func.count()).select_from(KeptRisk))
+    if session.get_bind().dialect.name != "postgresql":
+        assert stored == 0  # SQLite: each process keeps its own
+        pytest.skip("kept_risks is written on PostgreSQL only")
+    assert stored > 0
+    newest = session.scalar(select(func.max(KeptRisk.assessed_at)))
+    assert trace.prune_kept_risks(session, newest + timedelta(seconds=trace._MAX_AGE_S - 1)) == 0
+    assert trace.prune_kept_risks(session, newest + timedelta(seconds=trace._MAX_AGE_S + 1)) == stored
+    assert session.scalar(select(func.count()).select_from(KeptRisk)) == 0
