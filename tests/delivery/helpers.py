@@ -77,6 +77,17 @@ def build_day(session: Session, tmp_path: Path, depots: tuple[str, ...] = ("FS-0
     return day
 
 
+def build_day_received(session: Session, tmp_path: Path) -> date:
+    """:func:`build_day`, with the scenario's stock received in custody three hours before the first van leaves
+    (what a cancel gives back to, or a failed delivery brings back)."""
+    from traceability.flows import receive_stock
+
+    day = build_day(session, tmp_path)
+    first = min(r.start_at for r in routes_by_van(session, day).values())
+    receive_stock(session, at=first - timedelta(hours=3), actor="receiver")
+    return day
+
+
 def routes_by_van(session: Session, day: date) -> dict[str, Route]:
     session.expire_all()
     plans = session.scalars(select(Plan).where(Plan.day == day, Plan.status == "current")).all()

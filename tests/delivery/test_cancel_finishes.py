@@ -24,7 +24,7 @@ from fulfillment.models import Order
 from routing.replan import breakdown, replan
 from routing.replan import cancel_order as cancel_event
 from telemetry.models import VehicleRuleState
-from tests.delivery.helpers import build_day, routes_by_van
+from tests.delivery.helpers import build_day_received, routes_by_van
 from tests.support import same
 from traceability import flows as trace_flows
 from traceability.models import CustodyEvent
@@ -32,10 +32,7 @@ from traceability.models import CustodyEvent
 
 @pytest.fixture
 def day(session: Session, tmp_path: Path):  # noqa: ANN201
-    d = build_day(session, tmp_path)
-    first = min(r.start_at for r in routes_by_van(session, d).values())
-    trace_flows.receive_stock(session, at=first - timedelta(hours=3), actor="receiver")
-    return d
+    return build_day_received(session, tmp_path)
 
 
 @pytest.mark.parametrize("how", ["api", "replan"])

@@ -126,14 +126,20 @@ def test_a_late_reading_and_a_damage_show_in_the_next_answer_of_either_worker(se
         assert other["breakage"] == "watch" and any("same van" in r for r in other["reasons"]), other
 
 
-def test_goods_aboard_are_assessed_again_after_the_ttl_when_nothing_was_stored(session, tmp_path: Path,  # noqa: ANN001
-                                                                               monkeypatch) -> None:  # noqa: ANN001
+def aboard_an_hour(session: Session, tmp_path: Path) -> tuple[date, object, datetime, datetime]:
+    """VAN-01 left an hour ago with readings at 4 °C from half an hour before: (day, driver, now, left)."""
     day = build_day(session, tmp_path, depots=("FS-01",))
     now = utcnow().replace(microsecond=0)
     left = now - timedelta(hours=1)
     driver = driver_ref(session, "driver01")
     start_route(session, driver, RouteStartIn(date=day, at=left), now=now)
     store_readings(session, samples(left - timedelta(minutes=30), now, 4.0, 1), now)
+    return day, driver, now, left
+
+
+def test_goods_aboard_are_assessed_again_after_the_ttl_when_nothing_was_stored(session, tmp_path: Path,  # noqa: ANN001
+                                                                               monkeypatch) -> None:  # noqa: ANN001
+    day, driver, now, left = aboard_an_hour(session, tmp_path)
     trace.forget_assessments()
     monkeypatch.setattr(get_settings(), "risk_open_ttl_s", 3600.0)
 
@@ -187,12 +193,7 @@ def test_what_one_worker_assessed_the_other_takes_while_its_inputs_hold(session,
     reading stored since, or an assessment of goods aboard older than the TTL, is assessed again."""
     if session.get_bind().dialect.name != "postgresql":
         pytest.skip("kept_risks is shared through PostgreSQL; on SQLite each process keeps its own (one worker)")
-    day = build_day(session, tmp_path, depots=("FS-01",))
-    now = utcnow().replace(microsecond=0)
-    left = now - timedelta(hours=1)
-    driver = driver_ref(session, "driver01")
-    start_route(session, driver, RouteStartIn(date=day, at=left), now=now)
-    store_readings(session, samples(left - timedelta(minutes=30), now, 4.0, 1), now)
+    day, driver, now, left = aboard_an_hour(session, tmp_path)
     monkeypatch.setattr(get_settings(), "risk_open_ttl_s", 600.0)
     trace.forget_assessments()
 

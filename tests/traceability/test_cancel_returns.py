@@ -23,7 +23,7 @@ from delivery.service import driver_ref, start_route, stop_event
 from fulfillment.models import Order, Reservation
 from routing.replan import breakdown, replan
 from routing.replan import cancel_order as cancel_event
-from tests.delivery.helpers import build_day, routes_by_van
+from tests.delivery.helpers import build_day_received, routes_by_van
 from tests.support import same
 from traceability import flows
 from traceability.models import CustodyEvent
@@ -46,10 +46,7 @@ def _reserved(session: Session, ref: str) -> dict[int, int]:
 
 @pytest.fixture
 def day(session: Session, tmp_path: Path):  # noqa: ANN201
-    d = build_day(session, tmp_path)
-    first = min(r.start_at for r in routes_by_van(session, d).values())
-    flows.receive_stock(session, at=first - timedelta(hours=3), actor="receiver")
-    return d
+    return build_day_received(session, tmp_path)
 
 
 def test_cancelled_before_picking_releases_the_reservation_and_returns_nothing(session: Session, day) -> None:  # noqa: ANN001
