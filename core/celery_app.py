@@ -38,7 +38,8 @@ def make_celery() -> Celery:
         broker_transport_options={} if settings.celery_broker.startswith("sqla+") else {"visibility_timeout": 3600},
         imports=[m for m in TASK_MODULES if _exists(m)],
         beat_schedule={"telemetry-rules-clock": {"task": "telemetry.tick", "schedule": 30.0},
-                       "vans-cargo-and-routes": {"task": "traceability.sync_vans", "schedule": 60.0}},
+                       "vans-cargo-and-routes": {"task": "traceability.sync_vans", "schedule": 60.0},
+                       "emptied-routes": {"task": "delivery.sweep_emptied_routes", "schedule": 60.0}},
     )
     return app
 

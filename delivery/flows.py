@@ -31,24 +31,28 @@ from warehouses.models import Driver, Node, Vehicle
 
 
 def _routes_of(session: Session, order: Order) -> list[int]:
-    """The started routes of the current plans that have a stop of this order still to visit."""
-    return list(session.scalars(
+    """The started routes of the current plans that have a stop of this order still to visit, locked in id
+    order (PostgreSQL) as a driver's stop event locks its route: a cancel and a delivery of the route's last
+    two open stops then take turns, and whichever comes second sees the other's stop done and finishes the
+    route (without the lock each would still count the other's stop open, and neither would)."""
+    ids = list(session.scalars(
         select(Route.id).join(Plan, Plan.id == Route.plan_id).join(RouteStop, RouteStop.route_id == Route.id)
         .where(RouteStop.order_id == order.id, RouteStop.status.not_in(STOP_DONE), Route.status == "started",
                Plan.status == "current").distinct()))
-
-
+    if ids:
+        ids = list(session.scalars(select(Route.id).where(Route.id.in_(ids)).order_by(Route.id).with_for_update()))
+    return ids
 
 
 def _driver_of(session: Session, route: Route) -> int | None:
-    """Who the route's finish is recorded for: the van's driver, else whoever started it (a re-plan's new
-    version keeps the status and the start, the started event stays on the route it was reported on)."""
-    van_driver = session.scalar(select(Driver.id).where(Driver.vehicle_id == route.vehicle_id).order_by(Driver.id))
-    if van_driver is not None:
-        return van_driver
-    return session.scalar(select(DeliveryEvent.driver_id).where(DeliveryEvent.vehicle_id == route.vehicle_id,
-                                                                DeliveryEvent.type == "started")
-                          .order_by(DeliveryEvent.id.desc()))
+    """Who the route's finish is recorded for: whoever started it, else the van's driver (a re-plan's new
+    version keeps the status and the start, while the started event stays on the route it was reported on)."""
+    started = session.scalar(select(DeliveryEvent.driver_id).where(DeliveryEvent.route_id == route.id,
+                                                                   DeliveryEvent.type == "started")
+                             .order_by(DeliveryEvent.id.desc()))
+    if started is not None:
+        return started
+    return session.scalar(select(Driver.id).where(Driver.vehicle_id == route.vehicle_id).order_by(Driver.id))
 
 
 def finish_emptied_routes(session: Session, route_ids: Iterable[int], actor: str, why: str,
@@ -70,7 +74,8 @@ def finish_emptied_routes(session: Session, route_ids: Iterable[int], actor: str
         if driver_id is None:  # a started route always has its started event; nothing to record it for
             continue
         code = session.scalar(select(Vehicle.code).where(Vehicle.id == route.vehicle_id))
-        finish_route(session, route.id, route.vehicle_id, code, driver_id, actor, at, utcnow())
+        if not finish_route(session, route.id, route.vehicle_id, code, driver_id, actor, at, utcnow()):
+            continue  # finished meanwhile
         audit.append(session, actor, "route.finished", "route", route.id, {"vehicle": code, "trip": route.trip},
                      why=why)
         finished.append(route.id)
@@ -85,6 +90,15 @@ def finish_emptied_depot_routes(session: Session, day: date, depot: str, actor: 
         select(Route.id).join(Plan, Plan.id == Route.plan_id).join(Node, Node.id == Plan.depot_id)
         .where(Plan.day == day, Node.code == depot, Plan.status == "current", Route.status == "started"))
     return finish_emptied_routes(session, started, actor, "re-planned with no stop left to visit", at)
+
+
+def sweep_emptied_routes(session: Session, at: datetime | None = None) -> list[int]:
+    """Celery beat's safety net, every minute: finish any started route of a current plan left with nothing to
+    visit, whatever left it so (a re-plan job that stopped between its commit and its finishing step, then
+    could not repeat its cancel)."""
+    started = session.scalars(select(Route.id).join(Plan, Plan.id == Route.plan_id)
+                              .where(Plan.status == "current", Route.status == "started"))
+    return finish_emptied_routes(session, started, "system", "started with no stop left to visit", at)
 
 
 def cancel_order(session: Session, order: Order, actor: str, reason: str | None = None,

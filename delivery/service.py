@@ -296,7 +296,8 @@ _STOP_ROW = (
 _ORDER_EVENTS_INSERT = OrderEvent.__table__.insert()
 _EVENT_INSERT = DeliveryEvent.__table__.insert().returning(DeliveryEvent.__table__.c.id)
 _STOP_STATUS = (update(_RS).where(_RS.c.id == bindparam("stop_pk")).values(status=bindparam("new_status")))
-_ROUTE_DONE = (update(_RT).where(_RT.c.id == bindparam("route_pk")).values(status=route_stored("finished")))
+_ROUTE_DONE = (update(_RT).where(_RT.c.id == bindparam("route_pk"), _RT.c.status == route_stored("started"))
+               .values(status=route_stored("finished")))
 
 
 def _load_out(session: Session, order: Order, actor: str, at: datetime, data: dict) -> bool:
@@ -540,13 +541,14 @@ def _expire_written(session: Session, *written: tuple[type, int]) -> None:
 
 
 def finish_route(session: Session, route_id: int, vehicle_id: int, vehicle_code: str | None, driver_id: int,
-                 actor: str, at: datetime, now: datetime) -> None:
+                 actor: str, at: datetime, now: datetime) -> bool:
     """The route has no stop left to visit: it finishes, the goods of its failed stops go back to the depot,
     and the van is no longer watched for silence. Its last stop done (:func:`stop_event`), or its last open
     stop cancelled (delivery.flows.finish_emptied_routes): a route left started would keep the van watched
-    for silence and never record its failed goods back."""
+    for silence and never record its failed goods back. False, and nothing written, when it is not started."""
     conn = session.connection()
-    conn.execute(_ROUTE_DONE, {"route_pk": route_id})
+    if not conn.execute(_ROUTE_DONE, {"route_pk": route_id}).rowcount:
+        return False
     conn.execute(_EVENT_INSERT, {
         "route_id": route_id, "stop_pk": None, "stop_id": None, "driver_id": driver_id, "vehicle_id": vehicle_id,
         "type": "finished", "at": at, "received_at": now, "lat": None, "lon": None, "recipient": None,
@@ -557,6 +559,7 @@ def finish_route(session: Session, route_id: int, vehicle_id: int, vehicle_code:
         custody.record_returned(session, failed, at, actor, reason="back at the depot after a failed delivery")
     if vehicle_code:
         sync_van(session, vehicle_code, now, active=False)
+    return True
 
 
 def _stop_event_orm(session: Session, driver: DriverRef, stop_id: str, body: StopEventIn,

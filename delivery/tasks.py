@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import date, datetime
 
 from core.celery_app import celery_app
-from delivery.flows import replan_flow
+from core.db import session_scope
+from delivery.flows import replan_flow, sweep_emptied_routes
 from routing.replan import event_from_dict
 
 
@@ -17,3 +18,9 @@ def replan_task(self, day: str, depot: str, event: dict | None, time_limit: floa
     self.update_state(state="PROGRESS", meta={"depot": depot, "stage": "solving", "time_limit": time_limit})
     return replan_flow(date.fromisoformat(day), event_from_dict(event), time_limit=time_limit, actor=actor,
                        now=datetime.fromisoformat(now) if now else None, depot=depot)
+
+
+@celery_app.task(name="delivery.sweep_emptied_routes", ignore_result=True)
+def sweep_emptied_routes_task() -> int:
+    with session_scope() as session:
+        return len(sweep_emptied_routes(session))

@@ -17,8 +17,9 @@ from traceability.trace import prune_kept_risks
 
 @celery_app.task(name="traceability.sync_vans", ignore_result=True)
 def sync_vans_task() -> int:
-    with session_scope() as session:
+    with session_scope() as session:  # its own transaction: its row locks end here
         prune_kept_risks(session)
+    with session_scope() as session:
         return sync_vans(session)
 
 

@@ -43,6 +43,7 @@ driver's note): traceability sits below delivery and may not import it (ARCHITEC
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import threading
@@ -515,9 +516,16 @@ _STORE = _upsert.on_conflict_do_update(index_elements=[_KR.c.order_id], set_={
 stored_hits = 0  # orders taken from kept_risks, assessed by another process (tests read it)
 
 
-def _digest(inputs: tuple) -> str:
-    """The inputs as text that every process writes alike (kept_risks.inputs)."""
-    return json.dumps([v.isoformat() if isinstance(v, datetime) else v for v in inputs], separators=(",", ":"))
+def _digest(inputs: tuple, rules: str) -> str:
+    """The inputs as text that every process writes alike (kept_risks.inputs), with the rules they were assessed
+    by (``rules``: :func:`_rules_tag`), so that a process with other rules (a new release, other settings)
+    never takes another's answer."""
+    return json.dumps([rules, *(v.isoformat() if isinstance(v, datetime) else v for v in inputs)],
+                      separators=(",", ":"))
+
+
+def _rules_tag(spoilage: risk.SpoilageRules, breakage: risk.BreakageRules) -> str:
+    return hashlib.sha256(repr((spoilage, breakage)).encode()).hexdigest()[:16]
 
 
 def _check(assessed: dict) -> dict:
@@ -551,7 +559,7 @@ def order_risks(session: Session, ids: Sequence[int], trip_ids: Sequence[int] | 
     global assessments, stored_hits
     if not ids:
         return {}
-    spoilage, _breakage = _rules()
+    spoilage, breakage = _rules()
     ttl = get_settings().risk_open_ttl_s
     url = str(session.get_bind().engine.url)
     inputs = _inputs(session, ids, spoilage.max_hold, trip_ids, custody)
@@ -568,11 +576,12 @@ def order_risks(session: Session, ids: Sequence[int], trip_ids: Sequence[int] | 
     conn = session.connection()
     shared = conn.dialect.name == "postgresql"
     if shared:
+        rules = _rules_tag(spoilage, breakage)
         wall = utcnow()
         taken = []
         for order_id, digest, spoil, brk, aboard_, at in conn.execute(_STORED, {"ids": missing}):
             age = max(0.0, (wall - at).total_seconds())
-            if digest == _digest(inputs[order_id]) and _holds(age, aboard_, ttl):
+            if digest == _digest(inputs[order_id], rules) and _holds(age, aboard_, ttl):
                 taken.append((order_id, _Kept(inputs[order_id], spoil, brk, aboard_, clock - age)))
         with _kept_lock:
             for order_id, kept in taken:
@@ -602,8 +611,10 @@ def order_risks(session: Session, ids: Sequence[int], trip_ids: Sequence[int] | 
             _kept[(url, order_id)] = kept  # the least recently used order goes when full
     for order_id, kept in fresh:
         out[order_id] = (kept.spoilage, kept.breakage)
-    if shared and fresh:  # in order of order id: two workers writing the same orders wait, never deadlock
-        conn.execute(_STORE, [{"order_id": order_id, "inputs": _digest(kept.inputs), "spoilage": kept.spoilage,
+    if shared and fresh:
+        # in the request's transaction, in order of order id: two workers writing the same orders take turns and
+        # never deadlock (the prune skips what is being written); the rows are held until the request commits
+        conn.execute(_STORE, [{"order_id": order_id, "inputs": _digest(kept.inputs, rules), "spoilage": kept.spoilage,
                                "breakage": kept.breakage, "aboard": kept.aboard, "assessed_at": now}
                               for order_id, kept in fresh])
     return out
@@ -611,9 +622,13 @@ def order_risks(session: Session, ids: Sequence[int], trip_ids: Sequence[int] | 
 
 def prune_kept_risks(session: Session, now: datetime | None = None) -> int:
     """Delete kept_risks rows too old to be taken (:data:`_MAX_AGE_S`): each is written over while its order
-    is on a route, and is dead weight after (Celery beat's minute tick calls this). Returns the rows deleted."""
+    is on a route, and is dead weight after (Celery beat's minute tick calls this, in a transaction of its
+    own). Rows a request is writing are skipped (SKIP LOCKED, in order id order, as requests write them), so
+    the prune never waits for a driver's request nor makes one wait. Returns the rows deleted."""
     cutoff = (now or utcnow()) - timedelta(seconds=_MAX_AGE_S)
-    return session.execute(delete(KeptRisk).where(KeptRisk.assessed_at < cutoff)).rowcount
+    old = (select(KeptRisk.order_id).where(KeptRisk.assessed_at < cutoff).order_by(KeptRisk.order_id)
+           .with_for_update(skip_locked=True))
+    return session.execute(delete(KeptRisk).where(KeptRisk.order_id.in_(old.scalar_subquery()))).rowcount
 
 
 def forget_reference() -> None:

@@ -7,7 +7,7 @@ run)."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -35,8 +35,9 @@ def day(session: Session, tmp_path: Path):  # noqa: ANN201
     return build_day_received(session, tmp_path)
 
 
-@pytest.mark.parametrize("how", ["api", "replan"])
-def test_cancelling_the_last_open_stop_of_a_started_route_finishes_it(session: Session, day, how: str) -> None:  # noqa: ANN001
+def _reattempt_on_van01(session: Session, day) -> tuple[str, int, datetime]:  # noqa: ANN001
+    """VAN-01 out, its first stop failed, VAN-03 broken down: the re-plan puts the re-attempt back on VAN-01's
+    started route as a stop to visit. Returns (the order's ref, VAN-01's route id, when it was re-planned)."""
     route = routes_by_van(session, day)["VAN-01"]
     first, *_rest = sorted(route.stops, key=lambda s: s.seq)
     driver = driver_ref(session, "driver01")
@@ -54,6 +55,30 @@ def test_cancelling_the_last_open_stop_of_a_started_route_finishes_it(session: S
     assert route.status == "started"
     again = [s for s in route.stops if s.order.ref == ref and s.status == "planned"]
     assert len(again) == 1, [(s.order.ref, s.status) for s in route.stops]
+    return ref, route.id, moved_at
+
+
+def test_a_cancel_that_leaves_stops_to_visit_does_not_finish_the_route(api, session: Session, day, token) -> None:  # noqa: ANN001
+    ref, route_id, _moved_at = _reattempt_on_van01(session, day)
+    resp = api.post(f"/api/v1/orders/{ref}/cancel", json={"reason": "客户取消"}, headers=token("dispatcher"))
+    assert resp.status_code == 200, resp.text
+    route = routes_by_van(session, day)["VAN-01"]
+    assert route.status == "started"
+    assert [s for s in route.stops if s.status == "planned"] and ref not in {
+        s.order.ref for s in route.stops if s.status == "planned"}
+    assert session.scalar(select(func.count()).select_from(DeliveryEvent).where(
+        DeliveryEvent.route_id == route_id, DeliveryEvent.type == "finished")) == 0
+    audit.flush(session)
+    assert session.scalar(select(func.count()).select_from(AuditLog).where(AuditLog.action == "route.finished")) == 0
+
+
+@pytest.mark.parametrize("how", ["api", "replan", "sweep"])
+def test_cancelling_the_last_open_stop_of_a_started_route_finishes_it(api, session: Session, day, token,  # noqa: ANN001
+                                                                      how: str) -> None:
+    ref, _route_id, moved_at = _reattempt_on_van01(session, day)
+    route = routes_by_van(session, day)["VAN-01"]
+    driver = driver_ref(session, "driver01")
+    again = [s for s in route.stops if s.order.ref == ref and s.status == "planned"]
     # every other stop delivered: the re-attempt is the only one left to visit
     others = sorted((s for s in route.stops if s.status == "planned" and s.order.ref != ref), key=lambda s: s.seq)
     assert others
@@ -69,13 +94,18 @@ def test_cancelling_the_last_open_stop_of_a_started_route_finishes_it(session: S
 
     cancelled_at = t + timedelta(minutes=5)
     order = session.get(Order, again[0].order_id)
-    if how == "api":
-        flows.cancel_order(session, order, "dispatcher", "客户取消", at=cancelled_at)
+    if how == "api":  # POST /orders/{ref}/cancel, over HTTP
+        resp = api.post(f"/api/v1/orders/{ref}/cancel", json={"reason": "客户取消"},
+                        headers=token("dispatcher", "dispatcher"))
+        assert resp.status_code == 200 and resp.json()["status"] == "cancelled", resp.text
     else:
         replan(day, "FS-01", cancel_event(ref, "客户取消"), time_limit=1, actor="dispatcher", now=cancelled_at,
                sessions=same(session), cancel=trace_flows.cancel_order)
         assert routes_by_van(session, day)["VAN-01"].status == "started"  # what the re-plan alone leaves
-        flows.finish_emptied_depot_routes(session, day, "FS-01", "dispatcher", cancelled_at)
+        if how == "replan":  # delivery.flows.replan_flow's step after the re-plan
+            flows.finish_emptied_depot_routes(session, day, "FS-01", "dispatcher", cancelled_at)
+        else:  # Celery beat's safety net, had the re-plan job stopped before that step
+            assert flows.sweep_emptied_routes(session, cancelled_at) == [routes_by_van(session, day)["VAN-01"].id]
     session.flush()
 
     route = routes_by_van(session, day)["VAN-01"]
@@ -96,6 +126,10 @@ def test_cancelling_the_last_open_stop_of_a_started_route_finishes_it(session: S
         is False
     audit.flush(session)
     said = session.scalars(select(AuditLog).where(AuditLog.id > appended, AuditLog.action == "route.finished")).all()
-    assert [(a.actor, a.entity_id) for a in said] == [("dispatcher", str(route.id))]
+    assert [(a.actor, a.entity_id) for a in said] == [("system" if how == "sweep" else "dispatcher", str(route.id))]
+    assert said[0].why == {"api": f"its last stop to visit was cancelled ({ref})",
+                           "replan": "re-planned with no stop left to visit",
+                           "sweep": "started with no stop left to visit"}[how]
     # and finishing twice finds nothing more to do
     assert flows.finish_emptied_depot_routes(session, day, "FS-01", "dispatcher", cancelled_at) == []
+    assert flows.sweep_emptied_routes(session, cancelled_at) == []
