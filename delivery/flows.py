@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import date, datetime
 
-from sqlalchemy import exists, select
+from sqlalchemy import ColumnElement, exists, select
 from sqlalchemy.orm import Session, aliased
 
 from core import audit
@@ -82,13 +82,18 @@ def finish_emptied_routes(session: Session, route_ids: Iterable[int], actor: str
     return finished
 
 
+def _started_routes(session: Session, *where: ColumnElement[bool]) -> list[int]:
+    """The started routes of current plans (of one depot and day, with ``where`` on Plan and Node)."""
+    return list(session.scalars(
+        select(Route.id).join(Plan, Plan.id == Route.plan_id).join(Node, Node.id == Plan.depot_id)
+        .where(Plan.status == "current", Route.status == "started", *where)))
+
+
 def finish_emptied_depot_routes(session: Session, day: date, depot: str, actor: str,
                                 at: datetime | None = None) -> list[int]:
     """:func:`finish_emptied_routes` over the started routes of a depot's current plan for the day (after a
     re-plan, whose cancel event takes the stop off the new version itself)."""
-    started = session.scalars(
-        select(Route.id).join(Plan, Plan.id == Route.plan_id).join(Node, Node.id == Plan.depot_id)
-        .where(Plan.day == day, Node.code == depot, Plan.status == "current", Route.status == "started"))
+    started = _started_routes(session, Plan.day == day, Node.code == depot)
     return finish_emptied_routes(session, started, actor, "re-planned with no stop left to visit", at)
 
 
@@ -96,9 +101,8 @@ def sweep_emptied_routes(session: Session, at: datetime | None = None) -> list[i
     """Celery beat's safety net, every minute: finish any started route of a current plan left with nothing to
     visit, whatever left it so (a re-plan job that stopped between its commit and its finishing step, then
     could not repeat its cancel)."""
-    started = session.scalars(select(Route.id).join(Plan, Plan.id == Route.plan_id)
-                              .where(Plan.status == "current", Route.status == "started"))
-    return finish_emptied_routes(session, started, "system", "started with no stop left to visit", at)
+    return finish_emptied_routes(session, _started_routes(session), "system", "started with no stop left to visit",
+                                 at)
 
 
 def cancel_order(session: Session, order: Order, actor: str, reason: str | None = None,

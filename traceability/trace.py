@@ -538,6 +538,15 @@ def _holds(age: float, aboard: bool, ttl: float) -> bool:
     return age < _MAX_AGE_S and not (aboard and age >= ttl)
 
 
+def _keep(url: str, assessed: list[tuple[int, _Kept]], out: dict[int, tuple[dict, dict]]) -> None:
+    """Keep these assessments in this process (the least recently used order goes when full) and answer them."""
+    with _kept_lock:
+        for order_id, kept in assessed:
+            _kept[(url, order_id)] = kept
+    for order_id, kept in assessed:
+        out[order_id] = (kept.spoilage, kept.breakage)
+
+
 def order_risks(session: Session, ids: Sequence[int], trip_ids: Sequence[int] | None = None,
                 custody: dict[int, tuple] | None = None) -> dict[int, tuple[dict, dict]]:
     """(spoilage, breakage) of each order, each its ``level`` and ``reasons`` as :func:`assess_orders` answers
@@ -583,11 +592,7 @@ def order_risks(session: Session, ids: Sequence[int], trip_ids: Sequence[int] | 
             age = max(0.0, (wall - at).total_seconds())
             if digest == _digest(inputs[order_id], rules) and _holds(age, aboard_, ttl):
                 taken.append((order_id, _Kept(inputs[order_id], spoil, brk, aboard_, clock - age)))
-        with _kept_lock:
-            for order_id, kept in taken:
-                _kept[(url, order_id)] = kept
-        for order_id, kept in taken:
-            out[order_id] = (kept.spoilage, kept.breakage)
+        _keep(url, taken, out)
         stored_hits += len(taken)
         missing = [order_id for order_id in missing if order_id not in out]
         if not missing:
@@ -606,11 +611,7 @@ def order_risks(session: Session, ids: Sequence[int], trip_ids: Sequence[int] | 
     fresh = [(order.id, _Kept(inputs[order.id], _check(assessed["spoilage_risk"]), _check(assessed["breakage_risk"]),
                               order.id in aboard, born))
              for order, assessed in zip(orders, _assess_orders(session, orders, events, now, readings), strict=True)]
-    with _kept_lock:
-        for order_id, kept in fresh:
-            _kept[(url, order_id)] = kept  # the least recently used order goes when full
-    for order_id, kept in fresh:
-        out[order_id] = (kept.spoilage, kept.breakage)
+    _keep(url, fresh, out)
     if shared and fresh:
         # in the request's transaction, in order of order id: two workers writing the same orders take turns and
         # never deadlock (the prune skips what is being written); the rows are held until the request commits
