@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
 from cachetools import LRUCache
-from sqlalchemy import BindParameter, Select, Subquery, bindparam, delete, func, or_, select
+from sqlalchemy import BindParameter, Row, Select, Subquery, bindparam, delete, func, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -87,10 +87,12 @@ class Readings:
     """Readings by index range. ``spans``: per van, a time range to fetch once per (kind, compartment) and
     slice per leg (a day's assessment); a leg outside its van's span is fetched on its own."""
 
-    def __init__(self, session: Session, spans: dict[int, tuple[datetime, datetime]] | None = None) -> None:
+    def __init__(self, session: Session, spans: dict[int, tuple[datetime, datetime]] | None = None,
+                 cache: dict | None = None) -> None:
         self.session = session
         self.spans = spans or {}
-        self._cache: dict[tuple[int, str, str], tuple[list[datetime], list[tuple]]] = {}
+        # (van, kind, compartment) -> (times, rows) over the van's span; ``cache``: fetched earlier for these spans
+        self.cache: dict[tuple[int, str, str], tuple[list[datetime], list[tuple]]] = cache if cache is not None else {}
         self.queries = 0
 
     def _fetch(self, vehicle_id: int, kind: str, compartment: str, start: datetime, end: datetime) -> list[tuple]:
@@ -106,10 +108,10 @@ class Readings:
         if span is None or start < span[0] or end > span[1]:
             return self._fetch(vehicle_id, kind, compartment, start, end)
         key = (vehicle_id, kind, compartment)
-        got = self._cache.get(key)
+        got = self.cache.get(key)
         if got is None:
             rows = self._fetch(vehicle_id, kind, compartment, span[0], span[1])
-            got = self._cache[key] = ([row[0] for row in rows], rows)
+            got = self.cache[key] = ([row[0] for row in rows], rows)
         times, rows = got
         return rows[bisect_left(times, start):bisect_left(times, end)]
 
@@ -238,6 +240,13 @@ def _load_lines(session: Session, order_ids: list[int]) -> dict[int, object]:
 
 
 def _context(session: Session, events: Sequence[CustodyEvent], order_ids: list[int]) -> _Ctx:
+    damage, van_damage = _damage(session, order_ids, {e.route_id for e in events if e.route_id is not None})
+    return _with_reference(session, events, order_ids, damage, van_damage)
+
+
+def _with_reference(session: Session, events: Sequence[CustodyEvent], order_ids: list[int],
+                    damage: dict[int, list], van_damage: dict[int, list]) -> _Ctx:
+    """The context with what does not change during a day (kept per process: :func:`_kept_reference`)."""
     lines = _kept_reference(session, "lines", order_ids, lambda ids: _load_lines(session, ids), default=())
     product_ids = {e.product_id for e in events} | {p for ls in lines.values() for _i, _n, p in ls}
     products = _kept_reference(session, "product", product_ids, lambda ids: {
@@ -249,12 +258,16 @@ def _context(session: Session, events: Sequence[CustodyEvent], order_ids: list[i
     lot_ids = {e.lot_id for e in events if e.lot_id is not None}
     expires = _kept_reference(session, "lot", lot_ids, lambda ids: dict(
         session.execute(select(StockLot.id, StockLot.expires).where(StockLot.id.in_(ids))).all()))
+    return _Ctx(products, vehicles, expires, damage, van_damage, lines)
+
+
+def _damage(session: Session, order_ids: list[int], route_ids: set[int]) -> tuple[dict[int, list], dict[int, list]]:
+    """Drivers' damage reports: each order's own (by order id), and every order's on the routes (by route id)."""
     damage: dict[int, list] = defaultdict(list)
     for order_id, at, data in session.execute(
             select(OrderEvent.order_id, OrderEvent.at, OrderEvent.data)
             .where(OrderEvent.order_id.in_(order_ids), OrderEvent.type == "damaged").order_by(OrderEvent.id)):
         damage[order_id].append((at, data or {}))
-    route_ids = {e.route_id for e in events if e.route_id is not None}
     van_damage: dict[int, list] = defaultdict(list)
     if route_ids:
         for route_id, at, order_id, ref, data in session.execute(
@@ -263,7 +276,7 @@ def _context(session: Session, events: Sequence[CustodyEvent], order_ids: list[i
                 .join(Order, Order.id == RouteStop.order_id)
                 .where(RouteStop.route_id.in_(route_ids), OrderEvent.type == "damaged").order_by(OrderEvent.id)):
             van_damage[route_id].append((at, order_id, ref, data or {}))
-    return _Ctx(products, vehicles, expires, damage, van_damage, lines)
+    return damage, van_damage
 
 
 def _risk_product(p: Product | risk.Product) -> risk.Product:
@@ -427,6 +440,25 @@ def _assess_orders(session: Session, orders: Sequence[Order], events: Sequence[C
 
 
 @dataclass(frozen=True)
+class _Basis:
+    """What a batch of orders was assessed from that the orders share: their vans' readings (as fetched, by van,
+    kind and compartment), the drivers' damage reports, and the shared part of the inputs it was read with.
+    While no damage is reported, an order of the batch is assessed again from this at a later clock, after a
+    custody step of its own, or with the readings its vans sent since added, without reading the rest again
+    (:func:`_redo`)."""
+
+    scope: tuple  # whose vans and since when the shared part counts (:func:`_inputs`)
+    shared: tuple  # readings' count and newest time, newest damage report
+    now: datetime  # the clock the batch was assessed to: open legs' readings were fetched up to it
+    born: float  # time.monotonic()
+    spans: dict[int, tuple[datetime, datetime]]  # per van, the range its readings were fetched for
+    readings: dict  # Readings.cache of the batch
+    damage: dict[int, list]
+    van_damage: dict[int, list]
+    route_ids: frozenset[int]  # the routes van_damage covers
+
+
+@dataclass(frozen=True)
 class _Kept:
     """One order's assessed risks, what they were computed from, and when."""
 
@@ -435,12 +467,16 @@ class _Kept:
     breakage: dict
     aboard: bool  # a leg still open: its end is "now", so time alone moves the risk
     born: float  # time.monotonic()
+    order: Row | None = None  # (id, ref, delivery_date, status), with the custody rows below: the order's own
+    events: tuple = ()  # part of what it was assessed from (None, (): taken from kept_risks, nothing to redo from)
+    basis: _Basis | None = None
 
 
 _KEPT_MAX = 50_000  # orders (a few kB each); the least recently used go first
 _kept: LRUCache[tuple[str, int], _Kept] = LRUCache(_KEPT_MAX)
 _kept_lock = threading.Lock()
 assessments = 0  # orders assessed by :func:`order_risks` because their kept assessment did not hold (tests read it)
+redone = 0  # of those, assessed again from what was kept of their earlier assessment (:func:`_redo`)
 
 
 def custody_summary(order_ids: Select | Sequence[int] | BindParameter) -> Subquery:
@@ -470,16 +506,28 @@ def _shared_inputs(wanted: Select | BindParameter) -> tuple[Select, Select]:
     return readings, select(damaged)
 
 
+def _readings_after(wanted: Select | BindParameter) -> Select:
+    """The readings :func:`_shared_inputs` counts, those at or after ``:after`` only: what a van sent since an
+    assessment (:func:`_redo`), in the order the readings' fetch uses."""
+    c, r = CustodyEvent.__table__.c, TelemetryReading.__table__.c
+    vans = select(c.vehicle_id).where(c.order_id.in_(wanted), c.vehicle_id.is_not(None))
+    return (select(r.vehicle_id, r.kind, r.compartment, r.ts, r.device, r.seq, r.value)
+            .where(r.vehicle_id.in_(vans), r.kind.in_(("temperature", "shock")),
+                   r.compartment.in_(READING_COMPARTMENTS), r.ts >= bindparam("after"))
+            .order_by(r.ts, r.device, r.seq, r.kind, r.compartment))
+
+
 _RS_C = RouteStop.__table__.c
 # the orders of a van's trips (``trip_ids``: the routes' ids), or a list of order ids (``ids``)
 ON_TRIPS = select(_RS_C.order_id).where(_RS_C.route_id.in_(bindparam("trip_ids", expanding=True)))
 _BY_IDS = bindparam("ids", expanding=True)
 _SHARED = {"trips": _shared_inputs(ON_TRIPS), "ids": _shared_inputs(_BY_IDS)}
+_AFTER = {"trips": _readings_after(ON_TRIPS), "ids": _readings_after(_BY_IDS)}
 _OWN = select(custody_summary(_BY_IDS))
 
 
 def _inputs(session: Session, ids: Sequence[int], margin: timedelta, trip_ids: Sequence[int] | None = None,
-            own: dict[int, tuple] | None = None) -> dict[int, tuple]:
+            own: dict[int, tuple] | None = None) -> tuple[dict[int, tuple], tuple]:
     """What the orders' risk depends on that changes during a day, in two aggregate statements on indexes
     (one when ``own``, the first, was read by the caller):
 
@@ -490,7 +538,9 @@ def _inputs(session: Session, ids: Sequence[int], margin: timedelta, trip_ids: S
       loading on (a reading stored late, for a time already past, changes the count).
 
     ``trip_ids``: routes whose orders include these (a van's day), named by the routes in SQL; the shared part
-    then covers all their orders, so it changes at least whenever these orders' does.
+    then covers all their orders, so it changes at least whenever these orders' does. Returns the inputs by
+    order id (own part first: three values) and the scope the shared part was counted over (the routes or
+    orders, and since when): two equal shared parts say nothing changed only when read over the same scope.
     Products' limits, lots' expiry dates and order lines do not change during a day (a scenario reload
     makes a new plan); :data:`_MAX_AGE_S` bounds them anyway.
     """
@@ -500,11 +550,13 @@ def _inputs(session: Session, ids: Sequence[int], margin: timedelta, trip_ids: S
     if own is None:
         own = {order_id: (n, newest, first) for order_id, n, newest, first in conn.execute(_OWN, {"ids": list(ids)})}
     firsts = [first for _n, _newest, first in own.values() if first is not None]
-    if firsts:
-        shared = tuple(conn.execute(with_readings, {**params, "since": min(firsts) - margin}).one())
+    since = min(firsts) - margin if firsts else None
+    if since is not None:
+        shared = tuple(conn.execute(with_readings, {**params, "since": since}).one())
     else:
         shared = (0, None, conn.execute(damage_only, params).scalar())
-    return {order_id: (*own.get(order_id, (0, None, None)), *shared) for order_id in ids}
+    scope = ("trips", tuple(trip_ids)) if trip_ids is not None else ("ids", tuple(ids))
+    return {order_id: (*own.get(order_id, (0, None, None)), *shared) for order_id in ids}, (*scope, since)
 
 
 _KR = KeptRisk.__table__
@@ -557,35 +609,51 @@ def order_risks(session: Session, ids: Sequence[int], trip_ids: Sequence[int] | 
 
     Every call reads the orders' inputs from the database (:func:`_inputs`: two statements), so a
     loading, delivery, damage report or reading stored by any process (another API worker, the ingestor)
-    shows in the very next answer. An earlier assessment is this process's own, or, on PostgreSQL, one
-    another process stored in kept_risks with the same inputs (one statement, only for orders this process
-    does not hold: with several API workers, an order changed by a delivery, or a driver's first request
-    of the day, is assessed by one worker instead of each). An order with goods still aboard is assessed
-    again once its assessment is COLDCHAIN_RISK_OPEN_TTL_S old (its open leg ends "now": a held reading or
-    a gap in readings grows with time alone); any order at least every :data:`_MAX_AGE_S`. The lock guards
+    shows in the very next answer. An order with goods still aboard is assessed again once its assessment is
+    COLDCHAIN_RISK_OPEN_TTL_S old (its open leg ends "now": a held reading or a gap in readings grows with
+    time alone); any order at least every :data:`_MAX_AGE_S`. In that order of preference, an order is
+    answered from: this process's own assessment while it holds; this process's earlier assessment redone
+    from what it was computed from when the clock, the order's own custody or its vans' new readings moved
+    (:func:`_redo`: no readings read again but those sent since, no damage reports, which is what assessing
+    costs); on PostgreSQL, one another process
+    stored in kept_risks with the same inputs (one statement, only for orders this process cannot answer:
+    with several API workers, a driver's first request of the day is assessed by one worker instead of
+    each); else assessed afresh. Every assessment made here is stored there (one statement). The lock guards
     the map only: assessing runs outside it, so one request's statements never hold up another's.
     """
-    global assessments, stored_hits
+    global assessments, stored_hits, redone
     if not ids:
         return {}
     spoilage, breakage = _rules()
     ttl = get_settings().risk_open_ttl_s
     url = str(session.get_bind().engine.url)
-    inputs = _inputs(session, ids, spoilage.max_hold, trip_ids, custody)
+    inputs, scope = _inputs(session, ids, spoilage.max_hold, trip_ids, custody)
     clock = time.monotonic()
     out: dict[int, tuple[dict, dict]] = {}
+    stale: list[tuple[int, _Kept]] = []
     with _kept_lock:
         for order_id in ids:
             got = _kept.get((url, order_id))
-            if got is not None and got.inputs == inputs[order_id] and _holds(clock - got.born, got.aboard, ttl):
+            if got is None:
+                continue
+            if got.inputs == inputs[order_id] and _holds(clock - got.born, got.aboard, ttl):
                 out[order_id] = (got.spoilage, got.breakage)
-    missing = [order_id for order_id in ids if order_id not in out]
-    if not missing:
+            elif _redoable(got, inputs[order_id], scope, clock):
+                stale.append((order_id, got))
+    if len(out) == len(ids):
         return out
+    now = utcnow()
     conn = session.connection()
     shared = conn.dialect.name == "postgresql"
-    if shared:
-        rules = _rules_tag(spoilage, breakage)
+    rules = _rules_tag(spoilage, breakage) if shared else ""
+    fresh: list[tuple[int, _Kept]] = []
+    if stale:
+        fresh = _redo(session, stale, inputs, scope, now, spoilage, breakage)
+        _keep(url, fresh, out)
+        redone += len(fresh)
+        assessments += len(fresh)
+    missing = [order_id for order_id in ids if order_id not in out]
+    if missing and shared:
         wall = utcnow()
         taken = []
         for order_id, digest, spoil, brk, aboard_, at in conn.execute(_STORED, {"ids": missing}):
@@ -595,29 +663,116 @@ def order_risks(session: Session, ids: Sequence[int], trip_ids: Sequence[int] | 
         _keep(url, taken, out)
         stored_hits += len(taken)
         missing = [order_id for order_id in missing if order_id not in out]
-        if not missing:
-            return out
-    assessments += len(missing)
-    orders = session.scalars(select(Order).where(Order.id.in_(missing)).order_by(Order.id)).all()
-    events = session.scalars(select(CustodyEvent).where(CustodyEvent.order_id.in_(missing))
-                             .order_by(CustodyEvent.id)).all()
-    by_order: dict[int, list[CustodyEvent]] = defaultdict(list)
-    for ev in events:
-        by_order[ev.order_id].append(ev)
-    aboard = {order_id for order_id, evs in by_order.items() if any(leg.end is None for leg in _intervals(evs))}
-    now = utcnow()
-    readings = Readings(session, day_spans(events, now, spoilage.max_hold))
-    born = time.monotonic()
-    fresh = [(order.id, _Kept(inputs[order.id], _check(assessed["spoilage_risk"]), _check(assessed["breakage_risk"]),
-                              order.id in aboard, born))
-             for order, assessed in zip(orders, _assess_orders(session, orders, events, now, readings), strict=True)]
-    _keep(url, fresh, out)
+    if missing:
+        assessments += len(missing)
+        new = _assess_fresh(session, missing, inputs, scope, now, spoilage, breakage)
+        _keep(url, new, out)
+        fresh = sorted(fresh + new, key=lambda f: f[0])
     if shared and fresh:
-        # in the request's transaction, in order of order id: two workers writing the same orders take turns and
-        # never deadlock (the prune skips what is being written); the rows are held until the request commits
+        # every assessment made here, redone or afresh, for the workers that hold nothing to redo it from; in the
+        # request's transaction, in order of order id: two workers writing the same orders take turns and never
+        # deadlock (the prune skips what is being written); the rows are held until the request commits
         conn.execute(_STORE, [{"order_id": order_id, "inputs": _digest(kept.inputs, rules), "spoilage": kept.spoilage,
                                "breakage": kept.breakage, "aboard": kept.aboard, "assessed_at": now}
                               for order_id, kept in fresh])
+    return out
+
+
+_OR_C, _CE = Order.__table__.c, CustodyEvent.__table__
+# plain rows, not ORM objects: they are kept with the assessment (_Kept) after the session has gone
+_ORDER_ROWS = (select(_OR_C.id, _OR_C.ref, _OR_C.delivery_date, _OR_C.status).where(_OR_C.id.in_(_BY_IDS))
+               .order_by(_OR_C.id))
+_EVENT_ROWS = select(_CE).where(_CE.c.order_id.in_(_BY_IDS)).order_by(_CE.c.id)
+
+
+def _aboard(events: Sequence) -> bool:
+    return any(leg.end is None for leg in _intervals(events))
+
+
+def _assess_fresh(session: Session, ids: list[int], inputs: dict[int, tuple], scope: tuple, now: datetime,
+                  spoilage: risk.SpoilageRules, breakage: risk.BreakageRules) -> list[tuple[int, _Kept]]:
+    """Assess these orders from the database, keeping what they were assessed from with each (:class:`_Basis`)."""
+    orders = session.execute(_ORDER_ROWS, {"ids": ids}).all()
+    events = session.execute(_EVENT_ROWS, {"ids": ids}).all()
+    by_order: dict[int, list] = defaultdict(list)
+    for ev in events:
+        by_order[ev.order_id].append(ev)
+    readings = Readings(session, day_spans(events, now, spoilage.max_hold))
+    route_ids = {e.route_id for e in events if e.route_id is not None}
+    damage, van_damage = _damage(session, ids, route_ids)
+    ctx = _with_reference(session, events, ids, damage, van_damage)
+    assessed = [_assess(order, by_order.get(order.id, []), ctx, readings, now, False, spoilage, breakage)
+                for order in orders]
+    born = time.monotonic()
+    basis = _Basis(scope, inputs[ids[0]][3:], now, born, readings.spans, readings.cache, damage, van_damage,
+                   frozenset(route_ids))
+    return [(order.id, _Kept(inputs[order.id], _check(a["spoilage_risk"]), _check(a["breakage_risk"]),
+                             _aboard(by_order.get(order.id, ())), born, order, tuple(by_order.get(order.id, ())),
+                             basis))
+            for order, a in zip(orders, assessed, strict=True)]
+
+
+def _redoable(kept: _Kept, inputs: tuple, scope: tuple, clock: float) -> bool:
+    """Whether ``kept`` may be assessed again from its basis: no damage reported since (the same newest
+    report, counted over the same scope), no reading then newer than the clock the basis was fetched to (its
+    open legs' readings stop there; what came since can be added), and the basis is not older than
+    :data:`_MAX_AGE_S` (the inputs are aggregates, not rows)."""
+    basis = kept.basis
+    return (basis is not None and basis.scope == scope and basis.shared[2] == inputs[5]
+            and clock - basis.born < _MAX_AGE_S and (basis.shared[1] is None or basis.shared[1] < basis.now))
+
+
+def _redo(session: Session, stale: list[tuple[int, _Kept]], inputs: dict[int, tuple], scope: tuple,
+          now: datetime, spoilage: risk.SpoilageRules, breakage: risk.BreakageRules) -> list[tuple[int, _Kept]]:
+    """Assess orders again from their kept basis (:func:`_redoable`) to the clock ``now``: an open leg grows;
+    an order's custody rows are read again when its own changed (one statement: a delivery, a failure); the
+    readings its vans sent since the basis' clock are read and added (one statement), and the basis moves on
+    to ``now`` with them. Exact because nothing lay beyond the basis' clock when it was fetched: the rows it
+    holds and those added are every row up to ``now``, which the count of the inputs confirms (a reading
+    stored late, for a time before the basis' clock, breaks the count: that basis' orders are left out and
+    assessed afresh), as is an order whose new custody names a route the basis has no damage reports for."""
+    changed = [order_id for order_id, kept in stale if kept.inputs[:3] != inputs[order_id][:3]]
+    events_of: dict[int, list] = defaultdict(list)
+    if changed:
+        for ev in session.execute(_EVENT_ROWS, {"ids": changed}):
+            events_of[ev.order_id].append(ev)
+    groups: dict[int, list[tuple[int, _Kept, tuple]]] = defaultdict(list)
+    for order_id, kept in stale:
+        events = tuple(events_of.get(order_id, ())) if kept.inputs[:3] != inputs[order_id][:3] else kept.events
+        if all(e.route_id is None or e.route_id in kept.basis.route_ids for e in events):
+            groups[id(kept.basis)].append((order_id, kept, events))
+    shared = inputs[stale[0][0]][3:]  # one aggregate for every order of the call
+    params = {"trip_ids" if scope[0] == "trips" else "ids": list(scope[1])}
+    born = time.monotonic()
+    out = []
+    for group in groups.values():
+        basis = group[0][1].basis
+        until = max(now, basis.now) + timedelta(microseconds=1)
+        # an open leg's van was fetched up to the basis' clock, and nothing lay beyond it: extend it to now
+        spans = {van: (lo, until if hi > basis.now else hi) for van, (lo, hi) in basis.spans.items()}
+        cache = dict(basis.readings)
+        if shared != basis.shared:
+            rows = session.execute(_AFTER[scope[0]], {**params, "after": basis.now}).all()
+            if shared[0] - basis.shared[0] != len(rows):
+                continue  # a reading stored late for a time already past (or one removed): assess afresh
+            added: dict[tuple, list[tuple]] = defaultdict(list)
+            for van, kind, compartment, *row in rows:
+                if (van, kind, compartment) in cache and spans[van][1] == until:
+                    added[(van, kind, compartment)].append(tuple(row))
+            for key, more in added.items():
+                times, held = cache[key]
+                cache[key] = (times + [row[0] for row in more], held + more)
+        source = Readings(session, spans, cache)
+        events = [e for _o, _k, evs in group for e in evs]
+        ctx = _with_reference(session, events, [order_id for order_id, _k, _e in group], basis.damage,
+                              basis.van_damage)
+        assessed = [(order_id, kept, evs, _assess(kept.order, evs, ctx, source, now, False, spoilage, breakage))
+                    for order_id, kept, evs in group]
+        moved = _Basis(scope, shared, now, basis.born, spans, source.cache, basis.damage, basis.van_damage,
+                       basis.route_ids)
+        out += [(order_id, _Kept(inputs[order_id], _check(a["spoilage_risk"]), _check(a["breakage_risk"]),
+                                 _aboard(evs), born, kept.order, evs, moved))
+                for order_id, kept, evs, a in assessed]
     return out
 
 

@@ -20,19 +20,20 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, delete, select
 from sqlalchemy.orm import Session
 
 from core.settings import get_settings
 from core.timeutil import utcnow
-from delivery.schemas import RouteStartIn
-from delivery.service import driver_ref, route_of, start_route
+from delivery.schemas import RouteStartIn, StopEventIn
+from delivery.service import driver_ref, route_of, start_route, stop_event
 from fulfillment.models import Order
 from routing.models import Plan, Route, RouteStop
 from tests.delivery.helpers import build_day, login, planned_database, serving
 from tests.support import zulu
 from tests.traceability.helpers import store_readings
 from traceability import trace
+from traceability.models import KeptRisk
 from warehouses.models import Vehicle
 
 ROUTE = "/api/v1/driver/route"
@@ -163,6 +164,80 @@ def test_goods_aboard_are_assessed_again_after_the_ttl_when_nothing_was_stored(s
         assert any(re.search(r"no temperature reading for 2\d min", r) for r in later[ref]["reasons"]), later[ref]
 
 
+def test_an_order_is_redone_from_what_was_kept_when_only_the_clock_or_its_own_custody_moved(  # noqa: ANN001
+        session, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """Assessing again after the TTL, or after a delivery, takes the readings and damage reports kept from the last
+    assessment while none was stored since (trace._redo): no readings read again, and the same answer as an
+    assessment from the database at the same clock."""
+    day, driver, now, _left = aboard_an_hour(session, tmp_path)
+    trace.forget_assessments()
+    monkeypatch.setattr(get_settings(), "risk_open_ttl_s", 0.0)
+    clock = [now]
+    monkeypatch.setattr(trace, "utcnow", lambda: clock[0])
+    fetched: list[tuple] = []
+    real_fetch = trace.Readings._fetch
+    monkeypatch.setattr(trace.Readings, "_fetch", lambda self, *a: fetched.append(a) or real_fetch(self, *a))
+
+    def route() -> dict:
+        return route_of(session, driver, day)
+
+    def checks(r: dict) -> dict[str, dict | None]:
+        return {s["order_ref"]: s["check"] for s in r["stops"]}
+
+    def afresh() -> dict[str, dict | None]:
+        """The answer assessed from the database: nothing kept here, nothing stored by another worker."""
+        trace.forget_assessments()
+        session.execute(delete(KeptRisk))
+        return checks(route())
+
+    first = route()
+    assert fetched, "the first assessment reads the van's readings"
+    orders = len(first["stops"])
+    eggs = [s["order_ref"] for s in first["stops"] if s["order_ref"].startswith("B")]
+    assert eggs and all(checks(first)[ref] is None for ref in eggs)
+
+    # 40 minutes on, no reading since: every order aboard is redone to the new clock from what was kept
+    clock[0] = now + timedelta(minutes=40)
+    fetched.clear()
+    redone = trace.redone
+    later = checks(route())
+    assert trace.redone - redone == orders and not fetched, (trace.redone - redone, fetched)
+    for ref in eggs:  # the gap in readings grew with the clock: redone, not the kept answer
+        assert later[ref] is not None and later[ref]["spoilage"] == "watch", later
+        assert any(re.search(r"no temperature reading for 2\d min", r) for r in later[ref]["reasons"]), later[ref]
+    assert afresh() == later and fetched  # the same as assessed from the database, which reads readings
+
+    # a delivery moves one order's own custody: it is redone with its custody read again, and is no longer aboard
+    stop = next(s for s in first["stops"] if s["order_ref"] == eggs[0])
+    for body in (StopEventIn(type="arrived"), StopEventIn(type="delivered", recipient="本人")):
+        stop_event(session, driver, stop["stop_id"], body, now=clock[0])
+    fetched.clear()
+    redone = trace.redone
+    after = checks(route())
+    assert trace.redone - redone == orders and not fetched
+    assert afresh() == after
+
+    # readings the van sent since: those alone are read and added, every order redone
+    t0 = clock[0]
+    store_readings(session, samples(t0 + timedelta(minutes=1), t0 + timedelta(minutes=5), 9.0, 500),
+                   t0 + timedelta(minutes=5))
+    clock[0] = t0 + timedelta(minutes=5)
+    fetched.clear()
+    redone = trace.redone
+    warm = checks(route())
+    assert trace.redone - redone == orders and not fetched
+    assert warm != after  # 4 minutes at 9 °C: the chilled goods' answer moved
+    assert afresh() == warm
+
+    # a reading stored late, for a time already past: the count says so, every order is assessed from the database
+    store_readings(session, samples(t0 - timedelta(minutes=20), t0 - timedelta(minutes=19), 12.0, 900), clock[0])
+    fetched.clear()
+    redone, assessed = trace.redone, trace.assessments
+    late = checks(route())
+    assert trace.redone == redone and trace.assessments - assessed == orders and fetched
+    assert afresh() == late
+
+
 def test_a_route_not_started_is_not_assessed_again_while_nothing_changes(session, tmp_path: Path) -> None:  # noqa: ANN001
     day = build_day(session, tmp_path, depots=("FS-01",))
     driver = driver_ref(session, "driver01")
@@ -231,7 +306,6 @@ def test_kept_risks_too_old_to_be_taken_are_pruned(session, tmp_path: Path) -> N
     process would take, and only those."""
     from sqlalchemy import func
 
-    from traceability.models import KeptRisk
 
     day = build_day(session, tmp_path, depots=("FS-01",))
     trace.forget_assessments()
