@@ -2,6 +2,7 @@
 
     python -m benchmarks.api_load [--rate 300] [--duration 30] [--drivers 150] [--stops 16] [--workers 2]
                                   [--database URL] [--get-share 0.5] [--retry-share 0.05]
+                                  [--telemetry-every 60]
 
 `coldchain serve --workers N` runs as a subprocess on a PostgreSQL database made for the run
 (dropped afterwards; without --database: $COLDCHAIN_BENCH_DATABASE_URL, else the machine's
@@ -9,9 +10,12 @@ PostgreSQL). Each driver has a started route of ``--stops`` stops. An asyncio ht
 in this process sends requests open-loop at ``--rate`` per second (a request is not held back
 because an earlier one is slow): GET /driver/route, or the driver's next stop event (arrived,
 then delivered, stop after stop), each with a new Idempotency-Key; a share of the POSTs is
-sent again with the same key (an app retrying). Latency is timed from when each request was
-due, so a generator that falls behind shows up in it. Prints p50, p95, p99, max, errors,
-the achieved requests/s and the machine's load average (the machine may be shared).
+sent again with the same key (an app retrying). Meanwhile every van sends a reading every
+``--telemetry-every`` seconds, stored as the ingestor stores them, so that route reads see live
+vans. Latency is timed from when each request was due, so a generator that falls behind shows up
+in it. Prints p50, p95, p99, max, errors, the achieved requests/s and the machine's load average
+(the machine may be shared). ``--warmup`` runs each rate unmeasured first: long enough that every
+API worker has read every route (a worker's first read of a route assesses it, once a day).
 
 Because the machine is shared, it also prints what does not depend on the neighbours: the CPU
 seconds the server's processes (uvicorn and its workers) and the database's backends spent
@@ -29,14 +33,15 @@ import math
 import os
 import random
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
-from datetime import time as dtime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,17 +51,65 @@ def _build(engine, drivers: int, stops: int):  # noqa: ANN001, ANN202
     """A depot, one van, driver and route per driver, ``stops`` one-line orders each, reserved from a lot so that
     route start records custody (tests.delivery.helpers.many_stops: rows written directly, the benchmark
     measures the API, not the planner)."""
+    from sqlalchemy import select
     from sqlalchemy.orm import Session
 
     from core.security import hash_password
     from core.timeutil import local_tomorrow
     from tests.delivery.helpers import many_stops
+    from warehouses.models import Vehicle
 
     day = local_tomorrow()
     password = hash_password("bench-password")  # one hash for every user: logins are not measured
     with Session(engine) as s, s.begin():
         stop_ids = many_stops(s, day, [stops] * drivers, prefix="bench", password_hash=password)
+        for van in s.scalars(select(Vehicle)):
+            van.device = f"TL-{van.code}"  # a logger in every van, for --telemetry-every
     return day, stop_ids
+
+
+class Telemetry(threading.Thread):
+    """Every van sends a reading every ``every`` seconds, spread evenly, stored as the ingestor stores them
+    (telemetry.service.store_batch, one committed transaction per message): the risk checks of a route read after
+    a reading see it, as on a day with live vans. Runs in this process (its CPU is the generator's)."""
+
+    def __init__(self, db_url: str, every: float) -> None:
+        super().__init__(daemon=True)
+        self.db_url, self.every = db_url, every
+        self.halt = threading.Event()
+        self.stored = 0
+
+    def run(self) -> None:
+        import orjson
+        from sqlalchemy import select
+        from sqlalchemy.orm import Session
+
+        from core.db import make_engine
+        from telemetry.service import Fleet, Message, default_engine, store_batch
+        from warehouses.models import Vehicle
+
+        engine = make_engine(self.db_url)
+        fleet, rules = Fleet(), default_engine()
+        with Session(engine) as s:
+            vans = [(code, device) for code, device in s.execute(select(Vehicle.code, Vehicle.device)
+                                                                  .order_by(Vehicle.code))]
+            fleet.load(s)
+        gap, seq, due = self.every / max(1, len(vans)), 0, time.perf_counter()
+        rng = random.Random(11)
+        while not self.halt.is_set():
+            code, device = vans[seq % len(vans)]
+            seq += 1
+            now = datetime.now(UTC)
+            sample = {"device": device, "seq": seq, "ts": now.isoformat().replace("+00:00", "Z"),
+                      "temp_c": {"chilled": round(rng.uniform(2.5, 5.5), 1), "frozen": -19.0},
+                      "door": {"chilled": "closed", "frozen": "closed"}, "shock_g": 0.3}
+            with Session(engine) as s, s.begin():
+                out = store_batch(s, [Message(f"coldchain/v1/vehicles/{code}/telemetry",
+                                              orjson.dumps([sample]), now)], fleet, rules, now=now)
+            self.stored += out.stored
+            due += gap
+            self.halt.wait(max(0.0, due - time.perf_counter()))
+        engine.dispose()
 
 
 class Driver:
@@ -305,7 +358,7 @@ def _statement_counts(db_url: str, day, username: str, stop_id: str) -> list[tup
     for engine in engines:
         event.listen(engine, "before_cursor_execute", _count)
     headers = {"Authorization": f"Bearer {issue_token(username, 'driver', minutes=10)}"}
-    leave = datetime.combine(day, dtime(8), tzinfo=UTC) - timedelta(hours=8)
+    leave = _left()
     events = f"/api/v1/driver/stops/{stop_id}/events"
     steps = [
         ("GET /driver/route (planned)", "GET", "/api/v1/driver/route", None, None),
@@ -333,8 +386,14 @@ def _statement_counts(db_url: str, day, username: str, stop_id: str) -> list[tup
     return out
 
 
+def _exit_on_term(_signum: int, _frame: object) -> None:
+    raise SystemExit(143)  # a SIGTERM (timeout, CI) still stops the server and drops the database in `finally`
+
+
 def main(argv: list[str] | None = None) -> int:
     from benchmarks.throwaway import throwaway_database
+
+    signal.signal(signal.SIGTERM, _exit_on_term)
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rate", type=float, default=300.0, help="requests per second, fixed")
@@ -347,10 +406,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
     ap.add_argument("--get-share", type=float, default=0.5, help="share of GET /driver/route")
     ap.add_argument("--retry-share", type=float, default=0.05, help="share of POSTs repeated with the same key")
-    ap.add_argument("--warmup", type=float, default=3.0, help="seconds at the rate before measuring (not counted)")
+    ap.add_argument("--warmup", type=float, default=30.0, help="seconds at the rate before measuring (not counted)")
     ap.add_argument("--database", default=os.environ.get("COLDCHAIN_BENCH_DATABASE_URL",
                                                           "postgresql://postgres@127.0.0.1:5432/test"))
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--telemetry-every", type=float, default=60.0,
+                    help="seconds between two readings of each van during the load (0: no telemetry)")
     args = ap.parse_args(argv)
     rates = [float(r) for r in args.rates.split(",")] if args.rates else [args.rate]
     posts = sum(r * (args.duration + args.warmup) for r in rates) * (1 - args.get_share)
@@ -366,6 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     from core.security import issue_token
 
     server = None
+    telemetry: Telemetry | None = None
     try:
         with throwaway_database(args.database, "bench_api") as (db_url, engine):
             t0 = time.perf_counter()
@@ -391,6 +453,9 @@ def main(argv: list[str] | None = None) -> int:
             drivers = [Driver(u, s, issue_token(u, "driver", minutes=120)) for u, s in sorted(stop_ids.items())]
             _start_routes(base, day, drivers)
             _analyze(engine)
+            if args.telemetry_every > 0:
+                telemetry = Telemetry(db_url, args.telemetry_every)
+                telemetry.start()
             meter = CpuMeter(server.pid, engine, make_url_database(db_url))
             rows = []
             for n, rate in enumerate(rates):
@@ -405,7 +470,13 @@ def main(argv: list[str] | None = None) -> int:
                 out["cpu"] = (server_cpu, db_cpu, time.process_time() - gen_before)
                 rows.append(_report(args, rate, out, load_before, os.getloadavg()))
             _summary(rows, counts, args.p99_goal)
+            if telemetry is not None:
+                print(f"telemetry: a reading of each van every {args.telemetry_every:g} s, {telemetry.stored} stored "
+                      "during the run (its database work counts in the backends' CPU)")
     finally:
+        if telemetry is not None:
+            telemetry.halt.set()
+            telemetry.join(10)
         if server is not None:
             server.terminate()
             try:
@@ -422,10 +493,17 @@ def make_url_database(url: str) -> str:
     return make_url(url).database or ""
 
 
+def _left() -> datetime:
+    """When the vans left: an hour ago, before every stop event the load sends (those take the server's clock). A
+    start later than the deliveries, as the day's 08:00 was, made each delivery the order's first custody step
+    and moved what its van's risk checks count from (traceability.trace._inputs), which no day does."""
+    return datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+
+
 def _start_routes(base: str, day, drivers: list[Driver]) -> None:  # noqa: ANN001
     import httpx
 
-    leave = datetime.combine(day, dtime(8), tzinfo=UTC) - timedelta(hours=8)
+    leave = _left()
     with httpx.Client(base_url=base, timeout=30) as client:
         for d in drivers:
             resp = client.post("/api/v1/driver/route/start", json={"date": day.isoformat(), "at": leave.isoformat()},
