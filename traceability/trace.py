@@ -44,6 +44,7 @@ driver's note): traceability sits below delivery and may not import it (ARCHITEC
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
 import threading
@@ -54,7 +55,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
-from cachetools import LRUCache
+from cachetools import LRUCache, TTLCache
 from sqlalchemy import BindParameter, Row, Select, Subquery, bindparam, delete, func, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
@@ -469,12 +470,25 @@ class _Kept:
     born: float  # time.monotonic()
     order: Row | None = None  # (id, ref, delivery_date, status), with the custody rows below: the order's own
     events: tuple = ()  # part of what it was assessed from (None, (): taken from kept_risks, nothing to redo from)
-    basis: _Basis | None = None
+    basis: int | None = None  # the rest: its batch's basis, in _bases while it may be redone from
 
 
+_MAX_AGE_S = 600.0  # any day (and any kept order) at least this often: fingerprints are aggregates, not rows
 _KEPT_MAX = 50_000  # orders (a few kB each); the least recently used go first
 _kept: LRUCache[tuple[str, int], _Kept] = LRUCache(_KEPT_MAX)
-_kept_lock = threading.Lock()
+_kept_lock = threading.Lock()  # guards _kept and _bases
+# the bases orders may be redone from, apart from the orders: one holds a batch's readings for the day (a few
+# hundred kB for a van), is of no use after _MAX_AGE_S, and must not stay for as long as its orders are kept
+_BASES_MAX = 5_000
+_bases: TTLCache[int, _Basis] = TTLCache(_BASES_MAX, ttl=_MAX_AGE_S, timer=time.monotonic)
+_basis_ids = itertools.count(1)
+
+
+def _register(basis: _Basis) -> int:
+    with _kept_lock:
+        key = next(_basis_ids)
+        _bases[key] = basis
+    return key
 assessments = 0  # orders assessed by :func:`order_risks` because their kept assessment did not hold (tests read it)
 redone = 0  # of those, assessed again from what was kept of their earlier assessment (:func:`_redo`)
 
@@ -507,13 +521,13 @@ def _shared_inputs(wanted: Select | BindParameter) -> tuple[Select, Select]:
 
 
 def _readings_after(wanted: Select | BindParameter) -> Select:
-    """The readings :func:`_shared_inputs` counts, those at or after ``:after`` only: what a van sent since an
+    """The readings :func:`_shared_inputs` counts, those after ``:after`` only: what a van sent since an
     assessment (:func:`_redo`), in the order the readings' fetch uses."""
     c, r = CustodyEvent.__table__.c, TelemetryReading.__table__.c
     vans = select(c.vehicle_id).where(c.order_id.in_(wanted), c.vehicle_id.is_not(None))
     return (select(r.vehicle_id, r.kind, r.compartment, r.ts, r.device, r.seq, r.value)
             .where(r.vehicle_id.in_(vans), r.kind.in_(("temperature", "shock")),
-                   r.compartment.in_(READING_COMPARTMENTS), r.ts >= bindparam("after"))
+                   r.compartment.in_(READING_COMPARTMENTS), r.ts > bindparam("after"))
             .order_by(r.ts, r.device, r.seq, r.kind, r.compartment))
 
 
@@ -630,7 +644,7 @@ def order_risks(session: Session, ids: Sequence[int], trip_ids: Sequence[int] | 
     inputs, scope = _inputs(session, ids, spoilage.max_hold, trip_ids, custody)
     clock = time.monotonic()
     out: dict[int, tuple[dict, dict]] = {}
-    stale: list[tuple[int, _Kept]] = []
+    stale: list[tuple[int, _Kept, _Basis]] = []
     with _kept_lock:
         for order_id in ids:
             got = _kept.get((url, order_id))
@@ -638,8 +652,10 @@ def order_risks(session: Session, ids: Sequence[int], trip_ids: Sequence[int] | 
                 continue
             if got.inputs == inputs[order_id] and _holds(clock - got.born, got.aboard, ttl):
                 out[order_id] = (got.spoilage, got.breakage)
-            elif _redoable(got, inputs[order_id], scope, clock):
-                stale.append((order_id, got))
+                continue
+            basis = _bases.get(got.basis) if got.basis is not None else None
+            if basis is not None and _redoable(basis, inputs[order_id], scope, clock):
+                stale.append((order_id, got, basis))
     if len(out) == len(ids):
         return out
     now = utcnow()
@@ -667,8 +683,9 @@ def order_risks(session: Session, ids: Sequence[int], trip_ids: Sequence[int] | 
         assessments += len(missing)
         new = _assess_fresh(session, missing, inputs, scope, now, spoilage, breakage)
         _keep(url, new, out)
-        fresh = sorted(fresh + new, key=lambda f: f[0])
+        fresh += new
     if shared and fresh:
+        fresh.sort(key=lambda f: f[0])
         # every assessment made here, redone or afresh, for the workers that hold nothing to redo it from; in the
         # request's transaction, in order of order id: two workers writing the same orders take turns and never
         # deadlock (the prune skips what is being written); the rows are held until the request commits
@@ -704,25 +721,25 @@ def _assess_fresh(session: Session, ids: list[int], inputs: dict[int, tuple], sc
     assessed = [_assess(order, by_order.get(order.id, []), ctx, readings, now, False, spoilage, breakage)
                 for order in orders]
     born = time.monotonic()
-    basis = _Basis(scope, inputs[ids[0]][3:], now, born, readings.spans, readings.cache, damage, van_damage,
-                   frozenset(route_ids))
+    basis = _register(_Basis(scope, inputs[ids[0]][3:], now, born, readings.spans, readings.cache, damage,
+                             van_damage, frozenset(route_ids)))
     return [(order.id, _Kept(inputs[order.id], _check(a["spoilage_risk"]), _check(a["breakage_risk"]),
                              _aboard(by_order.get(order.id, ())), born, order, tuple(by_order.get(order.id, ())),
                              basis))
             for order, a in zip(orders, assessed, strict=True)]
 
 
-def _redoable(kept: _Kept, inputs: tuple, scope: tuple, clock: float) -> bool:
-    """Whether ``kept`` may be assessed again from its basis: no damage reported since (the same newest
+def _redoable(basis: _Basis, inputs: tuple, scope: tuple, clock: float) -> bool:
+    """Whether an order may be assessed again from its basis: no damage reported since (the same newest
     report, counted over the same scope), no reading then newer than the clock the basis was fetched to (its
-    open legs' readings stop there; what came since can be added), and the basis is not older than
-    :data:`_MAX_AGE_S` (the inputs are aggregates, not rows)."""
-    basis = kept.basis
-    return (basis is not None and basis.scope == scope and basis.shared[2] == inputs[5]
-            and clock - basis.born < _MAX_AGE_S and (basis.shared[1] is None or basis.shared[1] < basis.now))
+    open legs' readings stop there; what came since can be added: a reading dated in the future turns this
+    off until the clock passes it), and the basis is not older than :data:`_MAX_AGE_S` (the inputs are
+    aggregates, not rows)."""
+    return (basis.scope == scope and basis.shared[2] == inputs[5] and clock - basis.born < _MAX_AGE_S
+            and (basis.shared[1] is None or basis.shared[1] < basis.now))
 
 
-def _redo(session: Session, stale: list[tuple[int, _Kept]], inputs: dict[int, tuple], scope: tuple,
+def _redo(session: Session, stale: list[tuple[int, _Kept, _Basis]], inputs: dict[int, tuple], scope: tuple,
           now: datetime, spoilage: risk.SpoilageRules, breakage: risk.BreakageRules) -> list[tuple[int, _Kept]]:
     """Assess orders again from their kept basis (:func:`_redoable`) to the clock ``now``: an open leg grows;
     an order's custody rows are read again when its own changed (one statement: a delivery, a failure); the
@@ -731,28 +748,35 @@ def _redo(session: Session, stale: list[tuple[int, _Kept]], inputs: dict[int, tu
     holds and those added are every row up to ``now``, which the count of the inputs confirms (a reading
     stored late, for a time before the basis' clock, breaks the count: that basis' orders are left out and
     assessed afresh), as is an order whose new custody names a route the basis has no damage reports for."""
-    changed = [order_id for order_id, kept in stale if kept.inputs[:3] != inputs[order_id][:3]]
+    changed = [order_id for order_id, kept, _b in stale if kept.inputs[:3] != inputs[order_id][:3]]
     events_of: dict[int, list] = defaultdict(list)
     if changed:
         for ev in session.execute(_EVENT_ROWS, {"ids": changed}):
             events_of[ev.order_id].append(ev)
     groups: dict[int, list[tuple[int, _Kept, tuple]]] = defaultdict(list)
-    for order_id, kept in stale:
+    bases: dict[int, _Basis] = {}
+    for order_id, kept, basis in stale:
         events = tuple(events_of.get(order_id, ())) if kept.inputs[:3] != inputs[order_id][:3] else kept.events
-        if all(e.route_id is None or e.route_id in kept.basis.route_ids for e in events):
-            groups[id(kept.basis)].append((order_id, kept, events))
+        if all(e.route_id is None or e.route_id in basis.route_ids for e in events):
+            groups[kept.basis].append((order_id, kept, events))
+            bases[kept.basis] = basis
     shared = inputs[stale[0][0]][3:]  # one aggregate for every order of the call
-    params = {"trip_ids" if scope[0] == "trips" else "ids": list(scope[1])}
+    sent: list | None = None  # the readings after the oldest basis' clock, read once for every basis
+    moving = [basis for basis in bases.values() if basis.shared != shared]
+    if moving:
+        params = {"trip_ids" if scope[0] == "trips" else "ids": list(scope[1])}
+        sent = session.execute(_AFTER[scope[0]], {**params, "after": min(b.now for b in moving)}).all()
     born = time.monotonic()
     out = []
-    for group in groups.values():
-        basis = group[0][1].basis
+    for key, group in groups.items():
+        basis = bases[key]
         until = max(now, basis.now) + timedelta(microseconds=1)
         # an open leg's van was fetched up to the basis' clock, and nothing lay beyond it: extend it to now
         spans = {van: (lo, until if hi > basis.now else hi) for van, (lo, hi) in basis.spans.items()}
         cache = dict(basis.readings)
         if shared != basis.shared:
-            rows = session.execute(_AFTER[scope[0]], {**params, "after": basis.now}).all()
+            # after the basis' clock, not at it: a reading for that very instant may be held already
+            rows = [row for row in sent or () if row.ts > basis.now]
             if shared[0] - basis.shared[0] != len(rows):
                 continue  # a reading stored late for a time already past (or one removed): assess afresh
             added: dict[tuple, list[tuple]] = defaultdict(list)
@@ -768,8 +792,8 @@ def _redo(session: Session, stale: list[tuple[int, _Kept]], inputs: dict[int, tu
                               basis.van_damage)
         assessed = [(order_id, kept, evs, _assess(kept.order, evs, ctx, source, now, False, spoilage, breakage))
                     for order_id, kept, evs in group]
-        moved = _Basis(scope, shared, now, basis.born, spans, source.cache, basis.damage, basis.van_damage,
-                       basis.route_ids)
+        moved = _register(_Basis(scope, shared, now, basis.born, spans, source.cache, basis.damage,
+                                 basis.van_damage, basis.route_ids))
         out += [(order_id, _Kept(inputs[order_id], _check(a["spoilage_risk"]), _check(a["breakage_risk"]),
                                  _aboard(evs), born, kept.order, evs, moved))
                 for order_id, kept, evs, a in assessed]
@@ -797,6 +821,7 @@ def forget_assessments() -> None:
     """Drop every kept order assessment (tests that rebuild data in a rolled-back transaction, benchmarks)."""
     with _kept_lock:
         _kept.clear()
+        _bases.clear()
     forget_reference()
 
 
@@ -822,7 +847,6 @@ def day_events(session: Session, day: date) -> list[CustodyEvent]:
 
 
 _CURSOR = re.compile(r"([0-3])([0-3])([0-3])-(\d{1,12})")
-_MAX_AGE_S = 600.0  # any day (and any kept order) at least this often: fingerprints are aggregates, not rows
 _DAYS_KEPT = 8
 
 

@@ -217,7 +217,8 @@ def test_an_order_is_redone_from_what_was_kept_when_only_the_clock_or_its_own_cu
     assert trace.redone - redone == orders and not fetched
     assert afresh() == after
 
-    # readings the van sent since: those alone are read and added, every order redone
+    # readings the van sent since: those alone are read and added, every order redone; twice, the second time
+    # from the basis the first one left (its spans extended, its readings added to)
     t0 = clock[0]
     store_readings(session, samples(t0 + timedelta(minutes=1), t0 + timedelta(minutes=5), 9.0, 500),
                    t0 + timedelta(minutes=5))
@@ -227,7 +228,32 @@ def test_an_order_is_redone_from_what_was_kept_when_only_the_clock_or_its_own_cu
     warm = checks(route())
     assert trace.redone - redone == orders and not fetched
     assert warm != after  # 4 minutes at 9 °C: the chilled goods' answer moved
+    store_readings(session, samples(t0 + timedelta(minutes=6), t0 + timedelta(minutes=9), 3.0, 600),
+                   t0 + timedelta(minutes=9))
+    clock[0] = t0 + timedelta(minutes=9)
+    warm = checks(route())
+    assert trace.redone - redone == 2 * orders and not fetched
     assert afresh() == warm
+
+    # a reading for the very instant of an assessment, stored between its count and its fetch of readings: it is
+    # held, not counted; later it is counted, and must not be added a second time: assessed from the database
+    trace.forget_assessments()
+    session.execute(delete(KeptRisk))
+    at = clock[0] = clock[0] + timedelta(minutes=1)
+    real_fresh = trace._assess_fresh
+
+    def racing(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        store_readings(session, samples(at, at + timedelta(seconds=1), 4.0, 700), at)
+        monkeypatch.setattr(trace, "_assess_fresh", real_fresh)
+        return real_fresh(*args, **kwargs)
+
+    monkeypatch.setattr(trace, "_assess_fresh", racing)
+    checks(route())
+    clock[0] = at + timedelta(minutes=1)
+    redone = trace.redone
+    exact = checks(route())
+    assert trace.redone == redone
+    assert afresh() == exact
 
     # a reading stored late, for a time already past: the count says so, every order is assessed from the database
     store_readings(session, samples(t0 - timedelta(minutes=20), t0 - timedelta(minutes=19), 12.0, 900), clock[0])
