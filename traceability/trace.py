@@ -425,16 +425,22 @@ def assess_orders(session: Session, orders: Sequence[Order], now: datetime | Non
 
 def _assess_orders(session: Session, orders: Sequence[Order], events: Sequence[CustodyEvent],
                    now: datetime | None, readings: Readings | None) -> list[dict]:
-    ids = [o.id for o in orders]
-    by_order: dict[int, list[CustodyEvent]] = defaultdict(list)
+    spoilage, breakage = _rules()
+    return _assess_batch(session, orders, events, now or utcnow(), readings, spoilage, breakage)[0]
+
+
+def _assess_batch(session: Session, orders: Sequence, events: Sequence, now: datetime, readings: Readings | None,
+                  spoilage: risk.SpoilageRules, breakage: risk.BreakageRules,
+                  ) -> tuple[list[dict], dict[int, list], Readings, _Ctx]:
+    """The orders' assessments and what they were made from: custody rows by order, readings, context."""
+    by_order: dict[int, list] = defaultdict(list)
     for ev in events:
         by_order[ev.order_id].append(ev)
-    now = now or utcnow()
-    spoilage, breakage = _rules()
     if readings is None:
         readings = Readings(session, day_spans(events, now, spoilage.max_hold))
-    ctx = _context(session, events, ids)
-    return [_assess(o, by_order.get(o.id, []), ctx, readings, now, False, spoilage, breakage) for o in orders]
+    ctx = _context(session, events, [o.id for o in orders])
+    assessed = [_assess(o, by_order.get(o.id, []), ctx, readings, now, False, spoilage, breakage) for o in orders]
+    return assessed, by_order, readings, ctx
 
 
 # ----------------------------------------------------------------------------- kept assessments
@@ -711,18 +717,10 @@ def _assess_fresh(session: Session, ids: list[int], inputs: dict[int, tuple], sc
     """Assess these orders from the database, keeping what they were assessed from with each (:class:`_Basis`)."""
     orders = session.execute(_ORDER_ROWS, {"ids": ids}).all()
     events = session.execute(_EVENT_ROWS, {"ids": ids}).all()
-    by_order: dict[int, list] = defaultdict(list)
-    for ev in events:
-        by_order[ev.order_id].append(ev)
-    readings = Readings(session, day_spans(events, now, spoilage.max_hold))
-    route_ids = {e.route_id for e in events if e.route_id is not None}
-    damage, van_damage = _damage(session, ids, route_ids)
-    ctx = _with_reference(session, events, ids, damage, van_damage)
-    assessed = [_assess(order, by_order.get(order.id, []), ctx, readings, now, False, spoilage, breakage)
-                for order in orders]
+    assessed, by_order, readings, ctx = _assess_batch(session, orders, events, now, None, spoilage, breakage)
     born = time.monotonic()
-    basis = _register(_Basis(scope, inputs[ids[0]][3:], now, born, readings.spans, readings.cache, damage,
-                             van_damage, frozenset(route_ids)))
+    basis = _register(_Basis(scope, inputs[ids[0]][3:], now, born, readings.spans, readings.cache, ctx.damage,
+                             ctx.van_damage, frozenset(e.route_id for e in events if e.route_id is not None)))
     return [(order.id, _Kept(inputs[order.id], _check(a["spoilage_risk"]), _check(a["breakage_risk"]),
                              _aboard(by_order.get(order.id, ())), born, order, tuple(by_order.get(order.id, ())),
                              basis))
