@@ -11,11 +11,13 @@ from sqlalchemy import (
     Date,
     Float,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
     Time,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -107,6 +109,10 @@ class OrderEvent(Base):
     """Every status change with its time and actor: the order's own history."""
 
     __tablename__ = "order_events"
+    # damage reports by order (risk checks look up the newest one of a van's orders on every route read):
+    # few rows, so a lookup never walks the day's other events, migration 0014
+    __table_args__ = (Index("ix_order_events_damaged", "order_id", postgresql_where=text("type = 'damaged'"),
+                            sqlite_where=text("type = 'damaged'")),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     order_id: Mapped[int] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"), index=True)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import Engine, delete, select
+from sqlalchemy import Engine, delete, select, text
 from sqlalchemy.orm import Session
 
 from core.settings import get_settings
@@ -345,3 +345,67 @@ def test_kept_risks_too_old_to_be_taken_are_pruned(session, tmp_path: Path) -> N
     assert trace.prune_kept_risks(session, newest + timedelta(seconds=trace._MAX_AGE_S - 1)) == 0
     assert trace.prune_kept_risks(session, newest + timedelta(seconds=trace._MAX_AGE_S + 1)) == stored
     assert session.scalar(select(func.count()).select_from(KeptRisk)) == 0
+
+
+def test_a_route_read_finds_readings_and_damage_reports_by_index(session, monkeypatch) -> None:  # noqa: ANN001
+    """The statements of a driver's route read, assessing and redoing, as PostgreSQL plans them among 150 started
+    routes on the day's readings partition before it was ever analysed (the morning's, as the ingestor made it):
+    none scans the readings or the order events, which grow with the whole fleet's day. (The risk checks'
+    aggregate over a van's readings was planned as a scan of every van's readings with a join per reading:
+    6-7 ms a route read at 500 readings, benchmarks/api_load.py.)"""
+    if session.get_bind().dialect.name != "postgresql":
+        pytest.skip("the plans checked are PostgreSQL's (SQLite is the one-process laptop default)")
+    from sqlalchemy import event
+
+    from core.timeutil import local_tomorrow
+    from tests.delivery.helpers import many_stops
+
+    day = local_tomorrow()
+    many_stops(session, day, [16] * 150, prefix="ix")
+    now = utcnow().replace(microsecond=0)
+    left = now - timedelta(hours=1)
+    drivers = [driver_ref(session, f"ix{d:03d}") for d in range(150)]
+    for driver in drivers:
+        start_route(session, driver, RouteStartIn(date=day, at=left), now=now)
+    vans = list(session.scalars(select(Vehicle).where(Vehicle.code.like("VAN-IX%")).order_by(Vehicle.code)))
+    vans[0].device = "TL-0001"
+    session.flush()
+    store_readings(session, samples(left, now, 4.0, 1), now, van=vans[0].code)
+    # the rest of the fleet's morning: 400 readings of the other vans (at one instant: in today's partition
+    # whatever the hour), and ~20,000 other order events
+    session.execute(text("INSERT INTO telemetry_readings (ts, device, seq, kind, compartment, vehicle_id, value) "
+                         "SELECT :now, 'TL-FLEET', n, 'temperature', 'chilled', :first + n % 149, 4.0 "
+                         "FROM generate_series(1, 400) AS n"), {"now": now, "first": vans[1].id})
+    session.execute(text("INSERT INTO order_events (order_id, at, actor, type) SELECT o.id, :now, 'fleet', 'note' "
+                         "FROM orders o, generate_series(1, 8)"), {"now": now})
+    for table in ("custody_events", "route_stops", "routes", "orders", "order_events", "vehicles"):
+        session.execute(text(f"ANALYZE {table}"))  # autovacuum has seen these; not the morning's partition
+    trace.forget_assessments()
+    monkeypatch.setattr(get_settings(), "risk_open_ttl_s", 0.0)
+    ran: list[tuple[str, object]] = []
+
+    def _seen(_conn, _cursor, statement, parameters, _context, _many) -> None:  # noqa: ANN001
+        if statement.lstrip().upper().startswith(("SELECT", "WITH")):
+            ran.append((statement, parameters))
+
+    engine = session.get_bind().engine
+    event.listen(engine, "before_cursor_execute", _seen)
+    try:
+        route_of(session, drivers[0], day)  # assessed afresh
+        later = now + timedelta(minutes=1)  # after the clock the assessment was made at
+        store_readings(session, samples(later, later + timedelta(minutes=2), 4.0, 1000), later + timedelta(minutes=2),
+                       van=vans[0].code)
+        monkeypatch.setattr(trace, "utcnow", lambda: later + timedelta(minutes=3))
+        redone = trace.redone
+        route_of(session, drivers[0], day)  # redone with the two readings sent since
+        assert trace.redone > redone
+    finally:
+        event.remove(engine, "before_cursor_execute", _seen)
+    readings = [sql for sql, _p in ran if "telemetry_readings" in sql]
+    assert len(readings) >= 3, "the inputs twice, the readings after the basis' clock once"
+    scans = []
+    for sql, params in ran:
+        plan = "\n".join(row[0] for row in session.connection().exec_driver_sql("EXPLAIN " + sql, params))
+        scans += [(sql[:120], line.strip()) for line in plan.splitlines()
+                  if re.search(r"Seq Scan on (telemetry_readings|order_events)", line)]
+    assert scans == []
