@@ -358,6 +358,7 @@ def test_a_route_read_finds_readings_and_damage_reports_by_index(session, monkey
     from sqlalchemy import event
 
     from core.timeutil import local_tomorrow
+    from telemetry.service import ensure_partitions
     from tests.delivery.helpers import many_stops
 
     day = local_tomorrow()
@@ -371,11 +372,13 @@ def test_a_route_read_finds_readings_and_damage_reports_by_index(session, monkey
     vans[0].device = "TL-0001"
     session.flush()
     store_readings(session, samples(left, now, 4.0, 1), now, van=vans[0].code)
-    # the rest of the fleet's morning: 400 readings of the other vans (at one instant: in today's partition
-    # whatever the hour), and ~20,000 other order events
+    # the rest of the fleet's morning: 400 readings of the other vans (at one instant, in the partition of the
+    # day ``now`` falls on, made if the readings above fell on the day before), and other order events
+    ensure_partitions(session, [now])
     session.execute(text("INSERT INTO telemetry_readings (ts, device, seq, kind, compartment, vehicle_id, value) "
-                         "SELECT :now, 'TL-FLEET', n, 'temperature', 'chilled', :first + n % 149, 4.0 "
-                         "FROM generate_series(1, 400) AS n"), {"now": now, "first": vans[1].id})
+                         "SELECT :now, 'TL-FLEET', n, 'temperature', 'chilled', "
+                         "(CAST(:others AS integer[]))[1 + n % :k], 4.0 FROM generate_series(1, 400) AS n"),
+                    {"now": now, "others": [van.id for van in vans[1:]], "k": len(vans) - 1})
     session.execute(text("INSERT INTO order_events (order_id, at, actor, type) SELECT o.id, :now, 'fleet', 'note' "
                          "FROM orders o, generate_series(1, 8)"), {"now": now})
     for table in ("custody_events", "route_stops", "routes", "orders", "order_events", "vehicles"):
@@ -392,7 +395,7 @@ def test_a_route_read_finds_readings_and_damage_reports_by_index(session, monkey
     event.listen(engine, "before_cursor_execute", _seen)
     try:
         route_of(session, drivers[0], day)  # assessed afresh
-        later = now + timedelta(minutes=1)  # after the clock the assessment was made at
+        later = utcnow() + timedelta(minutes=1)  # after the clock the assessment was made at, however long it took
         store_readings(session, samples(later, later + timedelta(minutes=2), 4.0, 1000), later + timedelta(minutes=2),
                        van=vans[0].code)
         monkeypatch.setattr(trace, "utcnow", lambda: later + timedelta(minutes=3))
@@ -401,8 +404,10 @@ def test_a_route_read_finds_readings_and_damage_reports_by_index(session, monkey
         assert trace.redone > redone
     finally:
         event.remove(engine, "before_cursor_execute", _seen)
-    readings = [sql for sql, _p in ran if "telemetry_readings" in sql]
-    assert len(readings) >= 3, "the inputs twice, the readings after the basis' clock once"
+    inputs = [sql for sql, _p in ran if "per_van" in sql and "telemetry_readings" in sql]
+    head = str(trace._AFTER.compile(dialect=engine.dialect)).split("WHERE")[0]
+    after = [sql for sql, _p in ran if sql.startswith(head) and "vehicle_id IN" in sql]
+    assert (len(inputs), len(after)) == (2, 1), "the inputs at each read, the readings after the basis' clock once"
     scans = []
     for sql, params in ran:
         plan = "\n".join(row[0] for row in session.connection().exec_driver_sql("EXPLAIN " + sql, params))
