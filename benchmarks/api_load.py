@@ -285,13 +285,21 @@ def _pct(values: list[float], p: float) -> float:
     return values[k]
 
 
-def _ticks(pid: int) -> int:
-    """utime + stime of one process, in clock ticks (0 when it has gone)."""
+def _ticks(pid: int, reaped: bool = False) -> int:
+    """utime + stime of one process, in clock ticks (0 when it has gone); ``reaped``: cutime + cstime instead, the
+    CPU of its children that ended and that it waited for."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0
-    return int(fields[11]) + int(fields[12])
+    return int(fields[13]) + int(fields[14]) if reaped else int(fields[11]) + int(fields[12])
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _tree(pid: int) -> list[int]:
@@ -322,18 +330,28 @@ def _backends(engine, database: str) -> list[int]:  # noqa: ANN001
 
 
 class CpuMeter:
-    """CPU seconds spent by the server's process tree and by the database's backends between two readings."""
+    """CPU seconds spent by the server's process tree and by the database's backends between two readings.
+
+    A backend that ends between the two (an overflow connection of the pool, closed when given back: many under
+    overload) is read from the postmaster, which waits for its children: the growth of its children's CPU is
+    counted too (with whatever else of this PostgreSQL ended meanwhile, autovacuum workers included)."""
 
     def __init__(self, server_pid: int, engine, database: str) -> None:  # noqa: ANN001
         self.server_pid, self.engine, self.database = server_pid, engine, database
         self.hz = os.sysconf("SC_CLK_TCK")
+        self.postmaster: int | None = None
 
     def read(self) -> tuple[dict[int, int], dict[int, int]]:
         server = {p: _ticks(p) for p in _tree(self.server_pid)}
         try:
-            db = {p: _ticks(p) for p in _backends(self.engine, self.database)}
+            backends = _backends(self.engine, self.database)
         except Exception:  # noqa: BLE001 - a remote database: its CPU is not ours to read
-            db = {}
+            backends = []
+        db = {p: _ticks(p) for p in backends}
+        if self.postmaster is None and backends and Path(f"/proc/{backends[0]}").exists():
+            self.postmaster = _parent(backends[0])
+        if self.postmaster is not None:
+            db[-self.postmaster] = _ticks(self.postmaster, reaped=True)  # a key no live process has
         return server, db
 
     def since(self, before: tuple[dict[int, int], dict[int, int]]) -> tuple[float, float]:
@@ -552,7 +570,8 @@ def _report(args, rate: float, out: dict, load_before, load_after) -> dict:  # n
           f"(time from due to sent, counted in the latencies)")
     per = len(results) / server_cpu if server_cpu else float("nan")
     print(f"CPU during the load: server processes {server_cpu:.1f} s ({per:.0f} requests per CPU-second, "
-          f"{1000 * server_cpu / max(1, len(results)):.2f} ms per request), PostgreSQL backends {db_cpu:.1f} s "
+          f"{1000 * server_cpu / max(1, len(results)):.2f} ms per request), PostgreSQL backends (those that ended "
+          f"included) {db_cpu:.1f} s "
           f"({1000 * db_cpu / max(1, len(results)):.2f} ms per request), generator {gen_cpu:.1f} s")
     print(f"load average (1, 5, 15 min) before {tuple(round(x, 2) for x in load_before)}, "
           f"after {tuple(round(x, 2) for x in load_after)}, on {os.cpu_count()} cores")
