@@ -285,32 +285,33 @@ def _pct(values: list[float], p: float) -> float:
     return values[k]
 
 
+def _stat(pid: int) -> list[str] | None:
+    """/proc/PID/stat's fields after the command name (state first), None when the process has gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
 def _ticks(pid: int, reaped: bool = False) -> int:
     """utime + stime of one process, in clock ticks (0 when it has gone); ``reaped``: cutime + cstime instead, the
     CPU of its children that ended and that it waited for."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
+    fields = _stat(pid)
+    if fields is None:
         return 0
     return int(fields[13]) + int(fields[14]) if reaped else int(fields[11]) + int(fields[12])
 
 
 def _parent(pid: int) -> int | None:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
+    fields = _stat(pid)
+    return int(fields[1]) if fields else None
 
 
 def _tree(pid: int) -> list[int]:
     """The process and all its descendants (the uvicorn supervisor and its workers)."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
+        if entry.name.isdigit() and (ppid := _parent(int(entry.name))) is not None:
             children.setdefault(ppid, []).append(int(entry.name))
     out, todo = [], [pid]
     while todo:

@@ -23,17 +23,12 @@ from datetime import timedelta
 ROUTE_READS = 3  # passes over every route per case
 
 
-def _ticks(pid: int) -> int:
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()  # noqa: PTH123, SIM115
-    return int(fields[11]) + int(fields[12])
-
-
 def main(argv: list[str] | None = None) -> int:
     import orjson
     from sqlalchemy import text
     from sqlalchemy.orm import Session
 
-    from benchmarks.api_load import _build
+    from benchmarks.api_load import _build, _ticks
     from benchmarks.throwaway import throwaway_database
     from core.timeutil import utcnow
     from delivery.schemas import RouteStartIn

@@ -509,6 +509,10 @@ def custody_summary(order_ids: Select | Sequence[int] | BindParameter) -> Subque
             .where(c.order_id.in_(order_ids)).group_by(c.order_id).subquery("custody_summary"))
 
 
+_R_C = TelemetryReading.__table__.c
+_COUNTED = (_R_C.kind.in_(("temperature", "shock")), _R_C.compartment.in_(READING_COMPARTMENTS))  # what risk reads
+
+
 def _shared_inputs(wanted: Select | BindParameter) -> tuple[Select, Select]:
     """The two forms of :func:`_inputs`' aggregate over the orders ``wanted``: with the vans' readings since
     ``:since``, and the damage part alone (no loading yet). Built once, on table columns: a statement built per
@@ -527,8 +531,7 @@ def _shared_inputs(wanted: Select | BindParameter) -> tuple[Select, Select]:
     damaged = select(func.max(oe.id)).where(oe.type == "damaged", oe.order_id.in_(near)).scalar_subquery()
     vans = (select(c.vehicle_id).where(c.order_id.in_(wanted), c.vehicle_id.is_not(None)).distinct()
             .subquery("vans"))
-    of_van = (r.vehicle_id == vans.c.vehicle_id, r.kind.in_(("temperature", "shock")),
-              r.compartment.in_(READING_COMPARTMENTS), r.ts >= bindparam("since"))
+    of_van = (r.vehicle_id == vans.c.vehicle_id, *_COUNTED, r.ts >= bindparam("since"))
     per_van = select(vans.c.vehicle_id, select(func.count()).where(*of_van).scalar_subquery().label("n"),
                      select(func.max(r.ts)).where(*of_van).scalar_subquery().label("newest")).subquery("per_van")
     readings = select(func.coalesce(func.sum(per_van.c.n), 0), func.max(per_van.c.newest), damaged,
@@ -538,10 +541,8 @@ def _shared_inputs(wanted: Select | BindParameter) -> tuple[Select, Select]:
 
 # the readings :func:`_shared_inputs` counts, those after ``:after`` only, of the vans it named: what they sent
 # since an assessment (:func:`_redo`), in the order the readings' fetch uses
-_R_C = TelemetryReading.__table__.c
 _AFTER = (select(_R_C.vehicle_id, _R_C.kind, _R_C.compartment, _R_C.ts, _R_C.device, _R_C.seq, _R_C.value)
-          .where(_R_C.vehicle_id.in_(bindparam("vans", expanding=True)), _R_C.kind.in_(("temperature", "shock")),
-                 _R_C.compartment.in_(READING_COMPARTMENTS), _R_C.ts > bindparam("after"))
+          .where(_R_C.vehicle_id.in_(bindparam("vans", expanding=True)), *_COUNTED, _R_C.ts > bindparam("after"))
           .order_by(_R_C.ts, _R_C.device, _R_C.seq, _R_C.kind, _R_C.compartment))
 
 
