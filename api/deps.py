@@ -35,7 +35,9 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
     session), when set, runs in that same hop just before the commit: api/idempotency.py stores the key's
     answer there, so the work, its answer and the commit cost one hop."""
     write = request.method not in _READS
-    scope = session_scope(write=write)
+    route = request.scope.get("route")
+    scope = session_scope(write=write, autocommit=not write and getattr(getattr(route, "endpoint", None),
+                                                                         "autocommit_reads", False))
     locks = write and get_engine().dialect.name == "sqlite"  # only SQLite's BEGIN IMMEDIATE does I/O up front
     session = await run_in_threadpool(scope.__enter__) if locks else scope.__enter__()
     try:
@@ -58,6 +60,15 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
             return scope.__exit__(*exc_info)
 
         await run_in_threadpool(_end)
+
+
+def autocommit_reads(endpoint: Callable) -> Callable:
+    """Mark a read route whose statements may each commit on their own (core.db.session_scope's ``autocommit``):
+    it needs no snapshot common to its statements and writes at most single statements. It then costs no BEGIN
+    and COMMIT round trips on PostgreSQL (GET /driver/route, the API's most requested answer). Not for a route
+    that appends to the audit log: the chain's lock is held by its transaction."""
+    endpoint.autocommit_reads = True  # type: ignore[attr-defined]
+    return endpoint
 
 
 def before_commit(request: Request, session: Session) -> None:

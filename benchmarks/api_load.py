@@ -361,9 +361,11 @@ class CpuMeter:
                      for a, b in zip(after, before, strict=True))
 
 
-def _statement_counts(db_url: str, day, username: str, stop_id: str) -> list[tuple[str, int, int]]:  # noqa: ANN001
-    """(endpoint, status, SQL statements) for one request of each kind, run in this process against the same
-    database with a statement counter on the engine (the probe driver takes no part in the load)."""
+def _statement_counts(db_url: str, day, username: str, stop_id: str) -> list[tuple[str, int, int, int]]:  # noqa: ANN001
+    """(endpoint, status, SQL statements, round trips) for one request of each kind, run in this process against the
+    same database with a statement counter on the engine and libpq's trace on every connection (a round trip is
+    one ReadyForQuery from the server: a statement, a BEGIN, a COMMIT, a pool's ping; each costs both sides a
+    wake-up and two system calls). The probe driver takes no part in the load."""
     from fastapi.testclient import TestClient
     from sqlalchemy import event
 
@@ -378,9 +380,20 @@ def _statement_counts(db_url: str, day, username: str, stop_id: str) -> list[tup
     def _count(*_args) -> None:  # noqa: ANN002
         count[0] += 1
 
+    trace = Path(tempfile.mkdtemp(prefix="coldchain-pqtrace-")) / "trace"
+    trace.touch()
+
+    def _trace(dbapi_conn, _record) -> None:  # noqa: ANN001
+        # a descriptor of its own per connection (libpq closes it with the connection), appending: many writers
+        dbapi_conn.pgconn.trace(os.open(trace, os.O_WRONLY | os.O_APPEND))
+
+    def _trips() -> int:
+        return trace.read_bytes().count(b"\tReadyForQuery")
+
     engines = {id(e): e for e in (get_engine(), get_quick_commit_engine())}.values()  # the key claims' own too
     for engine in engines:
         event.listen(engine, "before_cursor_execute", _count)
+        event.listen(engine.pool, "connect", _trace)
     headers = {"Authorization": f"Bearer {issue_token(username, 'driver', minutes=10)}"}
     leave = _left()
     events = f"/api/v1/driver/stops/{stop_id}/events"
@@ -398,14 +411,16 @@ def _statement_counts(db_url: str, day, username: str, stop_id: str) -> list[tup
     with TestClient(create_app()) as client:
         for name, method, url, body, key in steps:
             client.request(method, url, headers=headers, json=body, params={"date": day.isoformat()})  # warm
-            count[0] = 0
+            count[0], trips = 0, _trips()
             if method == "GET":
                 resp = client.get(url, headers=headers, params={"date": day.isoformat()})
             else:
                 resp = client.post(url, headers={**headers, "Idempotency-Key": key}, json=body)
-            out.append((name, resp.status_code, count[0]))
+            out.append((name, resp.status_code, count[0], _trips() - trips))
     for engine in engines:
         event.remove(engine, "before_cursor_execute", _count)
+        event.remove(engine.pool, "connect", _trace)
+    shutil.rmtree(trace.parent, ignore_errors=True)
     reset_caches()
     return out
 
@@ -481,18 +496,12 @@ def main(argv: list[str] | None = None) -> int:
                 telemetry = Telemetry(db_url, args.telemetry_every)
                 telemetry.start()
             meter = CpuMeter(server.pid, engine, make_url_database(db_url))
-            rows = []
-            for n, rate in enumerate(rates):
-                if args.warmup > 0:
-                    asyncio.run(_load(base, day, drivers, rate, args.warmup, args.get_share, args.retry_share,
-                                      args.seed + 100 + n))
-                load_before = os.getloadavg()
-                cpu_before, gen_before = meter.read(), time.process_time()
-                out = asyncio.run(_load(base, day, drivers, rate, args.duration, args.get_share, args.retry_share,
-                                        args.seed + n))
-                server_cpu, db_cpu = meter.since(cpu_before)
-                out["cpu"] = (server_cpu, db_cpu, time.process_time() - gen_before)
-                rows.append(_report(args, rate, out, load_before, os.getloadavg()))
+            try:
+                rows = _sweep(args, rates, base, day, drivers, meter)
+            finally:  # before the database is dropped under it
+                if telemetry is not None:
+                    telemetry.halt.set()
+                    telemetry.join(10)
             _summary(rows, counts, args.p99_goal)
             if telemetry is not None:
                 print(f"telemetry: a reading of each van every {args.telemetry_every:g} s, {telemetry.stored} stored "
@@ -509,6 +518,23 @@ def main(argv: list[str] | None = None) -> int:
                 server.kill()
         shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def _sweep(args, rates: list[float], base: str, day, drivers: list[Driver], meter: CpuMeter) -> list[dict]:  # noqa: ANN001
+    """Each rate in turn: its warm-up, then its measured load."""
+    rows = []
+    for n, rate in enumerate(rates):
+        if args.warmup > 0:
+            asyncio.run(_load(base, day, drivers, rate, args.warmup, args.get_share, args.retry_share,
+                              args.seed + 100 + n))
+        load_before = os.getloadavg()
+        cpu_before, gen_before = meter.read(), time.process_time()
+        out = asyncio.run(_load(base, day, drivers, rate, args.duration, args.get_share, args.retry_share,
+                                args.seed + n))
+        server_cpu, db_cpu = meter.since(cpu_before)
+        out["cpu"] = (server_cpu, db_cpu, time.process_time() - gen_before)
+        rows.append(_report(args, rate, out, load_before, os.getloadavg()))
+    return rows
 
 
 def make_url_database(url: str) -> str:
@@ -580,10 +606,12 @@ def _report(args, rate: float, out: dict, load_before, load_after) -> dict:  # n
     return summary
 
 
-def _summary(rows: list[dict], counts: list[tuple[str, int, int]], goal: float) -> None:
-    print("\nSQL statements per request (one request of each kind, counted on the engine):")
-    for name, status, n in counts:
-        print(f"  {name:<34} {status}  {n:>3}")
+def _summary(rows: list[dict], counts: list[tuple[str, int, int, int]], goal: float) -> None:
+    print("\nSQL statements and database round trips per request (one request of each kind, counted on the engine"
+          " and in libpq's trace):")
+    print(f"  {'':<34} {'':>3}  {'SQL':>3}  {'trips':>5}")
+    for name, status, n, trips in counts:
+        print(f"  {name:<34} {status}  {n:>3}  {trips:>5}")
     if len(rows) > 1:
         print(f"\n{'rate':>6} {'reached':>8} {'p50':>7} {'p95':>7} {'p99':>7} {'errors':>7} {'req/CPU-s':>10} "
               f"{'load':>5}")

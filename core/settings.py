@@ -170,6 +170,9 @@ class Settings(BaseSettings):
                               description="database connections each process keeps open (SQLAlchemy pool_size)")
     db_max_overflow: int = Field(default=10, ge=0, le=200,
                                  description="connections a process may open beyond the pool under a burst")
+    db_ping_idle_s: float = Field(default=30, ge=0, le=86400, description=(
+        "seconds a pooled PostgreSQL connection may sit unused before it is pinged when taken again "
+        "(one round trip; 0: every time); a connection the server has closed is noticed without a ping"))
     proof_dir: Path | None = Field(default=None, description="where proof-of-delivery photos are kept; "
                                                              "unset: data_dir/proofs")
 

@@ -28,13 +28,13 @@ from datetime import date, datetime, timedelta
 from functools import lru_cache
 
 from cachetools import LRUCache
-from sqlalchemy import Select, bindparam, func, literal_column, select, update
+from sqlalchemy import Select, and_, bindparam, func, literal_column, select, update
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.util import identity_key
 
 from core import audit
-from core.errors import Conflict, Invalid, NotFound, PayloadTooLarge, UnsupportedMedia
+from core.errors import Conflict, Forbidden, Invalid, NotFound, PayloadTooLarge, Unauthorized, UnsupportedMedia
 from core.timeutil import to_local, utcnow
 from delivery import lifecycle, proofs
 from delivery.lifecycle import IllegalMove, route_state, route_stored
@@ -79,15 +79,31 @@ _LOGIN = (select(_US.role, _US.active, _DR.id, _DR.vehicle_id, _VH.code)
           .where(_US.username == bindparam("username")))
 
 
+def _login(username: str, row) -> Login | None:  # noqa: ANN001
+    """A login from a row that starts (role, active, driver id, vehicle id, vehicle code); None for no row."""
+    if row is None:
+        return None
+    role, active, driver_id, vehicle_id, code = row[:5]
+    driver = DriverRef(driver_id, username, vehicle_id, code) if driver_id is not None else None
+    return Login(role, bool(active), driver)
+
+
 def login_of(session: Session, username: str) -> Login | None:
     """The user and, when there is one, the driver of the same username (drivers.csv), in one query (built once:
     every driver request runs it)."""
-    row = session.connection().execute(_LOGIN, {"username": username}).first()
-    if row is None:
-        return None
-    role, active, driver_id, vehicle_id, code = row
-    driver = DriverRef(driver_id, username, vehicle_id, code) if driver_id is not None else None
-    return Login(role, bool(active), driver)
+    return _login(username, session.connection().execute(_LOGIN, {"username": username}).first())
+
+
+def driver_of(login: Login | None, username: str) -> DriverRef:
+    """The driver this login may act as on the driver routes, or why not: an unknown or disabled user 401, a user
+    of another role, or one who is no driver of drivers.csv, 403."""
+    if login is None or not login.active:
+        raise Unauthorized("unknown or disabled user")
+    if login.role not in ("driver", "admin"):
+        raise Forbidden(f"this needs the role driver; you are {login.role}")
+    if login.driver is None:
+        raise Forbidden(f"user {username} is not a driver of drivers.csv")
+    return login.driver
 
 
 def driver_ref(session: Session, username: str) -> DriverRef | None:
@@ -200,14 +216,26 @@ def forget_routes() -> None:
 
 _RTC, _PLC, _NDC, _CPC = Route.__table__.c, Plan.__table__.c, Node.__table__.c, Compartment.__table__.c
 # the van's trips that day (newest current plan first) with the van's compartments, one row per compartment
-_DAY_TRIPS = (
-    select(_RTC.id, _RTC.plan_id, _RTC.status, _RTC.start_at, _RTC.end_at, _RTC.started_at, _PLC.day, _NDC.code,
-           _PLC.created_at, _CPC.id.label("compartment_id"), _CPC.temp_class, _CPC.capacity_l)
-    .select_from(Route.__table__.join(Plan.__table__, _PLC.id == _RTC.plan_id)
+_TRIPS_OF_DAY = (Route.__table__
+                 .join(Plan.__table__, and_(_PLC.id == _RTC.plan_id, _PLC.day == bindparam("day"),
+                                            _PLC.status == "current"))
                  .join(Node.__table__, _NDC.id == _PLC.depot_id)
                  .outerjoin(Compartment.__table__, _CPC.vehicle_id == _RTC.vehicle_id))
-    .where(_PLC.day == bindparam("day"), _PLC.status == "current", _RTC.vehicle_id == bindparam("vehicle_id"))
-    .order_by(_PLC.id.desc(), _RTC.trip, _RTC.id, _CPC.id))
+_TRIP_COLUMNS = (_RTC.id, _RTC.plan_id, _RTC.status, _RTC.start_at, _RTC.end_at, _RTC.started_at, _PLC.day,
+                 _NDC.code, _PLC.created_at, _CPC.id.label("compartment_id"), _CPC.temp_class, _CPC.capacity_l)
+_TRIP_ORDER = (_PLC.id.desc(), _RTC.trip, _RTC.id, _CPC.id)
+_DAY_TRIPS = (select(*_TRIP_COLUMNS).select_from(_TRIPS_OF_DAY).where(_RTC.vehicle_id == bindparam("vehicle_id"))
+              .order_by(*_TRIP_ORDER))
+# the caller's login (as _LOGIN) and their van's trips that day (as _DAY_TRIPS), in one statement: one row with no
+# trip when there is none
+_LOGIN_TRIPS = (
+    select(_US.role, _US.active, _DR.id.label("driver_id"), _DR.vehicle_id, _VH.code.label("vehicle_code"),
+           *_TRIP_COLUMNS)
+    .select_from(User.__table__.outerjoin(Driver.__table__, _DR.username == _US.username)
+                 .outerjoin(Vehicle.__table__, _VH.id == _DR.vehicle_id)
+                 .outerjoin(_TRIPS_OF_DAY, _RTC.vehicle_id == _DR.vehicle_id))
+    .where(_US.username == bindparam("username"))
+    .order_by(*_TRIP_ORDER))
 _TRIPS_CUSTODY = custody_summary(ON_TRIPS)
 # the trips' stops' statuses with the per-order part of the risk checks' inputs
 _TRIP_STATUSES = (
@@ -229,10 +257,24 @@ def route_of(session: Session, driver: DriverRef, day: date) -> dict:
     """
     if not driver.vehicle_id:
         raise _no_route(driver, day)
-    conn = session.connection()
-    rows = conn.execute(_DAY_TRIPS, {"day": day, "vehicle_id": driver.vehicle_id}).all()
+    return _route(session, driver, day, session.connection().execute(
+        _DAY_TRIPS, {"day": day, "vehicle_id": driver.vehicle_id}).all())
+
+
+def route_for(session: Session, username: str, day: date) -> dict:
+    """:func:`route_of` for the user of this username, checked as :func:`driver_of` checks a login, in the same
+    statement as the van's trips: the API's most requested answer takes one statement less."""
+    rows = session.connection().execute(_LOGIN_TRIPS, {"username": username, "day": day}).all()
+    driver = driver_of(_login(username, rows[0] if rows else None), username)
+    if not driver.vehicle_id:
+        raise _no_route(driver, day)
+    return _route(session, driver, day, [r for r in rows if r.id is not None])
+
+
+def _route(session: Session, driver: DriverRef, day: date, rows: list) -> dict:
     if not rows:
         raise _no_route(driver, day)
+    conn = session.connection()
     rows = [r for r in rows if r.plan_id == rows[0].plan_id]  # a van has one depot, so one plan a day
     first = rows[0]
     trips = list({r.id: r for r in rows}.values())

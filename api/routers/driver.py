@@ -14,8 +14,8 @@ from typing import Annotated
 import orjson
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
-from api.deps import Caller, SessionDep, require
-from api.idempotency import CurrentDriver, DriverRoute, DriverSession, read_upload
+from api.deps import Caller, SessionDep, autocommit_reads, require
+from api.idempotency import CurrentDriver, DriverRoute, DriverSession, DriverUsername, read_upload
 from api.pagination import Limit, page
 from api.schemas import problems
 from core.errors import NotFound
@@ -65,11 +65,12 @@ def route_json(route: dict) -> bytes:
 
 
 @router.get("/route", response_model=RouteOut, responses=_errors(404, s404="no route that day"))
-def my_route(driver: CurrentDriver, session: DriverSession,
+@autocommit_reads
+def my_route(username: DriverUsername, session: DriverSession,
              day: Annotated[date | None, Query(alias="date", description="local day; default today")] = None,
              ) -> Response:
     """The calling driver's route that day: stops in order with ETA, window, address, contact and items."""
-    return Response(route_json(service.route_of(session, driver, day or local_today())),
+    return Response(route_json(service.route_for(session, username, day or local_today())),
                     media_type="application/json")
 
 
