@@ -380,20 +380,13 @@ def _statement_counts(db_url: str, day, username: str, stop_id: str) -> list[tup
     def _count(*_args) -> None:  # noqa: ANN002
         count[0] += 1
 
-    trace = Path(tempfile.mkdtemp(prefix="coldchain-pqtrace-")) / "trace"
-    trace.touch()
+    from tests.delivery.helpers import PqTrace
 
-    def _trace(dbapi_conn, _record) -> None:  # noqa: ANN001
-        # a descriptor of its own per connection (libpq closes it with the connection), appending: many writers
-        dbapi_conn.pgconn.trace(os.open(trace, os.O_WRONLY | os.O_APPEND))
-
-    def _trips() -> int:
-        return trace.read_bytes().count(b"\tReadyForQuery")
-
+    trace = PqTrace(Path(tempfile.mkdtemp(prefix="coldchain-pqtrace-")))
     engines = {id(e): e for e in (get_engine(), get_quick_commit_engine())}.values()  # the key claims' own too
     for engine in engines:
         event.listen(engine, "before_cursor_execute", _count)
-        event.listen(engine.pool, "connect", _trace)
+        trace.attach(engine)
     headers = {"Authorization": f"Bearer {issue_token(username, 'driver', minutes=10)}"}
     leave = _left()
     events = f"/api/v1/driver/stops/{stop_id}/events"
@@ -411,16 +404,16 @@ def _statement_counts(db_url: str, day, username: str, stop_id: str) -> list[tup
     with TestClient(create_app()) as client:
         for name, method, url, body, key in steps:
             client.request(method, url, headers=headers, json=body, params={"date": day.isoformat()})  # warm
-            count[0], trips = 0, _trips()
+            count[0], trips = 0, trace.trips()
             if method == "GET":
                 resp = client.get(url, headers=headers, params={"date": day.isoformat()})
             else:
                 resp = client.post(url, headers={**headers, "Idempotency-Key": key}, json=body)
-            out.append((name, resp.status_code, count[0], _trips() - trips))
+            out.append((name, resp.status_code, count[0], trace.trips() - trips))
     for engine in engines:
         event.remove(engine, "before_cursor_execute", _count)
-        event.remove(engine.pool, "connect", _trace)
-    shutil.rmtree(trace.parent, ignore_errors=True)
+    trace.detach()
+    shutil.rmtree(trace.path.parent, ignore_errors=True)
     reset_caches()
     return out
 

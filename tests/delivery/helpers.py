@@ -7,6 +7,7 @@ both), VAN-02 at the hub HUB-01 (strawberries). Drivers driver01, driver02, driv
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -14,7 +15,7 @@ from datetime import date, timedelta
 from datetime import time as dtime
 from pathlib import Path
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, event, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.timeutil import local_tomorrow
@@ -258,3 +259,42 @@ def login(base: str, username: str, password: str = PASSWORD) -> dict[str, str]:
 
     resp = httpx.post(f"{base}/api/v1/auth/token", data={"username": username, "password": password})
     return {"Authorization": f"Bearer {resp.json()['access_token']}"}
+
+
+class PqTrace:
+    """libpq's trace of every connection an engine opens from now on, counted (the round-trip tests and
+    benchmarks/api_load.py's figures): a round trip is one ReadyForQuery from the server."""
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / "pq.trace"
+        self.path.touch()
+        self._listeners: list = []
+
+    def attach(self, engine) -> None:  # noqa: ANN001
+        def _on_connect(dbapi_conn, _record) -> None:  # noqa: ANN001
+            # a descriptor of its own per connection (libpq closes it with the connection), appending: many writers
+            dbapi_conn.pgconn.trace(os.open(self.path, os.O_WRONLY | os.O_APPEND))
+
+        event.listen(engine.pool, "connect", _on_connect)
+        self._listeners.append((engine.pool, _on_connect))
+
+    def detach(self) -> None:
+        for pool, fn in self._listeners:
+            event.remove(pool, "connect", fn)
+
+    def text(self) -> str:
+        return self.path.read_bytes().decode("utf-8", "replace")
+
+    def trips(self) -> int:
+        return self.text().count("\tReadyForQuery")
+
+    def queries(self, since: int) -> list[str]:
+        """The statements the client sent after the first ``since`` characters of the trace, one each: a simple
+        query with its text ("Query BEGIN"), an extended one's execution ("Execute")."""
+        out = []
+        for line in self.text()[since:].splitlines():
+            parts = line.split("\t")
+            if len(parts) > 4 and parts[1] == "F" and parts[3] in ("Query", "Execute"):
+                out.append(parts[3] + (" " + parts[4].strip().strip('"')[:60] if parts[3] == "Query" else ""))
+        return out

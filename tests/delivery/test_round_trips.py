@@ -19,46 +19,16 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, event, text
+from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
 
 from core.timeutil import local_tomorrow
 from tests.conftest import LiveServer, free_port
+from tests.delivery.helpers import PqTrace as Trace
 from tests.delivery.helpers import many_stops
 
 pytestmark = pytest.mark.skipif(not os.environ.get("COLDCHAIN_DATABASE_URL", "").startswith("postgresql"),
                                 reason="round trips and backends are PostgreSQL's (COLDCHAIN_DATABASE_URL)")
-
-
-class Trace:
-    """libpq's trace of every connection an engine opens from now on, counted."""
-
-    def __init__(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        self.path = folder / "pq.trace"
-        self.path.touch()
-
-    def attach(self, engine) -> None:  # noqa: ANN001
-        def _on_connect(dbapi_conn, _record) -> None:  # noqa: ANN001
-            dbapi_conn.pgconn.trace(os.open(self.path, os.O_WRONLY | os.O_APPEND))
-
-        event.listen(engine.pool, "connect", _on_connect)
-
-    def text(self) -> str:
-        return self.path.read_bytes().decode("utf-8", "replace")
-
-    def trips(self) -> int:
-        return self.text().count("\tReadyForQuery")
-
-    def queries(self, since: int) -> list[str]:
-        """The statements the client sent after the first ``since`` characters of the trace, one each: a simple
-        query with its text ("Query BEGIN"), an extended one's execution ("Execute")."""
-        out = []
-        for line in self.text()[since:].splitlines():
-            parts = line.split("\t")
-            if len(parts) > 4 and parts[1] == "F" and parts[3] in ("Query", "Execute"):
-                out.append(parts[3] + (" " + parts[4].strip().strip('"')[:60] if parts[3] == "Query" else ""))
-        return out
 
 
 @contextmanager
