@@ -340,15 +340,17 @@ class BodyLimitMiddleware:
 
 
 class ConcurrencyLimitMiddleware:
-    """At most as many requests inside the app at once as the database pool has connections (per process).
+    """At most as many requests inside the app at once as the database pool keeps connections (per process).
 
     Sync routes and dependencies run in a thread pool (40 threads) and hold their session's connection across
     several hops to it (the session dependency, the caller, the route, the commit). With more requests
     inside than connections, the threads can all be taken by requests waiting for a connection while the
     requests holding one wait for a thread to finish: everything stalls until the pool's 30 s timeout
-    (benchmarks/api_load.py at 100 requests/s: 10 served, the rest timed out). Requests beyond the limit
-    wait here, on the event
-    loop, holding nothing. COLDCHAIN_DB_POOL_SIZE + COLDCHAIN_DB_MAX_OVERFLOW sets it.
+    (benchmarks/api_load.py at 100 requests/s: 10 served, the rest timed out). And a connection opened beyond
+    the pool (its overflow) is closed when it is given back, so every request beyond the pool's size started a
+    PostgreSQL backend and ended it: three times the database's CPU per route read at 8 requests in flight
+    (5 kept, 10 allowed beyond), and the overload fed itself. Requests beyond the limit wait here, on the event
+    loop, holding nothing. COLDCHAIN_DB_POOL_SIZE sets it; the overflow stays for what runs beside them.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -360,7 +362,6 @@ class ConcurrencyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         if self.slots is None:
-            settings = get_settings()
-            self.slots = anyio.Semaphore(settings.db_pool_size + settings.db_max_overflow)
+            self.slots = anyio.Semaphore(get_settings().db_pool_size)
         async with self.slots:
             await self.app(scope, receive, send)

@@ -152,14 +152,16 @@ def get_quick_commit_engine() -> Engine:
     """For short bookkeeping statements whose loss in a crash loses nothing (an Idempotency-Key claimed
     before its work: the work's own durable commit comes later in the WAL and flushes it): on PostgreSQL
     its connections run with synchronous_commit off, set once per connection instead of once per
-    transaction; a small pool of its own. Elsewhere the ordinary engine."""
+    transaction; a pool of its own, as large as the ordinary one (every request inside may be claiming a key:
+    api.guards.ConcurrencyLimitMiddleware), so that a burst opens no connections that are closed when given
+    back. Elsewhere the ordinary engine."""
     url = get_settings().sqlalchemy_url
     if not url.startswith("postgresql"):
         return get_engine()
     # autocommit: each of its statements is its own transaction (a claim is one statement), which saves the
     # BEGIN and COMMIT round trips
-    return make_engine(url, connect_args={"options": "-c synchronous_commit=off"}, pool_size=2,
-                       max_overflow=max(2, get_settings().db_max_overflow), isolation_level="AUTOCOMMIT")
+    return make_engine(url, connect_args={"options": "-c synchronous_commit=off"}, **_pool(url),
+                       isolation_level="AUTOCOMMIT")
 
 
 @lru_cache

@@ -166,10 +166,12 @@ class Settings(BaseSettings):
     # the driver delivery API (delivery/)
     idempotency_hours: float = Field(default=24, gt=0, le=24 * 365,
                                      description="how long a driver's Idempotency-Key is remembered")
-    db_pool_size: int = Field(default=5, ge=1, le=200,
-                              description="database connections each process keeps open (SQLAlchemy pool_size)")
-    db_max_overflow: int = Field(default=10, ge=0, le=200,
-                                 description="connections a process may open beyond the pool under a burst")
+    db_pool_size: int = Field(default=10, ge=1, le=200, description=(
+        "database connections each process keeps open (SQLAlchemy pool_size), and so how many requests an API "
+        "process lets in at once: each holds one, and a connection opened beyond the pool is closed again when "
+        "given back (a new PostgreSQL backend for every request of a burst)"))
+    db_max_overflow: int = Field(default=5, ge=0, le=200, description=(
+        "connections a process may open beyond the pool, for what runs beside its requests"))
     db_ping_idle_s: float = Field(default=30, ge=0, le=86400, description=(
         "seconds a pooled PostgreSQL connection may sit unused before it is pinged when taken again "
         "(one round trip; 0: every time); a connection the server has closed is noticed without a ping"))

@@ -169,3 +169,51 @@ def test_a_connection_idle_longer_than_the_setting_is_pinged(databases, monkeypa
             engine.dispose()
     get_settings.cache_clear()
     assert counts == {"30": 0, "0": 1}, counts
+
+
+def test_a_burst_of_requests_opens_no_connections_beyond_the_pool(databases, monkeypatch, tmp_path: Path) -> None:  # noqa: ANN001
+    """Twice as many drivers at once as the pool keeps connections: each engine connects at most its pool's size
+    (api.guards.ConcurrencyLimitMiddleware lets in no more requests than that). A connection opened beyond the
+    pool is closed when given back, so each request of a burst used to start a PostgreSQL backend and end it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sqlalchemy import event
+
+    from core import migrate
+    from core.db import get_engine, get_quick_commit_engine, make_engine
+    from core.security import hash_password, issue_token
+
+    url = databases.new("burst")
+    engine = make_engine(url)
+    migrate.upgrade(engine)
+    day = local_tomorrow()
+    with Session(engine) as s, s.begin():
+        stops = many_stops(s, day, [3] * 8, prefix="bu", password_hash=hash_password("bu-password-123"))
+    engine.dispose()
+    monkeypatch.setenv("COLDCHAIN_DB_POOL_SIZE", "3")
+    connects: dict[str, int] = {}
+    with app_on(url, tmp_path) as (base, _trace):
+        engines = {"requests": get_engine(), "key claims": get_quick_commit_engine()}
+        for name, eng in engines.items():
+            event.listen(eng, "connect", lambda *_a, name=name: connects.__setitem__(name, connects.get(name, 0) + 1))
+        drivers = {u: {"Authorization": f"Bearer {issue_token(u, 'driver', minutes=10)}"} for u in stops}
+        params = {"date": day.isoformat()}
+
+        def day_of(username: str) -> list[int]:
+            who = drivers[username]
+            with httpx.Client(base_url=base, timeout=30) as client:
+                out = [client.get("/api/v1/driver/route", params=params, headers=who).status_code]
+                out.append(client.post("/api/v1/driver/route/start", json=params,
+                                       headers={**who, "Idempotency-Key": uuid.uuid4().hex}).status_code)
+                for stop_id in stops[username]:
+                    for body in ({"type": "arrived"}, {"type": "delivered", "recipient": "本人"}):
+                        out.append(client.post(f"/api/v1/driver/stops/{stop_id}/events", json=body,
+                                               headers={**who, "Idempotency-Key": uuid.uuid4().hex}).status_code)
+                    out.append(client.get("/api/v1/driver/route", params=params, headers=who).status_code)
+                return out
+
+        with ThreadPoolExecutor(len(drivers)) as pool:
+            statuses = [s for got in pool.map(day_of, sorted(drivers)) for s in got]
+    assert statuses == [200] * (8 * (2 + 3 * 3)), statuses
+    assert connects["requests"] <= 3 and connects["key claims"] <= 3, connects
+    assert connects["requests"] >= 2, connects  # the burst did run side by side
