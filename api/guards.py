@@ -348,7 +348,7 @@ class ConcurrencyLimitMiddleware:
     requests holding one wait for a thread to finish: everything stalls until the pool's 30 s timeout
     (benchmarks/api_load.py at 100 requests/s: 10 served, the rest timed out). And a connection opened beyond
     the pool (its overflow) is closed when it is given back, so every request beyond the pool's size started a
-    PostgreSQL backend and ended it: three times the database's CPU per route read at 8 requests in flight
+    PostgreSQL backend and ended it: 2-2.4 times the database's CPU per route read at 8 requests in flight
     (5 kept, 10 allowed beyond), and the overload fed itself. Requests beyond the limit wait here, on the event
     loop, holding nothing. COLDCHAIN_DB_POOL_SIZE sets it; the overflow stays for what runs beside them.
     """
