@@ -64,7 +64,7 @@ from core.audit import utc_text
 from core.errors import Invalid, NotFound
 from core.settings import get_settings
 from core.timeutil import local_datetime, utcnow
-from fulfillment.models import Order, OrderEvent, OrderLine, Reservation
+from fulfillment.models import DAMAGE_REPORTS, Order, OrderEvent, OrderLine, Reservation
 from routing.models import RouteStop
 from telemetry.models import TelemetryReading
 from telemetry.service import READING_COMPARTMENTS, readings_query
@@ -267,7 +267,7 @@ def _damage(session: Session, order_ids: list[int], route_ids: set[int]) -> tupl
     damage: dict[int, list] = defaultdict(list)
     for order_id, at, data in session.execute(
             select(OrderEvent.order_id, OrderEvent.at, OrderEvent.data)
-            .where(OrderEvent.order_id.in_(order_ids), OrderEvent.type == "damaged").order_by(OrderEvent.id)):
+            .where(OrderEvent.order_id.in_(order_ids), DAMAGE_REPORTS).order_by(OrderEvent.id)):
         damage[order_id].append((at, data or {}))
     van_damage: dict[int, list] = defaultdict(list)
     if route_ids:
@@ -275,7 +275,7 @@ def _damage(session: Session, order_ids: list[int], route_ids: set[int]) -> tupl
                 select(RouteStop.route_id, OrderEvent.at, OrderEvent.order_id, Order.ref, OrderEvent.data)
                 .join(OrderEvent, OrderEvent.order_id == RouteStop.order_id)
                 .join(Order, Order.id == RouteStop.order_id)
-                .where(RouteStop.route_id.in_(route_ids), OrderEvent.type == "damaged").order_by(OrderEvent.id)):
+                .where(RouteStop.route_id.in_(route_ids), DAMAGE_REPORTS).order_by(OrderEvent.id)):
             van_damage[route_id].append((at, order_id, ref, data or {}))
     return damage, van_damage
 
@@ -528,7 +528,7 @@ def _shared_inputs(wanted: Select | BindParameter) -> tuple[Select, Select]:
                        RouteStop.__table__.c, Order.__table__.c)
     routes = select(c.route_id).where(c.order_id.in_(wanted), c.route_id.is_not(None))
     near = union(select(o.id).where(o.id.in_(wanted)), select(rs.order_id).where(rs.route_id.in_(routes)))
-    damaged = select(func.max(oe.id)).where(oe.type == "damaged", oe.order_id.in_(near)).scalar_subquery()
+    damaged = select(func.max(oe.id)).where(DAMAGE_REPORTS, oe.order_id.in_(near)).scalar_subquery()
     vans = (select(c.vehicle_id).where(c.order_id.in_(wanted), c.vehicle_id.is_not(None)).distinct()
             .subquery("vans"))
     of_van = (r.vehicle_id == vans.c.vehicle_id, *_COUNTED, r.ts >= bindparam("since"))
@@ -885,7 +885,7 @@ def _fingerprint(session: Session, day: date, margin: timedelta) -> tuple:
                                            func.sum(c.qty), func.sum(c.id))
                                     .join(o, o.id == c.order_id).where(o.delivery_date == day)).one())
     damaged = session.scalar(select(func.max(OrderEvent.id)).join(o, o.id == OrderEvent.order_id)
-                             .where(o.delivery_date == day, OrderEvent.type == "damaged"))
+                             .where(o.delivery_date == day, DAMAGE_REPORTS))
     readings: tuple = ()
     if custody[0]:
         vans = sorted(session.scalars(select(c.vehicle_id).join(o, o.id == c.order_id).distinct()
@@ -915,7 +915,7 @@ def _compute_day(session: Session, day: date, now: datetime, batch: int) -> tupl
     computations += 1
     c, o = CustodyEvent, Order
     loaded = select(c.order_id).where(c.type == "loaded")
-    damaged = select(OrderEvent.order_id).where(OrderEvent.type == "damaged")
+    damaged = select(OrderEvent.order_id).where(DAMAGE_REPORTS)
     ids = session.scalars(select(o.id).where(o.delivery_date == day, o.status != "cancelled",
                                              or_(o.id.in_(loaded), o.id.in_(damaged))).order_by(o.id)).all()
     events = day_events(session, day)
