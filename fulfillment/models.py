@@ -106,7 +106,7 @@ class Reservation(Base):
     lot: Mapped[StockLot] = relationship()
 
 
-_DAMAGE = "type = 'damaged'"
+_DAMAGED = "'damaged'"  # the partial index's predicate and DAMAGE_REPORTS name it alike
 
 
 class OrderEvent(Base):
@@ -115,8 +115,8 @@ class OrderEvent(Base):
     __tablename__ = "order_events"
     # damage reports by order (risk checks look up the newest one of a van's orders on every route read):
     # few rows, so a lookup never walks the day's other events, migration 0014
-    __table_args__ = (Index("ix_order_events_damaged", "order_id", postgresql_where=text(_DAMAGE),
-                            sqlite_where=text(_DAMAGE)),)
+    __table_args__ = (Index("ix_order_events_damaged", "order_id", postgresql_where=text(f"type = {_DAMAGED}"),
+                            sqlite_where=text(f"type = {_DAMAGED}")),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     order_id: Mapped[int] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"), index=True)
@@ -128,7 +128,7 @@ class OrderEvent(Base):
     data: Mapped[dict | None] = mapped_column(JSON, nullable=True)
 
 
-DAMAGE_REPORTS = OrderEvent.__table__.c.type == literal_column("'damaged'")
+DAMAGE_REPORTS = OrderEvent.__table__.c.type == literal_column(_DAMAGED)
 """The damage reports among order events, as the partial index ix_order_events_damaged states them: a literal.
 Written ``type == "damaged"``, the value is a bound parameter, and a prepared statement's generic plan cannot use
 a partial index for ``type = $1``: PostgreSQL kept planning such a statement afresh on every run (the risk

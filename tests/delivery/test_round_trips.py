@@ -251,8 +251,9 @@ def test_a_route_reads_statements_keep_their_prepared_plans(databases) -> None: 
                 service.route_for(s, sorted(stops)[round_ % 3], day)
             plans = s.connection().execute(text(
                 "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements")).all()
+            route_id = s.connection().execute(text("SELECT min(id) FROM routes")).scalar_one()
             generic = _generic_plan(s, trace._SHARED["trips"][0],
-                                    {"trip_ids": [1], "since": utcnow() - timedelta(hours=3)})
+                                    {"trip_ids": [route_id], "since": utcnow() - timedelta(hours=3)})
     finally:
         engine.dispose()
     # the damage reports are looked up on their partial index even in the generic plan (it was a scan of the
@@ -279,8 +280,8 @@ def _generic_plan(session: Session, statement, params: dict) -> str:  # noqa: AN
     raw.execute("SET plan_cache_mode = force_generic_plan")
     try:
         raw.execute(sql, values, prepare=True)
-        name = raw.execute("SELECT name FROM pg_prepared_statements WHERE statement LIKE '%per_van%' "
-                           "ORDER BY prepare_time DESC LIMIT 1").fetchone()[0]
+        name = raw.execute("SELECT name FROM pg_prepared_statements ORDER BY prepare_time DESC LIMIT 1"
+                           ).fetchone()[0]  # the one just prepared
         explain = psycopg.ClientCursor(raw).mogrify(
             f"EXPLAIN EXECUTE {name}({', '.join(['%s'] * len(order))})", [values[n] for n in order])
         rows = raw.execute(explain).fetchall()
