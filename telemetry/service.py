@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, and_, bindparam, func, or_, select, text, update
+from sqlalchemy import Connection, Select, and_, bindparam, func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError, ProgrammingError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session, joinedload
@@ -530,6 +530,18 @@ def _likely_plain(element: _likely, compiler, **kw) -> str:  # noqa: ANN001
 @compiles(_likely, "sqlite")
 def _likely_sqlite(element: _likely, compiler, **kw) -> str:  # noqa: ANN001
     return f"likely({compiler.process(element.clauses, **kw)})"
+
+
+def span_readings(kinds: tuple[str, ...]) -> Select:
+    """One van's readings of these kinds, every compartment, in [:start, :end) (bound as ``van``, ``start``,
+    ``end``), in (ts, device, seq, kind, compartment) order, as (ts, device, seq, value, kind, compartment) rows:
+    built once by a caller that runs it often (a statement built per call costs more Python than the database
+    spends on it)."""
+    r = TelemetryReading.__table__.c
+    return (select(r.ts, r.device, r.seq, r.value, r.kind, r.compartment)
+            .where(r.vehicle_id == bindparam("van"), r.kind.in_(kinds), r.compartment.in_(READING_COMPARTMENTS),
+                   _likely(r.ts >= bindparam("start")), _likely(r.ts < bindparam("end")))
+            .order_by(r.ts, r.device, r.seq, r.kind, r.compartment))
 
 
 def vehicle_id_of(session: Session, code: str) -> int | None:

@@ -67,7 +67,7 @@ from core.timeutil import local_datetime, utcnow
 from fulfillment.models import DAMAGE_REPORTS, Order, OrderEvent, OrderLine, Reservation
 from routing.models import RouteStop
 from telemetry.models import TelemetryReading
-from telemetry.service import READING_COMPARTMENTS, readings_query
+from telemetry.service import READING_COMPARTMENTS, readings_query, span_readings
 from traceability import risk
 from traceability.custody import event_views
 from traceability.models import CustodyEvent, KeptRisk
@@ -84,9 +84,17 @@ def _z(moment: datetime | None) -> str | None:
 # ----------------------------------------------------------------------------- readings
 
 
+_R_C = TelemetryReading.__table__.c
+_COUNTED_KINDS = ("temperature", "shock")  # what risk reads: a leg's temperatures and shocks
+_COUNTED = (_R_C.kind.in_(_COUNTED_KINDS), _R_C.compartment.in_(READING_COMPARTMENTS))
+_VAN_SPAN = span_readings(_COUNTED_KINDS)  # a van's counted readings over a span, in one statement
+
+
 class Readings:
-    """Readings by index range. ``spans``: per van, a time range to fetch once per (kind, compartment) and
-    slice per leg (a day's assessment); a leg outside its van's span is fetched on its own."""
+    """Readings by index range. ``spans``: per van, a time range to fetch once and slice per leg (a day's
+    assessment): the first leg of a van asks for all its counted readings of the span in one statement (every
+    compartment's temperatures and the shocks: a van's legs need two or three of them, and one statement a van
+    cost less than one a kind and compartment); a leg outside its van's span is fetched on its own."""
 
     def __init__(self, session: Session, spans: dict[int, tuple[datetime, datetime]] | None = None,
                  cache: dict | None = None) -> None:
@@ -96,12 +104,31 @@ class Readings:
         self.cache: dict[tuple[int, str, str], tuple[list[datetime], list[tuple]]] = cache if cache is not None else {}
         self.queries = 0
 
-    def _fetch(self, vehicle_id: int, kind: str, compartment: str, start: datetime, end: datetime) -> list[tuple]:
+    def _fetch(self, vehicle_id: int, kind: str | None, compartment: str | None, start: datetime,
+               end: datetime) -> list[tuple]:
+        """(ts, device, seq, value) rows of one kind and compartment; ``kind`` None: every counted kind and
+        compartment, each row with its kind and compartment after those four."""
+        self.queries += 1
+        if kind is None:
+            params = {"van": vehicle_id, "start": start, "end": end}
+            return [tuple(row) for row in self.session.connection().execute(_VAN_SPAN, params)]
         r = TelemetryReading
         query = readings_query(vehicle_id, start, end, kind, compartment).with_only_columns(
             r.ts, r.device, r.seq, r.value)
-        self.queries += 1
         return [tuple(row) for row in self.session.execute(query)]
+
+    def _fill(self, vehicle_id: int, span: tuple[datetime, datetime]) -> None:
+        """Every counted (kind, compartment) of the van over its span, an empty one included: a key in the cache
+        means fetched over the span (trace._redo adds what came since to the keys there are)."""
+        grouped: dict[tuple[int, str, str], tuple[list[datetime], list[tuple]]] = {
+            (vehicle_id, kind, compartment): ([], [])
+            for kind in _COUNTED_KINDS for compartment in READING_COMPARTMENTS}
+        for ts, device, seq, value, kind, compartment in self._fetch(vehicle_id, None, None, *span):
+            times, rows = grouped[(vehicle_id, kind, compartment)]
+            times.append(ts)
+            rows.append((ts, device, seq, value))
+        for key, got in grouped.items():
+            self.cache.setdefault(key, got)
 
     def get(self, vehicle_id: int, kind: str, compartment: str, start: datetime, end: datetime) -> list[tuple]:
         """(ts, device, seq, value) of the van's ``kind`` readings in ``compartment`` ('' = none), start <= ts < end."""
@@ -110,7 +137,10 @@ class Readings:
             return self._fetch(vehicle_id, kind, compartment, start, end)
         key = (vehicle_id, kind, compartment)
         got = self.cache.get(key)
-        if got is None:
+        if got is None and kind in _COUNTED_KINDS and compartment in READING_COMPARTMENTS:
+            self._fill(vehicle_id, span)
+            got = self.cache[key]
+        elif got is None:
             rows = self._fetch(vehicle_id, kind, compartment, span[0], span[1])
             got = self.cache[key] = ([row[0] for row in rows], rows)
         times, rows = got
@@ -508,9 +538,6 @@ def custody_summary(order_ids: Select | Sequence[int] | BindParameter) -> Subque
                    func.min(c.at).label("first"))
             .where(c.order_id.in_(order_ids)).group_by(c.order_id).subquery("custody_summary"))
 
-
-_R_C = TelemetryReading.__table__.c
-_COUNTED = (_R_C.kind.in_(("temperature", "shock")), _R_C.compartment.in_(READING_COMPARTMENTS))  # what risk reads
 
 
 def _shared_inputs(wanted: Select | BindParameter) -> tuple[Select, Select]:
