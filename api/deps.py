@@ -31,14 +31,19 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
 
     Async, so that a session is made on the event loop (that does no I/O: the connection is taken at its
     first statement) instead of in a hop to the thread pool; taking SQLite's write lock, the commit or
-    rollback and the close do I/O, and run in the pool. ``request.state.before_commit`` (a function of the
-    session), when set, runs in that same hop just before the commit: api/idempotency.py stores the key's
-    answer there, so the work, its answer and the commit cost one hop."""
+    rollback and the close do I/O, and run in the pool (but for PostgreSQL's autocommit reads, where they do
+    none). ``request.state.before_commit`` (a function of the session), when set, runs in that same hop just
+    before the commit: api/idempotency.py stores the key's answer there, so the work, its answer and the commit
+    cost one hop."""
     write = request.method not in _READS
     route = request.scope.get("route")
-    scope = session_scope(write=write, autocommit=not write and getattr(getattr(route, "endpoint", None),
-                                                                         "autocommit_reads", False))
-    locks = write and get_engine().dialect.name == "sqlite"  # only SQLite's BEGIN IMMEDIATE does I/O up front
+    autocommit = not write and getattr(getattr(route, "endpoint", None), "autocommit_reads", False)
+    scope = session_scope(write=write, autocommit=autocommit)
+    dialect = get_engine().dialect.name
+    locks = write and dialect == "sqlite"  # only SQLite's BEGIN IMMEDIATE does I/O up front
+    # PostgreSQL's autocommit reads: nothing is left to commit or roll back (psycopg sends neither on an idle
+    # connection), so their end does no I/O and costs no hop to the thread pool (GET /driver/route)
+    quiet_end = autocommit and dialect == "postgresql"
     session = await run_in_threadpool(scope.__enter__) if locks else scope.__enter__()
     try:
         yield session
@@ -59,7 +64,10 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
                     return None
             return scope.__exit__(*exc_info)
 
-        await run_in_threadpool(_end)
+        if quiet_end and getattr(request.state, "before_commit", None) is None:
+            _end()
+        else:
+            await run_in_threadpool(_end)
 
 
 def autocommit_reads(endpoint: Callable) -> Callable:
