@@ -67,8 +67,8 @@ def _adapter(model: type) -> TypeAdapter:
 def _answer(model: type, content: dict, status_code: int = 200) -> Response:
     """``content`` validated as ``model`` and serialised here, in the route's own hop to the thread pool: FastAPI
     does exactly this (the model's TypeAdapter, validate then dump_json, by alias) with what a sync route returns,
-    but in one more hop to the pool, which cost more CPU than the validation itself (tests/api compare the
-    bytes). The route still declares ``model`` as its response_model, for the OpenAPI document."""
+    but in one more hop to the pool, which cost more CPU than the validation itself. The route still declares
+    ``model`` as its response_model, for the OpenAPI document."""
     adapter = _adapter(model)
     return Response(adapter.dump_json(adapter.validate_python(content), by_alias=True), status_code=status_code,
                     media_type="application/json")
