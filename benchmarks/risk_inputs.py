@@ -84,11 +84,11 @@ def main(argv: list[str] | None = None) -> int:
                                              "OR last_autoanalyze IS NOT NULL)")).scalar_one()
                 backend = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
                 for route in routes[:20]:  # psycopg prepares a statement on its fifth execution
-                    conn.execute(statement, {"trip_ids": [route], "since": since}).all()
+                    statement.rows(conn, {"trip_ids": [route], "since": since})
                 b0, c0 = _ticks(backend), time.process_time()
                 for _ in range(ROUTE_READS):
                     for route in routes:
-                        conn.execute(statement, {"trip_ids": [route], "since": since}).all()
+                        statement.rows(conn, {"trip_ids": [route], "since": since})
                 n = ROUTE_READS * len(routes)
                 print(f"{case} ({analysed} partitions analysed): "
                       f"PostgreSQL backend {1000 * (_ticks(backend) - b0) / hz / n:.3f} ms, "

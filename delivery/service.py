@@ -35,6 +35,7 @@ from sqlalchemy.orm.util import identity_key
 
 from core import audit
 from core.errors import Conflict, Forbidden, Invalid, NotFound, PayloadTooLarge, Unauthorized, UnsupportedMedia
+from core.hot import Hot
 from core.timeutil import to_local, utcnow
 from delivery import lifecycle, proofs
 from delivery.lifecycle import IllegalMove, route_state, route_stored
@@ -224,11 +225,11 @@ _TRIPS_OF_DAY = (Route.__table__
 _TRIP_COLUMNS = (_RTC.id, _RTC.plan_id, _RTC.status, _RTC.start_at, _RTC.end_at, _RTC.started_at, _PLC.day,
                  _NDC.code, _PLC.created_at, _CPC.id.label("compartment_id"), _CPC.temp_class, _CPC.capacity_l)
 _TRIP_ORDER = (_PLC.id.desc(), _RTC.trip, _RTC.id, _CPC.id)
-_DAY_TRIPS = (select(*_TRIP_COLUMNS).select_from(_TRIPS_OF_DAY).where(_RTC.vehicle_id == bindparam("vehicle_id"))
-              .order_by(*_TRIP_ORDER))
+_DAY_TRIPS = Hot(select(*_TRIP_COLUMNS).select_from(_TRIPS_OF_DAY)
+                 .where(_RTC.vehicle_id == bindparam("vehicle_id")).order_by(*_TRIP_ORDER))
 # the caller's login (as _LOGIN) and their van's trips that day (as _DAY_TRIPS), in one statement: one row with no
 # trip when there is none
-_LOGIN_TRIPS = (
+_LOGIN_TRIPS = Hot(
     select(_US.role, _US.active, _DR.id.label("driver_id"), _DR.vehicle_id, _VH.code.label("vehicle_code"),
            *_TRIP_COLUMNS)
     .select_from(User.__table__.outerjoin(Driver.__table__, _DR.username == _US.username)
@@ -238,7 +239,7 @@ _LOGIN_TRIPS = (
     .order_by(*_TRIP_ORDER))
 _TRIPS_CUSTODY = custody_summary(ON_TRIPS)
 # the trips' stops' statuses with the per-order part of the risk checks' inputs
-_TRIP_STATUSES = (
+_TRIP_STATUSES = Hot(
     select(_RS_.id, _RS_.status, _RS_.order_id, _TRIPS_CUSTODY.c.n, _TRIPS_CUSTODY.c.newest, _TRIPS_CUSTODY.c.first)
     .select_from(RouteStop.__table__.outerjoin(_TRIPS_CUSTODY, _TRIPS_CUSTODY.c.order_id == _RS_.order_id))
     .where(_RS_.route_id.in_(bindparam("trip_ids", expanding=True))))
@@ -257,14 +258,14 @@ def route_of(session: Session, driver: DriverRef, day: date) -> dict:
     """
     if not driver.vehicle_id:
         raise _no_route(driver, day)
-    return _route(session, driver, day, session.connection().execute(
-        _DAY_TRIPS, {"day": day, "vehicle_id": driver.vehicle_id}).all())
+    return _route(session, driver, day, _DAY_TRIPS.rows(session.connection(),
+                                                        {"day": day, "vehicle_id": driver.vehicle_id}))
 
 
 def route_for(session: Session, username: str, day: date) -> dict:
     """:func:`route_of` for the user of this username, checked as :func:`driver_of` checks a login, in the same
     statement as the van's trips: the API's most requested answer takes one statement less."""
-    rows = session.connection().execute(_LOGIN_TRIPS, {"username": username, "day": day}).all()
+    rows = _LOGIN_TRIPS.rows(session.connection(), {"username": username, "day": day})
     driver = driver_of(_login(username, rows[0] if rows else None), username)
     if not driver.vehicle_id:
         raise _no_route(driver, day)
@@ -286,7 +287,7 @@ def _route(session: Session, driver: DriverRef, day: date, rows: list) -> dict:
     trip_ids = [r.id for r in trips]
     status: dict[int, str] = {}
     kept: dict[int, tuple] = {}  # the risk checks' inputs per order (traceability.trace.order_risks)
-    for pk, stop_status, order_id, n, newest, first_at in conn.execute(_TRIP_STATUSES, {"trip_ids": trip_ids}):
+    for pk, stop_status, order_id, n, newest, first_at in _TRIP_STATUSES.rows(conn, {"trip_ids": trip_ids}):
         status[pk] = stop_status
         if n:
             kept[order_id] = (n, newest, first_at)

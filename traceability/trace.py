@@ -62,6 +62,7 @@ from sqlalchemy.orm import Session
 
 from core.audit import utc_text
 from core.errors import Invalid, NotFound
+from core.hot import Hot
 from core.settings import get_settings
 from core.timeutil import local_datetime, utcnow
 from fulfillment.models import DAMAGE_REPORTS, Order, OrderEvent, OrderLine, Reservation
@@ -577,8 +578,10 @@ _RS_C = RouteStop.__table__.c
 # the orders of a van's trips (``trip_ids``: the routes' ids), or a list of order ids (``ids``)
 ON_TRIPS = select(_RS_C.order_id).where(_RS_C.route_id.in_(bindparam("trip_ids", expanding=True)))
 _BY_IDS = bindparam("ids", expanding=True)
-_SHARED = {"trips": _shared_inputs(ON_TRIPS), "ids": _shared_inputs(_BY_IDS)}
-_OWN = select(custody_summary(_BY_IDS))
+# run on PostgreSQL's cursor (core.hot): the route read's statements
+_SHARED = {wanted: tuple(Hot(s) for s in _shared_inputs(by))
+           for wanted, by in (("trips", ON_TRIPS), ("ids", _BY_IDS))}
+_OWN = Hot(select(custody_summary(_BY_IDS)))
 
 
 def _inputs(session: Session, ids: Sequence[int], margin: timedelta, trip_ids: Sequence[int] | None = None,
@@ -604,23 +607,23 @@ def _inputs(session: Session, ids: Sequence[int], margin: timedelta, trip_ids: S
     params: dict = {"trip_ids": list(trip_ids)} if trip_ids is not None else {"ids": list(ids)}
     with_readings, damage_only = _SHARED["trips" if trip_ids is not None else "ids"]
     if own is None:
-        own = {order_id: (n, newest, first) for order_id, n, newest, first in conn.execute(_OWN, {"ids": list(ids)})}
+        own = {order_id: (n, newest, first) for order_id, n, newest, first in _OWN.rows(conn, {"ids": list(ids)})}
     firsts = [first for _n, _newest, first in own.values() if first is not None]
     since = min(firsts) - margin if firsts else None
     vans: tuple[int, ...] = ()
     if since is not None:
-        n, newest, damaged, named = conn.execute(with_readings, {**params, "since": since}).one()
+        n, newest, damaged, named = with_readings.rows(conn, {**params, "since": since})[0]
         shared = (int(n), newest, damaged)
         vans = tuple(sorted(int(van) for van in named.split(","))) if named else ()
     else:
-        shared = (0, None, conn.execute(damage_only, params).scalar())
+        shared = (0, None, damage_only.rows(conn, params)[0][0])
     scope = ("trips", tuple(trip_ids)) if trip_ids is not None else ("ids", tuple(ids))
     return {order_id: (*own.get(order_id, (0, None, None)), *shared) for order_id in ids}, (*scope, since, vans)
 
 
 _KR = KeptRisk.__table__
-_STORED = select(_KR.c.order_id, _KR.c.inputs, _KR.c.spoilage, _KR.c.breakage, _KR.c.aboard, _KR.c.assessed_at) \
-    .where(_KR.c.order_id.in_(_BY_IDS))
+_STORED = Hot(select(_KR.c.order_id, _KR.c.inputs, _KR.c.spoilage, _KR.c.breakage, _KR.c.aboard,
+                     _KR.c.assessed_at).where(_KR.c.order_id.in_(_BY_IDS)))
 _upsert = pg_insert(_KR)
 _STORE = _upsert.on_conflict_do_update(index_elements=[_KR.c.order_id], set_={
     name: _upsert.excluded[name] for name in ("inputs", "spoilage", "breakage", "aboard", "assessed_at")})
@@ -717,7 +720,7 @@ def order_risks(session: Session, ids: Sequence[int], trip_ids: Sequence[int] | 
     if missing and shared:
         wall = utcnow()
         taken = []
-        for order_id, digest, spoil, brk, aboard_, at in conn.execute(_STORED, {"ids": missing}):
+        for order_id, digest, spoil, brk, aboard_, at in _STORED.rows(conn, {"ids": missing}):
             age = max(0.0, (wall - at).total_seconds())
             if digest == _digest(inputs[order_id], rules) and _holds(age, aboard_, ttl):
                 taken.append((order_id, _Kept(inputs[order_id], spoil, brk, aboard_, clock - age)))

@@ -22,6 +22,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
 
+from core.hot import Hot
 from core.timeutil import local_tomorrow
 from tests.conftest import LiveServer, free_port
 from tests.delivery.helpers import PqTrace as Trace
@@ -265,7 +266,7 @@ def test_a_route_reads_statements_keep_their_prepared_plans(databases) -> None: 
     assert not planned_anew, planned_anew
 
 
-def _generic_plan(session: Session, statement, params: dict) -> str:  # noqa: ANN001
+def _generic_plan(session: Session, statement: Hot, params: dict) -> str:
     """EXPLAIN of this statement's generic plan (what a prepared statement runs once PostgreSQL stops planning it
     per run; PostgreSQL 15 has no EXPLAIN (GENERIC_PLAN)): prepared by psycopg under plan_cache_mode =
     force_generic_plan, then EXPLAIN EXECUTE."""
@@ -273,15 +274,16 @@ def _generic_plan(session: Session, statement, params: dict) -> str:  # noqa: AN
 
     import psycopg
 
-    expanded = statement.compile(dialect=session.get_bind().dialect).construct_expanded_state(params)
-    values, sql = expanded.parameters, expanded.statement  # an IN list as one placeholder per value
+    dialect = session.get_bind().dialect
+    sql, values = statement.sql(dialect, params)  # what core.hot sends
     order = list(dict.fromkeys(re.findall(r"%\((\w+)\)s", sql)))  # psycopg numbers them in this order
     raw = session.connection().connection.driver_connection
     raw.execute("SET plan_cache_mode = force_generic_plan")
     try:
         raw.execute(sql, values, prepare=True)
-        name = raw.execute("SELECT name FROM pg_prepared_statements ORDER BY prepare_time DESC LIMIT 1"
-                           ).fetchone()[0]  # the one just prepared
+        name = raw.execute("SELECT name FROM pg_prepared_statements WHERE starts_with(statement, %s) "
+                           "ORDER BY prepare_time DESC LIMIT 1", [sql.split("%(")[0]]
+                           ).fetchone()[0]  # this statement, prepared here or by the route reads before
         explain = psycopg.ClientCursor(raw).mogrify(
             f"EXPLAIN EXECUTE {name}({', '.join(['%s'] * len(order))})", [values[n] for n in order])
         rows = raw.execute(explain).fetchall()
