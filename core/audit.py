@@ -52,6 +52,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Mapped, Session, SessionTransaction, mapped_column
 
 from core.db import Base, UTCDateTime
+from core.hot import Hot
 from core.timeutil import utcnow
 
 GENESIS = "0" * 64
@@ -224,12 +225,12 @@ def flush(session: Session) -> list[dict]:
     conn = session.connection()
     if not state.locked:
         if conn.dialect.name == "postgresql":
-            conn.execute(_PG_LOCK, {"key": LOCK_KEY})
+            _PG_LOCK.rows(conn, {"key": LOCK_KEY})
         else:  # a write statement takes SQLite's write lock (a no-op for writer sessions, which hold it)
             conn.execute(_SQLITE_LOCK)
         state.locked = True
     if state.head is None:
-        last = conn.execute(_HEAD).first()
+        last = _HEAD.first(conn)
         state.head = (last[0], last[1]) if last else (0, GENESIS)
     last_id, last_hash = state.head
     rows = [r for _tag, r in state.pending]
@@ -246,13 +247,14 @@ def flush(session: Session) -> list[dict]:
     return rows
 
 
-_PG_LOCK = text("SELECT pg_advisory_xact_lock(:key)")
+_PG_LOCK = Hot(text("SELECT pg_advisory_xact_lock(:key)"))
 _SQLITE_LOCK = text("UPDATE audit_log SET id = id WHERE id < 0")
-_HEAD = select(AuditLog.__table__.c.id, AuditLog.__table__.c.hash).order_by(AuditLog.__table__.c.id.desc()).limit(1)
+_HEAD = Hot(select(AuditLog.__table__.c.id, AuditLog.__table__.c.hash).order_by(AuditLog.__table__.c.id.desc())
+            .limit(1))
 _COLUMNS = ("id", "at", "actor", "action", "entity", "entity_id", "data", "why", "prev_hash", "hash")
 _FEW = 20
-_PG_INSERT = text(f"INSERT INTO audit_log ({', '.join(_COLUMNS)}) VALUES "
-                  f"({', '.join('CAST(:data AS json)' if c == 'data' else ':' + c for c in _COLUMNS)})")
+_PG_INSERT = Hot(text(f"INSERT INTO audit_log ({', '.join(_COLUMNS)}) VALUES "
+                      f"({', '.join('CAST(:data AS json)' if c == 'data' else ':' + c for c in _COLUMNS)})"))
 
 
 def _insert(session: Session, rows: list[dict], conn: Connection) -> None:
@@ -260,8 +262,11 @@ def _insert(session: Session, rows: list[dict], conn: Connection) -> None:
     text as given). SQLite: executemany, in process. (Statements on the connection itself: a request's few
     records skip the ORM session's execute path.)"""
     if conn.dialect.name == "postgresql":
+        if len(rows) == 1:  # a request's usual one
+            _PG_INSERT.rows(conn, {c: rows[0][c] for c in _COLUMNS})
+            return
         if len(rows) <= _FEW:  # one INSERT is one round trip; COPY takes three
-            conn.execute(_PG_INSERT, [{c: row[c] for c in _COLUMNS} for row in rows])
+            conn.execute(_PG_INSERT.statement, [{c: row[c] for c in _COLUMNS} for row in rows])
             return
         raw = conn.connection.driver_connection
         with raw.cursor() as cur, cur.copy(f"COPY audit_log ({', '.join(_COLUMNS)}) FROM STDIN") as copy:

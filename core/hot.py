@@ -18,7 +18,8 @@ from __future__ import annotations
 import re
 import threading
 from collections import namedtuple
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Connection
@@ -141,6 +142,27 @@ class _Compiled:
         return self.shape
 
 
+@contextmanager
+def _executed(conn: Connection, sql: str, values: Mapping[str, Any]) -> Iterator[Any]:
+    """A cursor of the connection's psycopg connection, ``sql`` executed on it (prepared), in the connection's
+    transaction (begun here if it was not yet, as execute's autobegin would: the caller's commit commits it)."""
+    if not conn.in_transaction():
+        conn.begin()
+    with conn.connection.driver_connection.cursor() as cursor:
+        for listener in conn.dispatch.before_cursor_execute:  # as execute fires it: what counts statements counts these
+            listener(conn, cursor, sql, values, None, False)
+        cursor.execute(sql, values, prepare=True)
+        yield cursor
+
+
+def driver_rows(conn: Connection, sql: str, values: Mapping[str, Any]) -> list[tuple]:
+    """PostgreSQL only: ``sql``, already in psycopg's form, executed on the connection's cursor; its rows as the
+    driver gives them (no processing: for a statement whose values need none)."""
+    with _executed(conn, sql, values) as cursor:
+        result = cursor.pgresult
+        return cursor.fetchall() if result is not None and result.nfields else []
+
+
 class Hot:
     """One statement, compiled once per dialect; :meth:`rows` runs it."""
 
@@ -170,13 +192,7 @@ class Hot:
             return result.all() if result.returns_rows else []
         compiled = self._for(conn.dialect)
         sql, values = compiled.values(params)
-        if not conn.in_transaction():
-            conn.begin()  # what execute's autobegin does: the caller's commit then commits this
-        driver = conn.connection.driver_connection
-        with driver.cursor() as cursor:
-            for listener in conn.dispatch.before_cursor_execute:
-                listener(conn, cursor, sql, values, None, False)
-            cursor.execute(sql, values, prepare=True)
+        with _executed(conn, sql, values) as cursor:
             result = cursor.pgresult
             if result is None or not result.nfields:
                 return []
@@ -196,4 +212,4 @@ class Hot:
         return rows[0] if rows else None
 
 
-__all__ = ["Hot"]
+__all__ = ["Hot", "driver_rows"]

@@ -28,6 +28,7 @@ from sqlalchemy import Boolean, Integer, String, and_, bindparam, column, delete
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from core.hot import Hot
 from core.settings import get_settings
 from delivery.models import IdempotencyKey
 
@@ -91,9 +92,9 @@ def _claim_insert(dialect) -> object:  # noqa: ANN001
 
 
 _INSERT = {"postgresql": _claim_insert(postgresql), "sqlite": _claim_insert(sqlite)}
-_FOUND = (select(_KEYS.c.id, _KEYS.c.fingerprint, _KEYS.c.status, _KEYS.c.response_status,
+_FOUND = Hot(select(_KEYS.c.id, _KEYS.c.fingerprint, _KEYS.c.status, _KEYS.c.response_status,
                  _KEYS.c.response_headers, _KEYS.c.response_body)
-          .where(_KEYS.c.driver_id == bindparam("driver_id"), _KEYS.c.key == bindparam("key")))
+             .where(_KEYS.c.driver_id == bindparam("driver_id"), _KEYS.c.key == bindparam("key")))
 _SWEEP = delete(_KEYS).where(_KEYS.c.driver_id == bindparam("driver_id"), _KEYS.c.created_at < bindparam("expired"))
 
 # PostgreSQL: who is calling and the claim in one round trip. ``who`` is the user with the driver of the same
@@ -101,7 +102,7 @@ _SWEEP = delete(_KEYS).where(_KEYS.c.driver_id == bindparam("driver_id"), _KEYS.
 # outer SELECT returns the caller, the new key's id (NULL when the key was not taken) and the key's row as it
 # was before this statement (NULL when there was none, or when a concurrent claim committed it meanwhile: the
 # caller then reads it with _FOUND). Its parameters are the same as the INSERT's, plus ``username``.
-_WHO_AND_CLAIM = text("""
+_WHO_AND_CLAIM = Hot(text("""
 WITH who AS (
     SELECT u.role, u.active, d.id AS driver_id, d.vehicle_id, v.code
     FROM users u LEFT JOIN drivers d ON d.username = u.username LEFT JOIN vehicles v ON v.id = d.vehicle_id
@@ -123,7 +124,7 @@ FROM who LEFT JOIN idempotency_keys k ON k.driver_id = who.driver_id AND k.key =
 """).columns(column("role", String), column("active", Boolean), column("driver_id", Integer),
              column("vehicle_id", Integer), column("code", String), column("new_id", Integer),
              column("id", Integer), column("fingerprint", String), column("status", String),
-             column("response_status", Integer), _KEYS.c.response_headers, _KEYS.c.response_body)
+             column("response_status", Integer), _KEYS.c.response_headers, _KEYS.c.response_body))
 
 
 @dataclass(frozen=True)
@@ -171,7 +172,7 @@ def claim(session: Session, driver_id: int, key: str, fp: str, method: str, path
     new_id = conn.execute(_INSERT[conn.dialect.name], params).scalar()
     if new_id is not None:
         return Claim("new", new_id)
-    return _verdict(conn.execute(_FOUND, params).one(), fp)
+    return _verdict(_FOUND.rows(conn, params)[0], fp)
 
 
 def can_claim_with_caller(session: Session) -> bool:
@@ -189,7 +190,7 @@ def claim_as(session: Session, username: str, key: str, fp: str, method: str, pa
     conn = session.connection()
     params = _params(None, key, fp, method, path, now)
     params["username"] = username
-    row = conn.execute(_WHO_AND_CLAIM, params).first()
+    row = _WHO_AND_CLAIM.first(conn, params)
     if row is None:
         return None, None
     caller = Caller(row.role, bool(row.active), row.driver_id, row.vehicle_id, row.code)
@@ -200,11 +201,11 @@ def claim_as(session: Session, username: str, key: str, fp: str, method: str, pa
         return caller, None
     if row.id is None:  # a concurrent claim committed after this statement's snapshot: read it now
         params["driver_id"] = row.driver_id
-        return caller, _verdict(conn.execute(_FOUND, params).one(), fp)
+        return caller, _verdict(_FOUND.rows(conn, params)[0], fp)
     return caller, _verdict(row, fp)
 
 
-_COMPLETE = (update(_KEYS).where(_KEYS.c.id == bindparam("key_id"))
+_COMPLETE = Hot(update(_KEYS).where(_KEYS.c.id == bindparam("key_id"))
              .values(status="done", response_status=bindparam("r_status"), response_headers=bindparam("r_headers"),
                      response_body=bindparam("r_body"), finished_at=bindparam("r_now")))
 _RELEASE = delete(_KEYS).where(_KEYS.c.id == bindparam("key_id"), _KEYS.c.status == "running")
@@ -212,7 +213,7 @@ _RELEASE = delete(_KEYS).where(_KEYS.c.id == bindparam("key_id"), _KEYS.c.status
 
 def complete(session: Session, key_id: int, status: int, headers: dict, body: bytes, now: datetime) -> None:
     """Store the answer, in the transaction that did (or refused) the work."""
-    session.connection().execute(_COMPLETE, {"key_id": key_id, "r_status": status, "r_headers": headers,
+    _COMPLETE.rows(session.connection(), {"key_id": key_id, "r_status": status, "r_headers": headers,
                                              "r_body": body, "r_now": now})
 
 

@@ -35,7 +35,7 @@ from sqlalchemy.orm.util import identity_key
 
 from core import audit
 from core.errors import Conflict, Forbidden, Invalid, NotFound, PayloadTooLarge, Unauthorized, UnsupportedMedia
-from core.hot import Hot
+from core.hot import Hot, driver_rows
 from core.timeutil import to_local, utcnow
 from delivery import lifecycle, proofs
 from delivery.lifecycle import IllegalMove, route_state, route_stored
@@ -326,7 +326,7 @@ _OPEN = _RS.alias("open_stops")
 # the stop with its route and order, locked with its route, and how many of the route's stops are still open
 # (SQLite's; on PostgreSQL a read that waited for the route's lock would count in its snapshot from before the
 # wait, so the count that decides whether the route finishes comes with the writes, :func:`_pg_writes`)
-_STOP_ROW = (
+_STOP_ROW = Hot(
     select(_RS.c.id, _RS.c.stop_id, _RS.c.status, _RS.c.order_id, _RT.c.id.label("route_id"),
            _RT.c.status.label("route_status"), _RT.c.vehicle_id, _OR.c.ref, _OR.c.status.label("order_status"),
            select(func.count()).where(_OPEN.c.route_id == _RT.c.id, _OPEN.c.status.not_in(lifecycle.STOP_DONE))
@@ -478,7 +478,7 @@ def stop_event(session: Session, driver: DriverRef, stop_id: str, body: StopEven
     if driver.vehicle_id is None or len(stop_id) > 32:
         raise NotFound(NO_SUCH_STOP)
     conn = session.connection()
-    row = conn.execute(_STOP_ROW, {"stop_id": stop_id, "vehicle_id": driver.vehicle_id}).first()
+    row = _STOP_ROW.first(conn, {"stop_id": stop_id, "vehicle_id": driver.vehicle_id})
     if row is None:
         raise NotFound(NO_SUCH_STOP)
     if body.type == "damaged" or row.order_status in ("planned", "reattempt"):
@@ -506,9 +506,9 @@ def stop_event(session: Session, driver: DriverRef, stop_id: str, body: StopEven
              "recipient": body.recipient, "reason": body.reason, "note": body.note, "from_status": row.status,
              "to_status": target}
     if conn.dialect.name == "postgresql":  # the event, the order's moves and the stop's status: one statement
-        event_id, open_others = conn.exec_driver_sql(
-            _pg_writes(conn.dialect, len(moves.rows), moves.status != row.order_status),
-            _pg_params(event, moves, row.id, target)).one()
+        ((event_id, open_others),) = driver_rows(
+            conn, _pg_writes(conn.dialect, len(moves.rows), moves.status != row.order_status),
+            _pg_params(event, moves, row.id, target))
     else:  # SQLite: the writing transaction holds the database's lock from BEGIN, so the first read's count holds
         event_id = conn.execute(_EVENT_INSERT, event).scalar_one()
         write_order_moves(session, row.order_status, moves)

@@ -32,12 +32,14 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 
 from sqlalchemy import String, bindparam, cast, func, literal, select, union_all
 from sqlalchemy.orm import Session
 
 from core import audit
 from core.bulk import insert_with_ids
+from core.hot import Hot
 from core.timeutil import utcnow
 from fulfillment.models import Order, OrderLine, Reservation
 from routing.models import Plan, Route, RouteStop
@@ -225,11 +227,19 @@ _CE_WRITTEN = tuple(c.name for c in CustodyEvent.__table__.columns if c.name != 
 _CE_LAST_ID = select(func.coalesce(func.max(_CE.c.id), 0))
 
 
+@lru_cache(maxsize=8)
+def _insert_one(columns: tuple[str, ...]) -> Hot:
+    """One custody row of these columns, returning its id, on PostgreSQL's cursor (core.hot)."""
+    return Hot(_CE.insert().values({c: bindparam(c, type_=_CE.c[c].type) for c in columns}).returning(_CE.c.id))
+
+
 def _insert_rows(session: Session, rows: list[dict]) -> list[int]:
     """Custody rows in one INSERT, their ids in the rows' order. PostgreSQL: RETURNING, ordered by parameter.
     SQLite cannot order a multi-row RETURNING (SQLAlchemy then sends a statement a row): the ids follow the
     highest one instead, which is safe because a writing SQLite transaction holds the database's write lock."""
     conn = session.connection()
+    if conn.dialect.name == "postgresql" and len(rows) == 1:  # a stop's usual one line
+        return [id_ for (id_,) in _insert_one(tuple(rows[0])).rows(conn, rows[0])]
     if conn.dialect.name == "postgresql" or len(rows) == 1:
         return list(conn.execute(_CE_INSERT, rows).scalars().all())
     last = int(conn.execute(_CE_LAST_ID).scalar_one())
@@ -308,7 +318,7 @@ def _last_of(col: str) -> object:
 
 
 # one order's held lines and lots (:func:`_held`) with where each is now (:func:`_last`), in one statement
-_HELD_AND_LAST = (
+_HELD_AND_LAST = Hot(
     select(OrderLine.id, OrderLine.line_no, Product.id, Product.sku, Product.temp_class, StockLot.id, StockLot.lot,
            func.sum(Reservation.qty), Order.lat, Order.lon, _last_of("type").label("last_type"),
            _last_of("stop_id").label("last_stop"))
@@ -341,7 +351,7 @@ def record_at_door(session: Session, door: Door, kind: str, at: datetime, actor:
     rows: list[dict] = []
     names: list[tuple[str, int]] = []
     for (line_id, line_no, product_id, sku, temp_class, lot_id, lot, qty, lat, lon, last_type,
-         last_stop) in session.connection().execute(_HELD_AND_LAST, {"order_id": door.order_id}):
+         last_stop) in _HELD_AND_LAST.rows(session.connection(), {"order_id": door.order_id}):
         if last_type == "delivered" or (kind == "failed" and last_type == "failed" and last_stop == door.stop_pk):
             continue
         where_lat, where_lon = position if position is not None else (lat, lon)
