@@ -24,6 +24,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import Session
 from sqlalchemy.sql import Executable
 
 # what SQLAlchemy renders only when it executes: an IN over a list, a value written into the SQL
@@ -206,6 +207,13 @@ class Hot:
                     if row[i] is not None:
                         row[i] = processor(row[i])
         return list(map(cls._make, raw))
+
+    def session_rows(self, session: Session, params: Mapping[str, Any] | None = None) -> Sequence[Any]:
+        """:meth:`rows` on the session's connection, after the flush ``session.execute`` would make (its
+        autoflush): what the session holds unwritten is seen, as before."""
+        if session.autoflush:
+            session.flush()
+        return self.rows(session.connection(), params)
 
     def first(self, conn: Connection, params: Mapping[str, Any] | None = None) -> Any | None:
         rows = self.rows(conn, params)

@@ -88,7 +88,7 @@ def _z(moment: datetime | None) -> str | None:
 _R_C = TelemetryReading.__table__.c
 _COUNTED_KINDS = ("temperature", "shock")  # what risk reads: a leg's temperatures and shocks
 _COUNTED = (_R_C.kind.in_(_COUNTED_KINDS), _R_C.compartment.in_(READING_COMPARTMENTS))
-_VAN_SPAN = span_readings(_COUNTED_KINDS)  # a van's counted readings over a span, in one statement
+_VAN_SPAN = Hot(span_readings(_COUNTED_KINDS))  # a van's counted readings over a span, in one statement
 
 
 class Readings:
@@ -112,7 +112,7 @@ class Readings:
         self.queries += 1
         if kind is None:
             params = {"van": vehicle_id, "start": start, "end": end}
-            return [tuple(row) for row in self.session.connection().execute(_VAN_SPAN, params)]
+            return [tuple(row) for row in _VAN_SPAN.rows(self.session.connection(), params)]
         r = TelemetryReading
         query = readings_query(vehicle_id, start, end, kind, compartment).with_only_columns(
             r.ts, r.device, r.seq, r.value)
@@ -262,11 +262,14 @@ def _kept_reference(session: Session, kind: str, ids: Iterable[int],
     return {i: v for i, v in out.items() if v is not None}
 
 
+_LINES = Hot(select(OrderLine.order_id, OrderLine.id, OrderLine.line_no, OrderLine.product_id)
+             .where(OrderLine.order_id.in_(bindparam("ids", expanding=True)))
+             .order_by(OrderLine.order_id, OrderLine.line_no))
+
+
 def _load_lines(session: Session, order_ids: list[int]) -> dict[int, object]:
     lines: dict[int, list[tuple[int, int, int]]] = defaultdict(list)
-    for order_id, line_id, line_no, product_id in session.execute(
-            select(OrderLine.order_id, OrderLine.id, OrderLine.line_no, OrderLine.product_id)
-            .where(OrderLine.order_id.in_(order_ids)).order_by(OrderLine.order_id, OrderLine.line_no)):
+    for order_id, line_id, line_no, product_id in _LINES.session_rows(session, {"ids": order_ids}):
         lines[order_id].append((line_id, line_no, product_id))
     return {order_id: tuple(ls) for order_id, ls in lines.items()}
 
@@ -293,20 +296,24 @@ def _with_reference(session: Session, events: Sequence[CustodyEvent], order_ids:
     return _Ctx(products, vehicles, expires, damage, van_damage, lines)
 
 
+_OWN_DAMAGE = Hot(select(OrderEvent.order_id, OrderEvent.at, OrderEvent.data)
+                  .where(OrderEvent.order_id.in_(bindparam("ids", expanding=True)), DAMAGE_REPORTS)
+                  .order_by(OrderEvent.id))
+_VAN_DAMAGE = Hot(select(RouteStop.route_id, OrderEvent.at, OrderEvent.order_id, Order.ref, OrderEvent.data)
+                  .join(OrderEvent, OrderEvent.order_id == RouteStop.order_id)
+                  .join(Order, Order.id == RouteStop.order_id)
+                  .where(RouteStop.route_id.in_(bindparam("routes", expanding=True)), DAMAGE_REPORTS)
+                  .order_by(OrderEvent.id))
+
+
 def _damage(session: Session, order_ids: list[int], route_ids: set[int]) -> tuple[dict[int, list], dict[int, list]]:
     """Drivers' damage reports: each order's own (by order id), and every order's on the routes (by route id)."""
     damage: dict[int, list] = defaultdict(list)
-    for order_id, at, data in session.execute(
-            select(OrderEvent.order_id, OrderEvent.at, OrderEvent.data)
-            .where(OrderEvent.order_id.in_(order_ids), DAMAGE_REPORTS).order_by(OrderEvent.id)):
+    for order_id, at, data in _OWN_DAMAGE.session_rows(session, {"ids": list(order_ids)}):
         damage[order_id].append((at, data or {}))
     van_damage: dict[int, list] = defaultdict(list)
     if route_ids:
-        for route_id, at, order_id, ref, data in session.execute(
-                select(RouteStop.route_id, OrderEvent.at, OrderEvent.order_id, Order.ref, OrderEvent.data)
-                .join(OrderEvent, OrderEvent.order_id == RouteStop.order_id)
-                .join(Order, Order.id == RouteStop.order_id)
-                .where(RouteStop.route_id.in_(route_ids), DAMAGE_REPORTS).order_by(OrderEvent.id)):
+        for route_id, at, order_id, ref, data in _VAN_DAMAGE.session_rows(session, {"routes": sorted(route_ids)}):
             van_damage[route_id].append((at, order_id, ref, data or {}))
     return damage, van_damage
 
@@ -569,9 +576,9 @@ def _shared_inputs(wanted: Select | BindParameter) -> tuple[Select, Select]:
 
 # the readings :func:`_shared_inputs` counts, those after ``:after`` only, of the vans it named: what they sent
 # since an assessment (:func:`_redo`), in the order the readings' fetch uses
-_AFTER = (select(_R_C.vehicle_id, _R_C.kind, _R_C.compartment, _R_C.ts, _R_C.device, _R_C.seq, _R_C.value)
-          .where(_R_C.vehicle_id.in_(bindparam("vans", expanding=True)), *_COUNTED, _R_C.ts > bindparam("after"))
-          .order_by(_R_C.ts, _R_C.device, _R_C.seq, _R_C.kind, _R_C.compartment))
+_AFTER = Hot(select(_R_C.vehicle_id, _R_C.kind, _R_C.compartment, _R_C.ts, _R_C.device, _R_C.seq, _R_C.value)
+             .where(_R_C.vehicle_id.in_(bindparam("vans", expanding=True)), *_COUNTED, _R_C.ts > bindparam("after"))
+             .order_by(_R_C.ts, _R_C.device, _R_C.seq, _R_C.kind, _R_C.compartment))
 
 
 _RS_C = RouteStop.__table__.c
@@ -745,9 +752,9 @@ def order_risks(session: Session, ids: Sequence[int], trip_ids: Sequence[int] | 
 
 _OR_C, _CE = Order.__table__.c, CustodyEvent.__table__
 # plain rows, not ORM objects: they are kept with the assessment (_Kept) after the session has gone
-_ORDER_ROWS = (select(_OR_C.id, _OR_C.ref, _OR_C.delivery_date, _OR_C.status).where(_OR_C.id.in_(_BY_IDS))
-               .order_by(_OR_C.id))
-_EVENT_ROWS = select(_CE).where(_CE.c.order_id.in_(_BY_IDS)).order_by(_CE.c.id)
+_ORDER_ROWS = Hot(select(_OR_C.id, _OR_C.ref, _OR_C.delivery_date, _OR_C.status).where(_OR_C.id.in_(_BY_IDS))
+                  .order_by(_OR_C.id))
+_EVENT_ROWS = Hot(select(_CE).where(_CE.c.order_id.in_(_BY_IDS)).order_by(_CE.c.id))
 
 
 def _aboard(events: Sequence) -> bool:
@@ -757,8 +764,8 @@ def _aboard(events: Sequence) -> bool:
 def _assess_fresh(session: Session, ids: list[int], inputs: dict[int, tuple], scope: tuple, now: datetime,
                   spoilage: risk.SpoilageRules, breakage: risk.BreakageRules) -> list[tuple[int, _Kept]]:
     """Assess these orders from the database, keeping what they were assessed from with each (:class:`_Basis`)."""
-    orders = session.execute(_ORDER_ROWS, {"ids": ids}).all()
-    events = session.execute(_EVENT_ROWS, {"ids": ids}).all()
+    orders = _ORDER_ROWS.session_rows(session, {"ids": ids})
+    events = _EVENT_ROWS.session_rows(session, {"ids": ids})
     assessed, by_order, readings, ctx = _assess_batch(session, orders, events, now, None, spoilage, breakage)
     born = time.monotonic()
     basis = _register(_Basis(scope, inputs[ids[0]][3:], now, born, readings.spans, readings.cache, ctx.damage,
@@ -791,7 +798,7 @@ def _redo(session: Session, stale: list[tuple[int, _Kept, _Basis]], inputs: dict
     changed = [order_id for order_id, kept, _b in stale if kept.inputs[:3] != inputs[order_id][:3]]
     events_of: dict[int, list] = defaultdict(list)
     if changed:
-        for ev in session.execute(_EVENT_ROWS, {"ids": changed}):
+        for ev in _EVENT_ROWS.session_rows(session, {"ids": changed}):
             events_of[ev.order_id].append(ev)
     groups: dict[int, list[tuple[int, _Kept, tuple]]] = defaultdict(list)
     bases: dict[int, _Basis] = {}
@@ -804,7 +811,7 @@ def _redo(session: Session, stale: list[tuple[int, _Kept, _Basis]], inputs: dict
     sent: list | None = None  # the readings after the oldest basis' clock, read once for every basis
     moving = [basis for basis in bases.values() if basis.shared != shared]
     if moving:
-        sent = session.execute(_AFTER, {"vans": list(scope[3]), "after": min(b.now for b in moving)}).all()
+        sent = list(_AFTER.session_rows(session, {"vans": list(scope[3]), "after": min(b.now for b in moving)}))
     born = time.monotonic()
     out = []
     for key, group in groups.items():

@@ -406,7 +406,7 @@ def test_a_route_read_finds_readings_and_damage_reports_by_index(session, monkey
     finally:
         event.remove(engine, "before_cursor_execute", _seen)
     inputs = [sql for sql, _p in ran if "per_van" in sql and "telemetry_readings" in sql]
-    head = str(trace._AFTER.compile(dialect=engine.dialect)).split("WHERE")[0]
+    head = str(trace._AFTER.statement.compile(dialect=engine.dialect)).split("WHERE")[0]
     after = [sql for sql, _p in ran if sql.startswith(head) and "vehicle_id IN" in sql]
     assert (len(inputs), len(after)) == (2, 1), "the inputs at each read, the readings after the basis' clock once"
     scans = []
