@@ -24,6 +24,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import Executable
 
@@ -149,10 +150,16 @@ def _executed(conn: Connection, sql: str, values: Mapping[str, Any]) -> Iterator
     transaction (begun here if it was not yet, as execute's autobegin would: the caller's commit commits it)."""
     if not conn.in_transaction():
         conn.begin()
-    with conn.connection.driver_connection.cursor() as cursor:
+    driver = conn.connection.driver_connection
+    with driver.cursor() as cursor:
         for listener in conn.dispatch.before_cursor_execute:  # as execute fires it: what counts statements counts these
             listener(conn, cursor, sql, values, None, False)
-        cursor.execute(sql, values, prepare=True)
+        try:
+            cursor.execute(sql, values, prepare=True)
+        except conn.dialect.loaded_dbapi.Error as exc:  # as execute reports it: SQLAlchemy's exception classes
+            if conn.dialect.is_disconnect(exc, driver, cursor):
+                conn.invalidate(exc)  # the pool does not hand out a dead connection again
+            raise DBAPIError.instance(sql, values, exc, conn.dialect.loaded_dbapi.Error) from exc
         yield cursor
 
 

@@ -26,7 +26,7 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.exc import StatementError
+from sqlalchemy.exc import IntegrityError, StatementError
 
 from core.db import UTCDateTime, make_engine
 from core.hot import Hot
@@ -132,3 +132,10 @@ def test_statement_counters_see_them(conn: Connection) -> None:
     finally:
         event.remove(conn.engine, "before_cursor_execute", count)
     assert len([s for s in seen if "hot_things" in s]) == 1, seen  # (SQLite's BEGIN is a statement too)
+
+
+def test_database_errors_are_sqlalchemys(conn: Connection) -> None:
+    with pytest.raises(IntegrityError):  # what callers catch, from execute as from here
+        Hot(insert(_T).values(id=bindparam("pk"), name="again")).rows(conn, {"pk": 1})
+    conn.rollback()
+    assert conn.execute(select(func.count()).select_from(_T)).scalar_one() == 10
