@@ -45,6 +45,7 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
     # connection), so their end does no I/O and costs no hop to the thread pool (GET /driver/route)
     quiet_end = autocommit and dialect == "postgresql"
     session = await run_in_threadpool(scope.__enter__) if locks else scope.__enter__()
+    request.state.own_session = session  # this request's own unit of work, which a route may commit itself
     try:
         yield session
     except BaseException as exc:
@@ -64,7 +65,9 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
                     return None
             return scope.__exit__(*exc_info)
 
-        if quiet_end and getattr(request.state, "before_commit", None) is None:
+        # nothing left to send either when the route committed in its own hop (api.idempotency.commit_answer)
+        quiet = quiet_end or (dialect == "postgresql" and getattr(request.state, "committed", False))
+        if quiet and getattr(request.state, "before_commit", None) is None:
             _end()
         else:
             await run_in_threadpool(_end)

@@ -17,7 +17,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import TypeAdapter
 
 from api.deps import Caller, SessionDep, autocommit_reads, require
-from api.idempotency import CurrentDriver, DriverRoute, DriverSession, DriverUsername, read_upload
+from api.idempotency import CurrentDriver, DriverRoute, DriverSession, DriverUsername, commit_answer, read_upload
 from api.pagination import Limit, page
 from api.schemas import problems
 from core.errors import NotFound
@@ -92,15 +92,16 @@ def my_route(username: DriverUsername, session: DriverSession,
 
 
 @router.post("/route/start", response_model=RouteStartOut, responses=_POST_ERRORS, openapi_extra=_KEY)
-def start_route(body: RouteStartIn, driver: CurrentDriver, session: DriverSession) -> Response:
+def start_route(body: RouteStartIn, driver: CurrentDriver, session: DriverSession, request: Request) -> Response:
     """The van is loaded and leaves the depot: the route starts and its orders are out for delivery."""
-    return _answer(RouteStartOut, service.start_route(session, driver, body))
+    return commit_answer(request, session, _answer(RouteStartOut, service.start_route(session, driver, body)))
 
 
 @router.post("/stops/{stop_id}/events", response_model=StopEventOut, responses=_POST_ERRORS, openapi_extra=_KEY)
-def stop_event(stop_id: StopId, body: StopEventIn, driver: CurrentDriver, session: DriverSession) -> Response:
+def stop_event(stop_id: StopId, body: StopEventIn, driver: CurrentDriver, session: DriverSession,
+               request: Request) -> Response:
     """arrived, delivered (recipient), failed (reason; note for other), damaged (items)."""
-    return _answer(StopEventOut, service.stop_event(session, driver, stop_id, body))
+    return commit_answer(request, session, _answer(StopEventOut, service.stop_event(session, driver, stop_id, body)))
 
 
 @router.post("/stops/{stop_id}/proof", status_code=201, response_model=ProofOut,
@@ -110,16 +111,17 @@ def stop_event(stop_id: StopId, body: StopEventIn, driver: CurrentDriver, sessio
                             "properties": {"file": {"type": "string", "format": "binary"}}}}}}})
 def upload_proof(stop_id: StopId, request: Request, driver: CurrentDriver, session: DriverSession) -> Response:
     """A photo or signature (JPEG or PNG, at most 5 MB) for a stop the driver is at or has done."""
-    return _answer(ProofOut, service.add_proof(session, driver, stop_id, request.state.upload.data), 201)
+    return commit_answer(request, session, _answer(
+        ProofOut, service.add_proof(session, driver, stop_id, request.state.upload.data), 201))
 
 
 upload_proof.body_reader = read_upload  # type: ignore[attr-defined]
 
 
 @router.post("/position", response_model=PositionOut, responses=_POST_ERRORS, openapi_extra=_KEY)
-def position(body: PositionIn, driver: CurrentDriver, session: DriverSession) -> Response:
+def position(body: PositionIn, driver: CurrentDriver, session: DriverSession, request: Request) -> Response:
     """Where the phone is, for a van without a tracker; re-planning takes the newest of this and the van's GPS."""
-    return _answer(PositionOut, service.record_position(session, driver, body))
+    return commit_answer(request, session, _answer(PositionOut, service.record_position(session, driver, body)))
 
 
 # ---------------------------------------------------------------------- proofs, by role
