@@ -27,6 +27,7 @@ import inspect
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, Request, Response
@@ -376,14 +377,18 @@ def _store(request: Request, sessions: Callable[[], AbstractContextManager[Sessi
     """Keep the answer with the key: in the work's transaction when there is one (api.deps.get_session runs it
     just before its commit, in the commit's hop), else in a short transaction of its own. The route's handler
     has returned by then: FastAPI ends a ``scope="function"`` dependency after the handler, before sending."""
-    body = bytes(getattr(response, "body", b"") or b"")
-    status, headers, at = response.status_code, _kept_headers(response), utcnow()
+    kept = _kept_answer(response)
     work: Session | None = getattr(request.state, "work_session", None)
     if work is None:
         with sessions() as session:
-            idempotency.complete(session, key_id, status, headers, body, at)
+            idempotency.complete(session, key_id, *kept)
         return
-    request.state.before_commit = lambda session: idempotency.complete(session, key_id, status, headers, body, at)
+    request.state.before_commit = lambda session: idempotency.complete(session, key_id, *kept)
+
+
+def _kept_answer(response: Response) -> tuple[int, dict[str, str], bytes, datetime]:
+    """What a key keeps of its answer, to replay it byte for byte: status, headers, body, and when."""
+    return response.status_code, _kept_headers(response), bytes(getattr(response, "body", b"") or b""), utcnow()
 
 
 def commit_answer(request: Request, session: Session, response: Response) -> Response:
@@ -395,8 +400,7 @@ def commit_answer(request: Request, session: Session, response: Response) -> Res
     own = getattr(request.state, "own_session", None) is session  # not a session a test shares with the app
     if key_id is None or not own or session.get_bind().dialect.name != "postgresql":
         return response
-    idempotency.complete(session, key_id, response.status_code, _kept_headers(response),
-                         bytes(response.body), utcnow())
+    idempotency.complete(session, key_id, *_kept_answer(response))
     session.commit()
     request.state.committed = True
     return response

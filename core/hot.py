@@ -82,13 +82,10 @@ class _Compiled:
         self.binds: dict[str, Callable] = {}  # the caller's parameters' processors
         for bind, name in compiled.bind_names.items():
             processor = bind.type.dialect_impl(dialect).bind_processor(dialect)  # what execute applies
-            if bind.expanding or bind.literal_execute:
-                if bind.required and processor is not None:
-                    self.binds[name] = processor
-            elif bind.required:
+            if bind.required:
                 if processor is not None:
                     self.binds[name] = processor
-            else:
+            elif not (bind.expanding or bind.literal_execute):  # those are written into the text (_render)
                 value = bind.effective_value
                 self.constants[name] = processor(value) if processor is not None and value is not None else value
         self._columns = _returned(statement)
@@ -118,19 +115,16 @@ class _Compiled:
 
     def values(self, params: Mapping[str, Any] | None) -> tuple[str, dict[str, Any]]:
         """The SQL and its values for these parameters, processed as SQLAlchemy would."""
+        params = params or {}
         out = dict(self.constants)
-        lengths: list[int] = []
-        for name, value in (params or {}).items():
+        for name, value in params.items():
             processor = self.binds.get(name)
             if name in self._lists:
                 for i, item in enumerate(value, 1):
                     out[f"{name}__{i}"] = processor(item) if processor is not None and item is not None else item
                 continue
             out[name] = processor(value) if processor is not None and value is not None else value
-        if self._lists:
-            given = params or {}
-            lengths = [len(given[name]) for name in self._lists]
-        return self.text(tuple(lengths)), out
+        return self.text(tuple(len(params[name]) for name in self._lists)), out
 
     def describe(self, description: Sequence[Any]) -> tuple[type, list[tuple[int, Callable]]]:
         """The row class of the result columns and the processors SQLAlchemy would apply to them (some depend
